@@ -1,0 +1,223 @@
+"""Benchmarks: training img/s and peak memory, sampling img/s and the sampler's own overhead.
+
+    python -m helpers.bench train [--profile full] [--steps 20] [--reference diffusers]
+    python -m helpers.bench sample [--profile full] [--n 64]
+
+``train`` times optimiser steps of the profile's U-Net at its batch size: eager vs
+``torch.compile``, float32 vs bf16 autocast where the device has it, and (with ``--reference
+diffusers``, if diffusers is installed) diffusers' ``UNet2DModel`` of the same widths.
+``sample`` times DDPM over all T steps and DDIM-50, and how much of the time is spent outside
+the network (the sampler's overhead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from helpers.config import PROFILES, Profile, get_profile
+from helpers.device import amp_dtype, cpu_generator, describe, pick_device
+from helpers.diffusion import Diffusion
+from helpers.unet import UNet
+
+__all__ = ["sync", "peak_memory_mb", "reset_peak_memory", "bench_train", "bench_sample", "sampler_overhead"]
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (timings are wrong without it on CUDA and MPS)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    """(MiB, what it measures): CUDA's peak allocation since the last reset, MPS's current driver
+    allocation, or the CPU process's peak resident memory (which never resets)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "peak CUDA allocation"
+    if device.type == "mps":
+        return torch.mps.driver_allocated_memory() / 2**20, "MPS driver allocation"
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if platform.system() == "Darwin" else 1)
+    return kb / 1024, "process peak RSS"
+
+
+def _train_step_fn(model: nn.Module, d: Diffusion, x0: torch.Tensor, amp: torch.dtype | None, forward: Callable) -> Callable[[], None]:
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        with torch.autocast(x0.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+            loss = d.loss(forward, x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def _time(fn: Callable[[], None], device: torch.device, steps: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def _reference_unet(profile: Profile) -> nn.Module:
+    """diffusers' UNet2DModel with the profile's widths, blocks and attention levels."""
+    from diffusers import UNet2DModel
+
+    m = profile.model
+    sides = [m["image_size"] // 2**i for i in range(len(m["ch_mult"]))]
+    attn = [s in m["attn_resolutions"] for s in sides]
+    return UNet2DModel(
+        sample_size=m["image_size"], in_channels=m["in_channels"], out_channels=m["in_channels"],
+        block_out_channels=tuple(m["ch"] * k for k in m["ch_mult"]), layers_per_block=m["num_res_blocks"],
+        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+        norm_num_groups=m["norm_groups"], dropout=m["dropout"],
+    )  # fmt: skip
+
+
+class _Diffusers(nn.Module):
+    """Calls a diffusers UNet2DModel the way ``Diffusion.loss`` calls ours."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(x, t).sample
+
+
+def bench_train(
+    profile: Profile, device: torch.device, steps: int = 20, warmup: int = 5, compile_: bool = True, reference: bool = False
+) -> list[dict[str, Any]]:
+    """Training img/s and peak memory of the profile's model for each variant that runs here."""
+    d = Diffusion.from_schedule(profile.schedule, profile.T)
+    bs = profile.train.batch_size
+    x0 = torch.randn(bs, profile.channels, profile.image_size, profile.image_size, device=device)
+    precisions = [("fp32", None)] + ([("bf16", amp_dtype(device))] if amp_dtype(device) else [])
+    models: list[tuple[str, Callable[[], nn.Module]]] = [("ours", lambda: UNet(**profile.model))]
+    if reference:
+        models.append(("diffusers UNet2DModel", lambda: _Diffusers(_reference_unet(profile))))
+    rows = []
+    for name, build in models:
+        for mode in ["eager"] + (["compile"] if compile_ else []):
+            for precision, amp in precisions:
+                torch.manual_seed(0)
+                model = build().to(device)
+                forward = torch.compile(model) if mode == "compile" else model
+                reset_peak_memory(device)
+                seconds = _time(_train_step_fn(model, d, x0, amp, forward), device, steps, warmup)
+                mem, what = peak_memory_mb(device)
+                params = sum(p.numel() for p in model.parameters())
+                rows.append({"model": name, "params": params, "mode": mode, "precision": precision, "batch": bs,
+                             "img_per_s": bs / seconds, "ms_per_step": 1000 * seconds, "memory_mb": mem, "memory": what})  # fmt: skip
+    return rows
+
+
+@torch.no_grad()
+def sampler_overhead(
+    model: nn.Module, d: Diffusion, shape: tuple[int, ...], sampler: str, steps: int | None, device: torch.device, repeats: int = 2
+) -> dict[str, float]:
+    """Seconds of a full ``sample`` call, of the same number of bare forward passes, and the share
+    of the total spent outside the network. Each is the best of ``repeats`` runs after a warm-up."""
+    from helpers.samplers import sample
+
+    n_calls = d.T if sampler == "ddpm" else (steps or d.T)
+    x = torch.randn(shape, device=device)
+    t = torch.full((shape[0],), d.T // 2, device=device, dtype=torch.long)
+    model.eval()
+
+    def forward_only() -> None:
+        for _ in range(n_calls):
+            model(x, t)
+
+    def full() -> None:
+        sample(model, d, shape, sampler, steps, generator=cpu_generator(0), progress=False)
+
+    forward_only()  # warm-up (kernel selection, caches)
+    best = {}
+    for name, fn in (("total_s", full), ("forward_s", forward_only)):
+        best[name] = min(_time(fn, device, 1, 0) for _ in range(repeats))
+    best["overhead"] = max(0.0, 1 - best["forward_s"] / best["total_s"])
+    return best
+
+
+def bench_sample(profile: Profile, device: torch.device, n: int = 64) -> list[dict[str, Any]]:
+    """Images/s of DDPM (all T steps) and DDIM-50 with a freshly built model of the profile."""
+    d = Diffusion.from_schedule(profile.schedule, profile.T)
+    model = UNet(**profile.model).to(device)
+    shape = (n, profile.channels, profile.image_size, profile.image_size)
+    rows = []
+    for sampler, steps in (("ddpm", None), ("ddim", min(50, d.T))):
+        reset_peak_memory(device)
+        r = sampler_overhead(model, d, shape, sampler, steps, device)
+        mem, what = peak_memory_mb(device)
+        label = f"DDPM-{d.T}" if sampler == "ddpm" else f"DDIM-{steps}"
+        rows.append({"sampler": label, "batch": n, "img_per_s": n / r["total_s"], "ms_per_image": 1000 * r["total_s"] / n,
+                     "overhead": r["overhead"], "memory_mb": mem, "memory": what})  # fmt: skip
+    return rows
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:,.1f}"
+        return f"{v:,}" if isinstance(v, int) else str(v)
+
+    cells = [[fmt(r[c]) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(columns, widths)), "-+-".join("-" * w for w in widths)]
+    lines += [" | ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m helpers.bench", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("what", choices=("train", "sample"), help="what to time")
+    p.add_argument("--profile", choices=list(PROFILES), default=None, help="model and batch size of this profile (default: $DIFFUSION_PROFILE, else by device)")
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--steps", type=int, default=20, help="timed training steps per variant")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
+    p.add_argument("--batch-size", type=int, default=None, help="override the profile's training batch size")
+    p.add_argument("--n", type=int, default=64, help="images per sampling batch")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    p.add_argument("--reference", choices=("diffusers",), default=None, help="also time diffusers' UNet2DModel of the same widths (needs diffusers)")
+    args = p.parse_args(argv)
+    device = pick_device(args.device)
+    profile = get_profile(args.profile, device)
+    if args.batch_size:
+        profile = replace(profile, train=replace(profile.train, batch_size=args.batch_size))
+    print(f"{profile.name} profile on {describe(device)}, torch {torch.__version__}, {platform.platform()}")
+    if args.what == "train":
+        rows = bench_train(profile, device, args.steps, args.warmup, not args.no_compile, args.reference == "diffusers")
+        print(_table(rows, ["model", "params", "mode", "precision", "batch", "img_per_s", "ms_per_step", "memory_mb", "memory"]))
+    else:
+        rows = bench_sample(profile, device, args.n)
+        for r in rows:
+            r["overhead"] = f"{r['overhead']:.1%}"
+        print(_table(rows, ["sampler", "batch", "img_per_s", "ms_per_image", "overhead", "memory_mb", "memory"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

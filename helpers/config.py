@@ -1,0 +1,254 @@
+"""Profiles: one name picks the scale of everything (data, model, training, sampling, metrics).
+
+``DIFFUSION_PROFILE`` selects the profile; without it the device decides (CUDA -> full, otherwise
+laptop). Every profile writes under its own ``artifacts/<profile>/`` so a smoke run never
+overwrites a real one.
+
+    >>> from helpers.config import PROFILES
+    >>> UNet(**PROFILES["full"].model)   # the DDPM paper's 35.7M-parameter CIFAR-10 model
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "TrainSettings",
+    "SampleSettings",
+    "Profile",
+    "PROFILES",
+    "get_profile",
+    "repo_root",
+    "artifacts_root",
+    "data_root",
+]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimisation settings (DDPM, Ho et al. 2020, appendix B, for the full profile)."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    grad_clip: float
+    ema_decay: float
+    log_every: int
+    sample_every: int
+    eval_every: int  # 0: no FID/KID during training
+    ema_warmup: bool = True  # decay grows as (1 + n) / (10 + n) up to ema_decay (helpers.ema)
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """Sampling and evaluation settings."""
+
+    grid: int  # images in a sample grid
+    batch_size: int  # images per sampling batch
+    ddim_steps: int
+    fid_samples: int  # generated images per FID/KID evaluation
+    fid_real: int  # real images behind the reference statistics
+    kid_subset_size: int
+    fid_features: str  # "auto" (Inception if its weights can be had), "inception" or "classifier"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything one scale of the course needs. ``model`` is the keyword set of ``UNet``."""
+
+    name: str
+    description: str
+    dataset: str  # "fashion_mnist", "mnist" or "cifar10"
+    image_size: int
+    channels: int
+    subset: int | None  # train on the first ``subset`` images (None: all)
+    schedule: str
+    T: int
+    model: dict[str, Any]
+    train: TrainSettings
+    sample: SampleSettings
+    classifier_epochs: int  # the feature/score classifier behind offline FID (helpers.classifier)
+    classifier_width: int
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def artifacts(self) -> Path:
+        """``artifacts/<profile>/``: checkpoints, grids, logs and caches of this profile."""
+        return artifacts_root() / self.name
+
+    def checkpoint(self, name: str) -> Path:
+        """Path of the checkpoint ``name`` (e.g. "03_ddpm_eps.pt") of this profile."""
+        return self.artifacts / "checkpoints" / name
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form, for checkpoints and logs."""
+        return asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        description="CI and tests on a 2-core CPU: a tiny U-Net on 2,048 Fashion-MNIST images at 16x16, T = 100",
+        dataset="fashion_mnist",
+        image_size=16,
+        channels=1,
+        subset=2048,
+        schedule="linear",
+        T=100,
+        model=dict(
+            image_size=16,
+            in_channels=1,
+            ch=16,
+            ch_mult=(1, 2, 2),
+            num_res_blocks=1,
+            attn_resolutions=(4,),
+            dropout=0.0,
+            norm_groups=8,
+        ),
+        train=TrainSettings(
+            steps=200,
+            batch_size=32,
+            lr=1e-3,
+            warmup_steps=20,
+            grad_clip=1.0,
+            ema_decay=0.99,
+            log_every=10,
+            sample_every=50,
+            eval_every=50,
+        ),
+        sample=SampleSettings(
+            grid=16,
+            batch_size=128,
+            ddim_steps=20,
+            fid_samples=256,
+            fid_real=1024,
+            kid_subset_size=100,
+            fid_features="classifier",
+        ),
+        classifier_epochs=1,
+        classifier_width=16,
+    ),
+    "laptop": Profile(
+        name="laptop",
+        description="Apple MPS or a CPU, about an hour: a small U-Net on all of Fashion-MNIST",
+        dataset="fashion_mnist",
+        image_size=32,
+        channels=1,
+        subset=None,
+        schedule="linear",
+        T=1000,
+        model=dict(
+            image_size=32,
+            in_channels=1,
+            ch=32,
+            ch_mult=(1, 2, 2),
+            num_res_blocks=2,
+            attn_resolutions=(8,),
+            dropout=0.1,
+            norm_groups=8,
+        ),
+        train=TrainSettings(
+            steps=20_000,
+            batch_size=128,
+            lr=5e-4,
+            warmup_steps=500,
+            grad_clip=1.0,
+            ema_decay=0.999,
+            log_every=50,
+            sample_every=2_000,
+            eval_every=5_000,
+        ),
+        sample=SampleSettings(
+            grid=64,
+            batch_size=256,
+            ddim_steps=50,
+            fid_samples=2_000,
+            fid_real=10_000,
+            kid_subset_size=500,
+            fid_features="classifier",
+        ),
+        classifier_epochs=5,
+        classifier_width=32,
+    ),
+    "full": Profile(
+        name="full",
+        description="a CUDA GPU: the DDPM paper's CIFAR-10 setup (35.7M parameters, batch 128)",
+        dataset="cifar10",
+        image_size=32,
+        channels=3,
+        subset=None,
+        schedule="linear",
+        T=1000,
+        model=dict(
+            image_size=32,
+            in_channels=3,
+            ch=128,
+            ch_mult=(1, 2, 2, 2),
+            num_res_blocks=2,
+            attn_resolutions=(16,),
+            dropout=0.1,
+            norm_groups=32,
+        ),
+        train=TrainSettings(
+            steps=800_000,
+            batch_size=128,
+            lr=2e-4,
+            warmup_steps=5_000,
+            grad_clip=1.0,
+            ema_decay=0.9999,
+            log_every=100,
+            sample_every=10_000,
+            eval_every=50_000,
+        ),
+        sample=SampleSettings(
+            grid=64,
+            batch_size=500,
+            ddim_steps=100,
+            fid_samples=10_000,
+            fid_real=50_000,
+            kid_subset_size=1_000,
+            fid_features="auto",
+        ),
+        classifier_epochs=15,
+        classifier_width=64,
+    ),
+}
+
+
+def get_profile(name: str | None = None, device: torch.device | None = None) -> Profile:
+    """The profile ``name``, else ``$DIFFUSION_PROFILE``, else the device's default.
+
+    The default is "full" on CUDA and "laptop" on MPS or the CPU.
+    """
+    name = name or os.environ.get("DIFFUSION_PROFILE") or None
+    if name is None:
+        if device is None:
+            from helpers.device import pick_device
+
+            device = pick_device()
+        name = "full" if device.type == "cuda" else "laptop"
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose {', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
+def repo_root() -> Path:
+    """The checkout this package lives in (it is installed in editable mode)."""
+    return Path(__file__).resolve().parents[1]
+
+
+def artifacts_root() -> Path:
+    """``$DIFFUSION_ARTIFACTS`` or ``<repo>/artifacts``."""
+    return Path(os.environ.get("DIFFUSION_ARTIFACTS") or repo_root() / "artifacts").resolve()
+
+
+def data_root() -> Path:
+    """``$DIFFUSION_DATA`` or ``<repo>/data``: where datasets are found or downloaded to."""
+    return Path(os.environ.get("DIFFUSION_DATA") or repo_root() / "data").resolve()

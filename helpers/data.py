@@ -1,0 +1,255 @@
+"""Datasets through torchvision, as the diffusion model sees them: tensors in [-1, 1].
+
+CIFAR-10 (3x32x32, random horizontal flips when training), Fashion-MNIST and MNIST (1x28x28,
+zero-padded to 32x32). A profile may ask for a smaller side, which resizes after the padding.
+Images are held in memory as one uint8 tensor (Fashion-MNIST: 61 MB, CIFAR-10: 154 MB), so a
+batch costs an index and a division, with no PIL work per image.
+
+Files are looked for under ``$DIFFUSION_DATA`` (default ``data/``) in torchvision's own layout and
+downloaded there when missing; without network or files the error names the files and the
+folder. A read-only root (a shared dataset folder) is staged: its archives are linked into
+``data/`` and torchvision verifies and extracts them there.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision import datasets
+from torchvision.transforms import functional as TF
+
+from helpers.config import Profile, data_root, repo_root
+
+__all__ = [
+    "DATASETS",
+    "DatasetUnavailableError",
+    "ImageDataset",
+    "load_dataset",
+    "prepare_images",
+    "profile_dataset",
+    "make_loader",
+    "StepBatchSampler",
+    "to_unit",
+]
+
+
+class DatasetUnavailableError(FileNotFoundError):
+    """The dataset's files are neither on disk nor downloadable."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the loader needs to know about one dataset."""
+
+    title: str
+    cls: type
+    channels: int
+    native_size: int
+    folder: str  # torchvision's folder under the root, holding ``archives``
+    archives: tuple[str, ...]
+    source: str
+    classes: tuple[str, ...]
+
+
+_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+DATASETS: dict[str, DatasetSpec] = {
+    "cifar10": DatasetSpec(
+        title="CIFAR-10",
+        cls=datasets.CIFAR10,
+        channels=3,
+        native_size=32,
+        folder=".",
+        archives=("cifar-10-python.tar.gz",),
+        source="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        classes=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+    ),
+    "fashion_mnist": DatasetSpec(
+        title="Fashion-MNIST",
+        cls=datasets.FashionMNIST,
+        channels=1,
+        native_size=28,
+        folder="FashionMNIST/raw",
+        archives=_MNIST_FILES,
+        source="https://github.com/zalandoresearch/fashion-mnist",
+        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    ),
+    "mnist": DatasetSpec(
+        title="MNIST",
+        cls=datasets.MNIST,
+        channels=1,
+        native_size=28,
+        folder="MNIST/raw",
+        archives=_MNIST_FILES,
+        source="https://ossci-datasets.s3.amazonaws.com/mnist/",
+        classes=tuple(str(i) for i in range(10)),
+    ),
+}
+
+
+class ImageDataset(Dataset):
+    """Images held as one uint8 tensor [N, C, H, W]; items are (float image in [-1, 1], label).
+
+    ``image = uint8 / 127.5 - 1``, the same values as torchvision's ToTensor + Normalize(0.5, 0.5).
+    With ``flip``, each item is mirrored left-right with probability 1/2 (torch's global generator,
+    so a resumed run repeats the same flips).
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...], flip: bool = False) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be a uint8 tensor [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images, self.labels, self.classes, self.flip = images, labels.long(), classes, flip
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = self.images[i].float() / 127.5 - 1
+        if self.flip and torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        return x, int(self.labels[i])
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All images in [-1, 1] (no flips) and all labels, at once."""
+        return self.images.float() / 127.5 - 1, self.labels
+
+
+def prepare_images(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """uint8 [N, C, h, w] -> uint8 [N, C, image_size, image_size]: 28x28 zero-padded to 32x32, then resized.
+
+    Resizing is bilinear with antialiasing, on tensors (torchvision.transforms.functional).
+    """
+    if images.shape[-1] == 28:
+        images = TF.pad(images, [2])  # 28x28 -> 32x32 with black borders, so the U-Net halves evenly
+    if images.shape[-1] != image_size:
+        images = TF.resize(images, [image_size, image_size], antialias=True)
+    return images
+
+
+def load_dataset(
+    name: str,
+    train: bool = True,
+    image_size: int = 32,
+    subset: int | None = None,
+    root: str | Path | None = None,
+    seed: int = 0,
+    flip: bool | None = None,
+) -> ImageDataset:
+    """The dataset ``name`` ("cifar10", "fashion_mnist", "mnist") as (image in [-1, 1], label) pairs.
+
+    torchvision finds, verifies (or downloads) and parses the files; the images are then padded
+    and resized once, as a tensor. ``subset`` keeps that many images, chosen at random with
+    ``seed`` (the same ones every time). ``flip`` defaults to random horizontal flips for the
+    CIFAR-10 training set (DDPM's only augmentation). ``root`` defaults to ``$DIFFUSION_DATA``.
+    """
+    spec = _spec(name)
+    if subset is not None and subset < 1:
+        raise ValueError(f"subset must be a positive number of images or None, got {subset}")
+    if not 4 <= image_size <= 32:
+        raise ValueError(f"image_size must lie in 4..32 (the datasets are 32x32 after padding), got {image_size}")
+    root = Path(root).resolve() if root is not None else data_root()
+    if not _writable(root / spec.folder):
+        root = _stage(spec, root, repo_root() / "data")
+    try:
+        ds = spec.cls(str(root), train=train, download=True)
+    except Exception as err:  # torchvision raises RuntimeError or URLError when it can neither find nor fetch
+        files = ", ".join(spec.archives)
+        raise DatasetUnavailableError(
+            f"{spec.title} is not in {root / spec.folder} and could not be downloaded ({type(err).__name__}). "
+            f"Place {files} (from {spec.source}) in that folder, or set DIFFUSION_DATA to a folder that has them."
+        ) from err
+    images = torch.as_tensor(ds.data)
+    images = images.permute(0, 3, 1, 2) if images.ndim == 4 else images[:, None]  # CIFAR is stored [N, H, W, C]
+    labels = torch.as_tensor(ds.targets)
+    if subset is not None and subset < len(images):
+        keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:subset]
+        images, labels = images[keep], labels[keep]
+    flip = (name == "cifar10" and train) if flip is None else flip
+    return ImageDataset(prepare_images(images.contiguous(), image_size), labels, spec.classes, flip)
+
+
+def profile_dataset(profile: Profile, train: bool = True) -> ImageDataset:
+    """The profile's dataset at its image size; its ``subset`` applies to the training split."""
+    return load_dataset(profile.dataset, train, profile.image_size, profile.subset if train else None, seed=profile.seed)
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Endless shuffled batches whose order is a function of the batch number alone.
+
+    Batch k comes from epoch e = k // (n // batch_size), shuffled by a generator seeded with
+    ``seed + e``. Starting at ``start`` therefore continues a run exactly where it stopped, which
+    is what makes resuming training exact. The last incomplete batch of each epoch is dropped.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, start: int = 0) -> None:
+        if batch_size > n:
+            raise ValueError(f"batch_size {batch_size} exceeds the {n} images of the dataset")
+        self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start
+        self.per_epoch = n // batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        k = self.start
+        while True:
+            epoch, i = divmod(k, self.per_epoch)
+            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
+            for j in range(i, self.per_epoch):
+                yield perm[j * self.batch_size : (j + 1) * self.batch_size].tolist()
+            k = (epoch + 1) * self.per_epoch
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool = True,
+    seed: int = 0,
+    start: int = 0,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader that is safe inside notebooks.
+
+    ``shuffle=True`` gives the endless, resumable batches of ``StepBatchSampler`` starting at batch
+    ``start``; ``shuffle=False`` one pass in order (for evaluation). ``num_workers=0`` (the default)
+    loads in the main process: no worker processes to hang a Jupyter kernel or to fork under MPS.
+    """
+    common = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)
+    if shuffle:
+        sampler = StepBatchSampler(len(dataset), batch_size, seed, start)
+        # the loader's own generator seeds workers, so that iterators never draw from the global RNG
+        return DataLoader(dataset, batch_sampler=sampler, generator=torch.Generator().manual_seed(seed), **common)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, **common)
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] -> [0, 1], clamped (for plotting and saving)."""
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+def _spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def _writable(folder: Path) -> bool:
+    """Whether torchvision could write (extract, download) into ``folder`` or the nearest existing parent."""
+    while not folder.exists():
+        folder = folder.parent
+    return os.access(folder, os.W_OK)
+
+
+def _stage(spec: DatasetSpec, root: Path, stage_root: Path) -> Path:
+    """Link ``spec``'s archives from a read-only ``root`` into ``stage_root``; return ``stage_root``."""
+    src, dst = root / spec.folder, stage_root / spec.folder
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in spec.archives:
+        if (src / name).exists() and not (dst / name).exists():
+            (dst / name).symlink_to(src / name)
+    return stage_root

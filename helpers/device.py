@@ -1,0 +1,89 @@
+"""Which device to run on, and randomness that is reproducible across devices.
+
+Device order: CUDA, then Apple MPS, then the CPU; the environment variable ``DIFFUSION_DEVICE``
+("cuda", "cuda:1", "mps", "cpu") overrides the choice.
+
+Noise that must be the same on every device (sampling from a seed, the fixed noise behind the
+sample grids) is drawn on the CPU from a ``torch.Generator`` and then moved: the CPU generator is
+the one random stream that CUDA, MPS and the CPU all share.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["pick_device", "seed_everything", "cpu_generator", "randn", "amp_dtype", "describe"]
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """Return ``name``'s device, else ``$DIFFUSION_DEVICE``'s, else CUDA, MPS or CPU, first available."""
+    name = name or os.environ.get("DIFFUSION_DEVICE") or None
+    if name is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} was asked for, but this PyTorch sees no CUDA GPU")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"device {name!r} was asked for, but Apple MPS is not available here")
+    if device.type not in ("cuda", "mps", "cpu"):
+        raise ValueError(f"unsupported device {name!r}; choose cuda, mps or cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random`` and torch's global generators (CPU, and CUDA/MPS where present)."""
+    random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device and MPS
+
+
+def cpu_generator(seed: int) -> torch.Generator:
+    """A fresh CPU generator seeded with ``seed``: the source of device-independent noise."""
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def randn(
+    shape: Sequence[int],
+    generator: torch.Generator | None,
+    device: torch.device | str,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Standard normal noise drawn on the CPU from ``generator``, then moved to ``device``.
+
+    The same generator state gives the same numbers on CUDA, MPS and the CPU. With
+    ``generator=None`` the noise comes from the device's own global generator (faster, but
+    device-dependent).
+    """
+    if generator is None:
+        return torch.randn(*shape, device=device, dtype=dtype)
+    return torch.randn(*shape, generator=generator, dtype=dtype).to(device)
+
+
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype used for training on ``device``, or None for plain float32.
+
+    bfloat16 on CUDA GPUs that support it (Ampere and newer): same exponent range as float32, so no
+    loss scaling is needed. On MPS and the CPU we train in float32: CPU autocast is slower than
+    float32 for convolutions, and MPS autocast is not something this course has verified.
+    """
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def describe(device: torch.device) -> str:
+    """A one-line description of the device, for notebook headers and benchmark tables."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda ({torch.cuda.get_device_name(index)})"
+    if device.type == "mps":
+        return f"mps (Apple {platform.machine()})"
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} logical cores)"

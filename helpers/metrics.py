@@ -1,0 +1,366 @@
+"""Sample quality as numbers: FID and KID through torchmetrics, plus cheap signals.
+
+FID (Heusel et al. 2017) is the Fréchet distance between Gaussians fitted to features of real
+and generated images,
+
+    FID = ||mu_r - mu_g||^2 + Tr(S_r + S_g - 2 (S_r S_g)^{1/2}),
+
+and KID (Binkowski et al. 2018) an unbiased MMD^2 with the kernel (x.y / d + 1)^3, averaged over
+random subsets. Which features matters: Inception-v3's pool features (the published scale) where
+its weights can be had, else the penultimate layer of a classifier of the dataset
+(``helpers.classifier``); the two scales are not comparable, so every result names its features,
+its sample counts and its KID subset size.
+
+Features are extracted here (real ones once, then cached under ``artifacts/<profile>/fid/``);
+torchmetrics' ``FrechetInceptionDistance`` and ``KernelInceptionDistance`` do the statistics.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+
+from helpers.checkpoints import atomic_torch_save
+from helpers.classifier import Classifier, load_or_train_classifier
+from helpers.config import Profile
+from helpers.device import cpu_generator
+from helpers.diffusion import Diffusion
+from helpers.samplers import sample
+
+__all__ = [
+    "Features",
+    "InceptionFeatures",
+    "ClassifierFeatures",
+    "InceptionUnavailableError",
+    "get_features",
+    "extract",
+    "real_features",
+    "Quality",
+    "fid_kid",
+    "Evaluator",
+    "pixel_diversity",
+    "classifier_scores",
+    "x0_error_by_timestep",
+]
+
+
+class InceptionUnavailableError(RuntimeError):
+    """Inception-v3's weights are neither on disk nor downloadable."""
+
+
+class Features(nn.Module):
+    """Images in [-1, 1] -> feature vectors [B, dim]. ``name`` says which features they are."""
+
+    name: str
+    dim: int
+
+    def check(self, x: torch.Tensor) -> None:
+        """Raise a clear error when images do not fit these features."""
+        raise NotImplementedError
+
+    @property
+    def num_features(self) -> int:  # what torchmetrics looks for on a custom feature module
+        return self.dim
+
+
+class InceptionFeatures(Features):
+    """Inception-v3 pool features (2048-d) as torchmetrics computes them for FID.
+
+    Images are turned into uint8 RGB (grey images repeated over three channels) and resized to
+    299x299 inside the network. Needs torch-fidelity's weights file: downloaded, found in the
+    torch hub cache, or given as ``weights_path``.
+    """
+
+    name = "inception-v3"
+    dim = 2048
+
+    def __init__(self, weights_path: str | Path | None = None) -> None:
+        super().__init__()
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        try:
+            self.net = NoTrainInceptionV3(
+                name="inception-v3-compat",
+                features_list=[str(self.dim)],
+                feature_extractor_weights_path=str(weights_path) if weights_path else None,
+            )
+        except Exception as err:
+            where = f"the file {weights_path}" if weights_path else "the internet or the torch hub cache"
+            raise InceptionUnavailableError(
+                f"Inception-v3 weights could not be loaded from {where} ({type(err).__name__}); set "
+                f"DIFFUSION_FID_WEIGHTS to a local copy of torch-fidelity's weights-inception-2015-12-05-6726825d.pth"
+            ) from err
+
+    def check(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] not in (1, 3):
+            raise ValueError(f"Inception features need images [B, 1 or 3, H, W], got {tuple(x.shape)}")
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check(x)
+        u8 = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return self.net(u8.expand(-1, 3, -1, -1)).reshape(len(x), -1)
+
+
+class ClassifierFeatures(Features):
+    """The penultimate layer of ``helpers.classifier.Classifier`` (offline FID/KID)."""
+
+    def __init__(self, classifier: Classifier, dataset: str) -> None:
+        super().__init__()
+        self.classifier = classifier.eval()
+        self.name = f"classifier ({dataset}, {classifier.config['image_size']}px)"
+        self.dim = classifier.feature_dim
+        self.shape = (classifier.config["in_channels"], classifier.config["image_size"], classifier.config["image_size"])
+
+    def check(self, x: torch.Tensor) -> None:
+        if tuple(x.shape[1:]) != self.shape:
+            raise ValueError(f"these classifier features need images [B, {', '.join(map(str, self.shape))}], got {tuple(x.shape)}")
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check(x)
+        return self.classifier.features(x)
+
+
+def get_features(
+    profile: Profile,
+    device: torch.device | str = "cpu",
+    kind: str | None = None,
+    weights_path: str | Path | None = None,
+    verbose: bool = True,
+) -> Features:
+    """The profile's FID/KID features.
+
+    ``kind`` (default: the profile's ``fid_features``): "inception" (must work), "classifier", or
+    "auto": Inception from ``weights_path``, ``$DIFFUSION_FID_WEIGHTS`` or a download, else the
+    classifier, saying why.
+    """
+    kind = kind or profile.sample.fid_features
+    if kind not in ("auto", "inception", "classifier"):
+        raise ValueError(f"unknown features {kind!r}; choose auto, inception or classifier")
+    weights_path = weights_path or os.environ.get("DIFFUSION_FID_WEIGHTS") or None
+    if kind in ("auto", "inception"):
+        try:
+            return InceptionFeatures(weights_path).to(device)
+        except InceptionUnavailableError as err:
+            if kind == "inception":
+                raise
+            if verbose:
+                print(f"{err}. Using classifier features instead.", file=sys.stderr)
+    classifier, info = load_or_train_classifier(profile, device, progress=verbose)
+    if verbose:
+        print(
+            f"classifier features: {profile.dataset} classifier, test accuracy {info['test_accuracy']:.1%} "
+            f"on {info['test_images']} images"
+        )
+    return ClassifierFeatures(classifier, profile.dataset).to(device)
+
+
+@torch.no_grad()
+def extract(features: Features, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 256) -> torch.Tensor:
+    """Features [N, dim] (float64, CPU) of images in [-1, 1]: a tensor, or an iterable of batches."""
+    device = next(features.parameters()).device
+    batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images
+    out = [features(b.to(device)).double().cpu() for b in batches]
+    if not out:
+        raise ValueError("no images to extract features from")
+    return torch.cat(out)
+
+
+def real_features(features: Features, profile: Profile, n: int | None = None, verbose: bool = True) -> torch.Tensor:
+    """Features of ``n`` (default: the profile's ``fid_real``) training images, cached on disk.
+
+    The images are a fixed random choice from the whole training split (not the profile's subset).
+    """
+    from helpers.data import load_dataset
+
+    n = n or profile.sample.fid_real
+    safe = "".join(c if c.isalnum() else "_" for c in features.name)
+    path = profile.artifacts / "fid" / f"real_{profile.dataset}_{profile.image_size}px_{safe}_{n}.pt"
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    x, _ = load_dataset(profile.dataset, True, profile.image_size, subset=n, seed=profile.seed + 1).tensors()
+    if len(x) < n:
+        raise ValueError(f"the training set has {len(x)} images, fewer than the {n} asked for")
+    feats = extract(features, x)
+    atomic_torch_save(feats, path)
+    if verbose:
+        print(f"cached {features.name} features of {n} real images in {path}")
+    return feats
+
+
+@dataclass
+class Quality:
+    """FID and KID with what they were computed from."""
+
+    fid: float
+    kid: float
+    kid_std: float
+    features: str
+    n_fake: int
+    n_real: int
+    kid_subset_size: int
+
+    def __str__(self) -> str:
+        return (
+            f"FID {self.fid:.3f}, KID {self.kid:.4f} ± {self.kid_std:.4f} ({self.features} features; "
+            f"{self.n_fake} generated vs {self.n_real} real images; KID subsets of {self.kid_subset_size})"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Precomputed(nn.Identity):
+    """Lets torchmetrics take feature vectors that were extracted already."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.num_features = dim
+
+
+def fid_kid(
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    features: str,
+    kid_subset_size: int,
+    kid_subsets: int = 50,
+    seed: int = 0,
+) -> Quality:
+    """FID and KID between two sets of feature vectors [N, d] and [M, d] (torchmetrics).
+
+    KID's random subsets come from ``seed``, so the result is reproducible and the global random
+    state is left alone.
+    """
+    if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
+        raise ValueError(f"feature sets must be [N, d] with the same d, got {tuple(real.shape)} and {tuple(fake.shape)}")
+    if min(len(real), len(fake)) < 2:
+        raise ValueError(f"FID needs at least 2 images per set, got {len(real)} real and {len(fake)} generated")
+    if kid_subset_size > min(len(real), len(fake)):
+        raise ValueError(
+            f"KID subsets of {kid_subset_size} need at least that many images per set; "
+            f"got {len(real)} real and {len(fake)} generated (lower kid_subset_size or sample more)"
+        )
+    dim = real.shape[1]
+    fid = FrechetInceptionDistance(feature=_Precomputed(dim))
+    with warnings.catch_warnings():  # KID keeps every feature vector: intended, and small here
+        warnings.filterwarnings("ignore", message=".*will save all extracted features")
+        kid = KernelInceptionDistance(feature=_Precomputed(dim), subsets=kid_subsets, subset_size=kid_subset_size)
+    for metric in (fid, kid):
+        metric.update(real.double(), real=True)
+        metric.update(fake.double(), real=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        kid_mean, kid_std = kid.compute()
+    return Quality(float(fid.compute()), float(kid_mean), float(kid_std), features, len(fake), len(real), kid_subset_size)
+
+
+class Evaluator:
+    """FID/KID of a model's samples against cached real features: ``evaluator(model) -> dict``.
+
+    Samples ``n`` images with DDIM (``steps``, eta = 0) from a fixed seed, so that two models (or
+    raw and EMA weights) are compared on the same noise. A class-conditional model gets labels
+    0, 1, 2, ... in turn and ``guidance_scale``.
+    """
+
+    def __init__(
+        self,
+        diffusion: Diffusion,
+        features: Features,
+        real: torch.Tensor,
+        n: int,
+        steps: int,
+        batch_size: int,
+        kid_subset_size: int,
+        guidance_scale: float = 1.0,
+        seed: int = 1234,
+    ) -> None:
+        self.d, self.features, self.real = diffusion, features, real
+        self.n, self.steps, self.batch_size = n, min(steps, diffusion.T), batch_size
+        self.kid_subset_size, self.guidance_scale, self.seed = kid_subset_size, guidance_scale, seed
+
+    @classmethod
+    def for_profile(cls, profile: Profile, diffusion: Diffusion, features: Features, **overrides: Any) -> Evaluator:
+        """The profile's evaluation settings (sample count, DDIM steps, KID subset size)."""
+        s = profile.sample
+        kw = dict(n=s.fid_samples, steps=s.ddim_steps, batch_size=s.batch_size, kid_subset_size=s.kid_subset_size)
+        kw.update(overrides)
+        return cls(diffusion, features, real_features(features, profile), **kw)
+
+    @torch.no_grad()
+    def images(self, model: nn.Module, guidance_scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(samples [n, C, H, W] on the CPU, their labels or None)."""
+        gen = cpu_generator(self.seed)
+        num_classes = getattr(model, "num_classes", None)
+        shape = (model.in_channels, model.image_size, model.image_size)
+        scale = self.guidance_scale if guidance_scale is None else guidance_scale
+        xs, ys = [], []
+        for start in range(0, self.n, self.batch_size):
+            b = min(self.batch_size, self.n - start)
+            y = (torch.arange(start, start + b) % num_classes) if num_classes is not None else None
+            xs.append(sample(model, self.d, (b, *shape), "ddim", self.steps, y=y, guidance_scale=scale, generator=gen, progress=False).cpu())
+            ys.append(y)
+        return torch.cat(xs), (torch.cat(ys) if num_classes is not None else None)
+
+    def score(self, images: torch.Tensor) -> Quality:
+        """FID/KID of ``images`` (in [-1, 1]) against the real features."""
+        return fid_kid(self.real, extract(self.features, images), self.features.name, self.kid_subset_size)
+
+    def __call__(self, model: nn.Module) -> dict[str, Any]:
+        q = self.score(self.images(model)[0])
+        return {"fid": q.fid, "kid": q.kid, "features": q.features, "n_fake": q.n_fake, "n_real": q.n_real, "kid_subset_size": q.kid_subset_size}
+
+
+def pixel_diversity(x: torch.Tensor) -> float:
+    """Mean over pixels of the variance across the batch: 0 when every image is the same."""
+    if len(x) < 2:
+        raise ValueError("diversity needs at least 2 images")
+    return float(x.float().var(dim=0).mean())
+
+
+@torch.no_grad()
+def classifier_scores(classifier: Classifier, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> dict[str, float]:
+    """How class-like samples are: accuracy of the classifier against the intended labels ``y``,
+    and its mean softmax probability of the intended class (confidence)."""
+    classifier.eval()
+    device = next(classifier.parameters()).device
+    probs = torch.cat([classifier(b.to(device)).softmax(-1).cpu() for b in x.split(batch_size)])
+    return {
+        "accuracy": float((probs.argmax(1) == y).float().mean()),
+        "confidence": float(probs[torch.arange(len(y)), y].mean()),
+    }
+
+
+@torch.no_grad()
+def x0_error_by_timestep(
+    model: nn.Module, d: Diffusion, x0: torch.Tensor, timesteps: list[int], seed: int = 0, batch_size: int = 256
+) -> list[float]:
+    """Mean squared error of the predicted x_0 at each timestep, on images ``x0`` in [-1, 1].
+
+    The same quantity for every parameterisation (eps, x0 or v), so models trained on different
+    targets can be compared on one axis; each t uses the same noise (from ``seed``).
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    errors = []
+    for t in timesteps:
+        noise = torch.randn(x0.shape, generator=cpu_generator(seed), dtype=x0.dtype)
+        total = 0.0
+        for xb, nb in zip(x0.split(batch_size), noise.split(batch_size)):
+            xb, nb = xb.to(device), nb.to(device)
+            tt = torch.full((len(xb),), t, dtype=torch.long)
+            x_t = d.q_sample(xb, tt, nb)
+            x0_hat = d.predict_x0(x_t, tt, model(x_t, tt.to(device)).float())
+            total += float(((x0_hat - xb) ** 2).sum())
+        errors.append(total / x0.numel())
+    return errors

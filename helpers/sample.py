@@ -1,0 +1,79 @@
+"""Sample a grid of images from a checkpoint.
+
+    python -m helpers.sample --checkpoint artifacts/full/checkpoints/03_ddpm_eps.pt --n 64 --out grid.png
+    python -m helpers.sample --checkpoint ... --sampler ddim --steps 50
+    python -m helpers.sample --checkpoint artifacts/laptop/checkpoints/08_cfg.pt --class-id 3 --guidance-scale 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from helpers.checkpoints import load_model
+from helpers.device import cpu_generator, describe, pick_device
+from helpers.samplers import SPACINGS, VARIANCES, sample
+from helpers.viz import save_grid
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m helpers.sample",
+        description="Draw images from a trained checkpoint and save them as one PNG grid.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint written by notebook 03/06/07/08 or python -m helpers.train")
+    p.add_argument("--n", type=int, default=64, help="number of images")
+    p.add_argument("--out", type=Path, default=Path("grid.png"), help="PNG file for the grid")
+    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm", help="ancestral DDPM (all T steps) or DDIM")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: T)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 DDPM-like")
+    p.add_argument("--spacing", choices=SPACINGS, default="leading", help="DDIM timestep grid")
+    p.add_argument("--variance", choices=VARIANCES, default="fixed_small", help="DDPM step variance: beta tilde (small) or beta (large)")
+    p.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
+    p.add_argument("--class-id", type=int, default=None, help="class of every image (conditional models); -1 cycles through all classes")
+    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance scale s (1: plain conditional, 0: unconditional)")
+    p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
+    p.add_argument("--seed", type=int, default=0, help="seed of the CPU generator behind all noise (same images on any device)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per sampling batch")
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.n < 1:
+        print("error: --n must be at least 1", file=sys.stderr)
+        return 2
+    device = pick_device(args.device)
+    model, d, ckpt = load_model(args.checkpoint, device, ema=not args.raw)
+    if args.class_id is not None and model.num_classes is None:
+        print(f"error: --class-id given, but {args.checkpoint} holds an unconditional model", file=sys.stderr)
+        return 2
+    gen = cpu_generator(args.seed)
+    shape = (model.in_channels, model.image_size, model.image_size)
+    images = []
+    t0 = time.perf_counter()
+    for start in range(0, args.n, args.batch_size):
+        b = min(args.batch_size, args.n - start)
+        y = None
+        if args.class_id is not None:
+            y = torch.arange(start, start + b) % model.num_classes if args.class_id < 0 else torch.full((b,), args.class_id)
+        x = sample(
+            model, d, (b, *shape), args.sampler, args.steps, args.eta, y=y, guidance_scale=args.guidance_scale,
+            generator=gen, clip_x0=not args.no_clip, variance=args.variance, spacing=args.spacing,
+        )  # fmt: skip
+        images.append(x.cpu())
+    seconds = time.perf_counter() - t0
+    save_grid(torch.cat(images), args.out)
+    weights = "raw" if args.raw or ckpt.get("ema") is None else "EMA"
+    print(f"{args.n} images ({weights} weights, step {ckpt['step']}, {args.sampler}) on {describe(device)} in {seconds:.1f} s -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Train a diffusion model from the command line, writing the checkpoint the notebooks load.
+
+    python -m helpers.train --profile full --steps 800000
+    python -m helpers.train --profile full --steps 800000 --resume      # continue after a stop
+    python -m helpers.train --profile laptop --prediction v --schedule cosine --loss-weighting min_snr
+    python -m helpers.train --profile laptop --num-classes 10 --p-uncond 0.1
+
+The run is the one notebook 03 starts (same ``Trainer``), with checkpoints every ``--save-every``
+steps, so a long run can be stopped and resumed exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from helpers.checkpoints import load_checkpoint
+from helpers.config import PROFILES, get_profile
+from helpers.device import describe, pick_device, seed_everything
+from helpers.diffusion import LOSS_WEIGHTINGS, PREDICTIONS, Diffusion
+from helpers.schedules import SCHEDULES
+
+
+def default_checkpoint(prediction: str, num_classes: int | None) -> str:
+    """The notebooks' name for the run: 03_ddpm_eps.pt, 07_v.pt or 08_cfg.pt (else train_<prediction>.pt)."""
+    if num_classes is not None:
+        return "08_cfg.pt"
+    return {"eps": "03_ddpm_eps.pt", "v": "07_v.pt"}.get(prediction, f"train_{prediction}.pt")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m helpers.train",
+        description="Train the course's U-Net under a profile; resumable, same checkpoints as the notebooks.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--profile", choices=list(PROFILES), default=None, help="scale of the run (default: $DIFFUSION_PROFILE, else full on CUDA and laptop elsewhere)")
+    p.add_argument("--steps", type=int, default=None, help="train until this many optimiser steps in total (default: the profile's)")
+    p.add_argument("--out", type=Path, default=None, help="checkpoint file (default: artifacts/<profile>/checkpoints/ with the notebooks' name for this kind of model)")
+    p.add_argument("--resume", action="store_true", help="continue from --out exactly (weights, optimiser with its learning rate, EMA, data position, RNG)")
+    p.add_argument("--save-every", type=int, default=5000, help="write the checkpoint every N steps (and at the end)")
+    g = p.add_argument_group("model and objective")
+    g.add_argument("--prediction", choices=PREDICTIONS, default="eps", help="what the network predicts")
+    g.add_argument("--schedule", choices=list(SCHEDULES), default=None, help="noise schedule (default: the profile's)")
+    g.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default="none", help="weight of the MSE per timestep (min_snr: Hang et al. 2023)")
+    g.add_argument("--min-snr-gamma", type=float, default=5.0, help="gamma of min-SNR weighting")
+    g.add_argument("--num-classes", type=int, default=None, help="train a class-conditional model with this many classes (10 for the datasets here)")
+    g.add_argument("--p-uncond", type=float, default=0.1, help="label dropout rate of a conditional model (for classifier-free guidance)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch-size", type=int, default=None, help="images per step (default: the profile's)")
+    g.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the profile's)")
+    g.add_argument("--warmup-steps", type=int, default=None, help="linear LR warm-up steps (default: the profile's)")
+    g.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm to this (0: off; default: the profile's)")
+    g.add_argument("--ema-decay", type=float, default=None, help="EMA decay of the weights (0: no EMA; default: the profile's)")
+    g.add_argument("--seed", type=int, default=0, help="seed of weights, data order and noise")
+    g = p.add_argument_group("logging and evaluation")
+    g.add_argument("--log-every", type=int, default=None, help="steps per metrics-log row (default: the profile's)")
+    g.add_argument("--sample-every", type=int, default=None, help="steps between sample grids (0: none; default: the profile's)")
+    g.add_argument("--eval-every", type=int, default=None, help="steps between FID/KID evaluations of raw and EMA weights (0: none; default: the profile's)")
+    g.add_argument("--fid-features", choices=("auto", "inception", "classifier"), default=None, help="features for FID/KID (default: the profile's)")
+    g = p.add_argument_group("speed")
+    g.add_argument("--device", default=None, help="cuda, mps or cpu (default: $DIFFUSION_DEVICE, else the best available)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+    g.add_argument("--no-amp", action="store_true", help="train in float32 even on CUDA (default there: bf16 autocast)")
+    g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0: load in the main process; exact resume needs 0 with CIFAR-10's random flips)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (for log files)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from helpers.data import profile_dataset
+    from helpers.training import TrainConfig, Trainer
+    from helpers.unet import UNet
+
+    device = pick_device(args.device)
+    profile = get_profile(args.profile, device)
+    out = args.out or profile.checkpoint(default_checkpoint(args.prediction, args.num_classes))
+    if args.resume and not out.is_file():
+        print(f"error: --resume, but there is no checkpoint at {out}", file=sys.stderr)
+        return 2
+    if not args.resume and out.is_file():
+        print(f"error: {out} exists; pass --resume to continue it, or --out to write elsewhere", file=sys.stderr)
+        return 2
+
+    overrides = {
+        k: v
+        for k, v in dict(
+            batch_size=args.batch_size,
+            lr=args.lr,
+            warmup_steps=args.warmup_steps,
+            grad_clip=args.grad_clip,
+            log_every=args.log_every,
+            sample_every=args.sample_every,
+            eval_every=args.eval_every,
+            steps=args.steps,
+        ).items()
+        if v is not None
+    }
+    if args.ema_decay is not None:
+        overrides["ema_decay"] = args.ema_decay or None
+    config = TrainConfig.from_profile(
+        profile, p_uncond=args.p_uncond, compile=args.compile, channels_last=args.channels_last,
+        amp=False if args.no_amp else None, seed=args.seed, **overrides,
+    )  # fmt: skip
+
+    seed_everything(args.seed)
+    model_config = {**profile.model, "num_classes": args.num_classes}
+    diffusion = Diffusion.from_schedule(
+        args.schedule or profile.schedule, profile.T, prediction=args.prediction,
+        loss_weighting=args.loss_weighting, min_snr_gamma=args.min_snr_gamma,
+    )  # fmt: skip
+    if args.resume:  # the checkpoint's model and process win; flags that disagree are an error
+        ckpt = load_checkpoint(out, prediction=args.prediction)
+        model_config = ckpt["model_config"]
+        diffusion = Diffusion.from_config(ckpt["diffusion"])
+    model = UNet(**model_config)
+
+    evaluator = None
+    if config.eval_every:
+        from helpers.metrics import Evaluator, get_features
+
+        evaluator = Evaluator.for_profile(profile, diffusion, get_features(profile, device, args.fid_features))
+    dataset = profile_dataset(profile)
+    log_dir = out.parent.parent / "logs" / out.stem
+    trainer = Trainer(
+        model, diffusion, dataset, config, device, out_dir=log_dir, evaluator=evaluator,
+        progress=not args.no_progress, num_workers=args.workers,
+    )  # fmt: skip
+    if args.resume:
+        trainer.load(out)
+        print(f"resuming {out} at step {trainer.step}")
+    print(f"profile {profile.name} on {describe(device)}: {sum(p.numel() for p in model.parameters()):,} parameters, {diffusion}")
+    trainer.train(save_to=out, save_every=args.save_every, profile=profile.name)
+    last = next((r for r in reversed(trainer.history) if "loss" in r), None)
+    print(f"saved {out} at step {trainer.step}" + (f", loss {last['loss']:.4f}" if last else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,395 @@
+"""The training loop shared by notebook 03 and ``python -m helpers.train``.
+
+One ``Trainer`` holds the model, optimiser, LR warm-up, EMA and the data position, and runs
+steps of
+
+    x_0 ~ data,  t ~ U{0..T-1},  eps ~ N(0, I),  loss = w(t) || model(x_t, t) - target ||^2
+
+with gradient clipping, bf16 autocast on CUDA, optional ``torch.compile`` and channels_last, a
+tqdm bar (loss, img/s), a metrics log (JSON lines), the loss by timestep bucket, sample grids and
+FID/KID evaluations every N steps. ``save``/``load`` make resuming exact: N steps straight give
+the same weights as N/2, save, load into fresh objects, N/2.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from helpers.checkpoints import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from helpers.config import Profile
+from helpers.device import amp_dtype, cpu_generator
+from helpers.diffusion import Diffusion
+from helpers.ema import EMA
+from helpers.samplers import sample
+
+__all__ = ["TrainConfig", "Trainer", "N_BUCKETS"]
+
+N_BUCKETS = 10  # loss by timestep bucket: t in [0, T/10), [T/10, 2T/10), ...
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (``from_profile`` fills them from a profile)."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    warmup_steps: int = 0
+    grad_clip: float | None = 1.0
+    optimizer: str = "adam"  # "adam" (as DDPM) or "adamw"
+    weight_decay: float = 0.0
+    ema_decay: float | None = None  # None: no EMA
+    ema_warmup: bool = True
+    ema_update_every: int = 1
+    p_uncond: float = 0.1  # label dropout for class-conditional models (classifier-free guidance)
+    log_every: int = 50
+    sample_every: int = 0  # 0: no sample grids during training
+    grid_size: int = 16
+    grid_ddim_steps: int = 20
+    eval_every: int = 0  # 0: no FID/KID during training (needs an evaluator)
+    amp: bool | None = None  # None: bf16 autocast where the device supports it (CUDA)
+    compile: bool = False
+    channels_last: bool = False
+    seed: int = 0
+
+    @classmethod
+    def from_profile(cls, profile: Profile, **overrides: Any) -> TrainConfig:
+        """The profile's training settings, with ``overrides`` on top."""
+        p = profile.train
+        base = dict(
+            steps=p.steps,
+            batch_size=p.batch_size,
+            lr=p.lr,
+            warmup_steps=p.warmup_steps,
+            grad_clip=p.grad_clip,
+            ema_decay=p.ema_decay,
+            ema_warmup=p.ema_warmup,
+            log_every=p.log_every,
+            sample_every=p.sample_every,
+            grid_size=profile.sample.grid,
+            grid_ddim_steps=profile.sample.ddim_steps,
+            eval_every=p.eval_every,
+            seed=profile.seed,
+        )
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown training settings: {', '.join(sorted(unknown))}")
+        return cls(**{**base, **overrides})
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose adam or adamw")
+        if not 0 <= self.p_uncond < 1:
+            raise ValueError(f"p_uncond must lie in [0, 1), got {self.p_uncond}")
+        for name in ("steps", "batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+
+
+class Trainer:
+    """Trains ``model`` on ``dataset`` under ``diffusion``; see the module docstring.
+
+    Args:
+        model: the U-Net (moved to ``device``).
+        diffusion: the process (schedule, prediction type, loss weighting).
+        dataset: (image in [-1, 1], label) pairs.
+        config: the run's settings.
+        device: where to train.
+        out_dir: where the metrics log (``metrics.jsonl``) and sample grids (``grids/``) go; None
+            keeps them in memory only (``history``, ``grids``).
+        evaluator: called as ``evaluator(model)`` every ``eval_every`` steps, on the raw weights
+            and (with EMA) on the averaged ones; returns a dict of numbers for the log.
+        progress: show a tqdm bar.
+        num_workers: DataLoader worker processes (0, the default, is safe in notebooks and keeps
+            resuming exact when the dataset draws random flips).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        diffusion: Diffusion,
+        dataset: Dataset,
+        config: TrainConfig,
+        device: torch.device | str = "cpu",
+        out_dir: str | Path | None = None,
+        evaluator: Callable[[nn.Module], dict[str, float]] | None = None,
+        progress: bool = True,
+        num_workers: int = 0,
+    ) -> None:
+        self.device = torch.device(device)
+        self.config, self.diffusion, self.dataset = config, diffusion, dataset
+        self.evaluator, self.progress, self.num_workers = evaluator, progress, num_workers
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        if config.batch_size > len(dataset):
+            raise ValueError(f"batch_size {config.batch_size} exceeds the {len(dataset)} images of the dataset")
+        if config.eval_every and evaluator is None:
+            raise ValueError("eval_every is set, but no evaluator was given to compute FID/KID")
+
+        self.model = model.to(self.device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.amp = amp_dtype(self.device) if config.amp in (None, True) else None
+        if config.amp and self.amp is None:
+            raise ValueError(f"mixed precision was asked for, but this course uses it only on CUDA, not {self.device.type}")
+
+        opt = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = opt(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        warmup = max(config.warmup_steps, 1)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup))
+        self.ema = (
+            EMA(self.model, config.ema_decay, config.ema_warmup, config.ema_update_every)
+            if config.ema_decay is not None
+            else None
+        )
+        self.num_classes: int | None = getattr(model, "num_classes", None)
+
+        self.step = 0
+        self.history: list[dict[str, Any]] = []  # one row per log_every steps (and per evaluation)
+        self.grids: list[tuple[int, torch.Tensor]] = []  # (step, images) sample grids of this session
+        self.bucket_sum = torch.zeros(N_BUCKETS, dtype=torch.float64)  # loss by timestep bucket, all logged steps
+        self.bucket_count = torch.zeros(N_BUCKETS, dtype=torch.long)
+        self._smooth: float | None = None
+
+    # ---- one step --------------------------------------------------------------------------------
+
+    def train_step(self, x0: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One optimiser step on a batch; returns (per-image losses, their timesteps, grad norm) on the device.
+
+        Nothing here waits for the device (no ``.item()``), so a GPU stays busy while the next batch
+        loads; the loss is checked for NaN/inf at every log step.
+        """
+        cfg, d = self.config, self.diffusion
+        x0 = x0.to(self.device, non_blocking=True)
+        if cfg.channels_last:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        if self.num_classes is not None:
+            # label dropout: each label becomes "no label" with probability p_uncond
+            drop = torch.rand(y.shape) < cfg.p_uncond
+            y = torch.where(drop, torch.full_like(y, self.num_classes), y).to(self.device)
+        else:
+            y = None
+        t = torch.randint(0, d.T, (x0.shape[0],))
+        with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
+            losses = d.loss(self.forward, x0, y, t=t, reduction="none")
+        self.optimizer.zero_grad(set_to_none=True)
+        losses.mean().backward()
+        clip = cfg.grad_clip if cfg.grad_clip else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        return losses.detach(), t.to(self.device), grad_norm.detach()
+
+    # ---- the loop --------------------------------------------------------------------------------
+
+    def train(
+        self,
+        steps: int | None = None,
+        callback: Callable[[Trainer, dict[str, Any]], None] | None = None,
+        save_to: str | Path | None = None,
+        save_every: int = 0,
+        profile: str | None = None,
+    ) -> Trainer:
+        """Run ``steps`` more optimiser steps (default: up to ``config.steps``).
+
+        ``callback(trainer, row)`` is called with every metrics row (for live plots). With
+        ``save_to``, a checkpoint is written there every ``save_every`` steps and at the end, so
+        an interrupted run loses little and ``load`` continues it.
+        """
+        cfg = self.config
+        steps = steps if steps is not None else cfg.steps - self.step
+        if steps <= 0:
+            return self
+        from helpers.data import make_loader  # data pulls in torchvision; keep it out of import time
+
+        loader = make_loader(
+            self.dataset, cfg.batch_size, shuffle=True, seed=cfg.seed, start=self.step,
+            num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+        )  # fmt: skip
+        if self.step == 0:
+            self._rewrite_log()  # a fresh run starts a fresh log
+        batches = iter(loader)
+        end = self.step + steps
+        window = _Window(self.device)
+        self.model.train()
+        bar = tqdm(total=steps, desc="training", disable=not self.progress, leave=False)
+        try:
+            while self.step < end:
+                x0, y = next(batches)
+                losses, t, grad_norm = self.train_step(x0, y)
+                window.add(losses, t * N_BUCKETS // self.diffusion.T, grad_norm)
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == end:
+                    row = self._log_row(window)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}")
+                    self._emit(row, callback)
+                    window = _Window(self.device)
+                if cfg.sample_every and self.step % cfg.sample_every == 0:
+                    self.sample_grid()
+                if cfg.eval_every and self.step % cfg.eval_every == 0:
+                    self._emit(self.evaluate(), callback)
+                    window.t0 = time.perf_counter()  # keep evaluation time out of img/s
+                if save_to is not None and (self.step == end or (save_every and self.step % save_every == 0)):
+                    self.save(save_to, profile)
+        finally:
+            bar.close()
+        return self
+
+    def _log_row(self, window: _Window) -> dict[str, Any]:
+        sums, counts = window.bucket_sum.double().cpu(), window.bucket_count.cpu()
+        loss = float(sums.sum() / counts.sum())
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"the loss became {loss} within the {window.n} steps up to step {self.step}, so training stopped; "
+                f"lower the learning rate (now {self.scheduler.get_last_lr()[0]:.2e}) or keep gradient clipping on"
+            )
+        self.bucket_sum += sums
+        self.bucket_count += counts
+        self._smooth = loss if self._smooth is None else 0.9 * self._smooth + 0.1 * loss
+        elapsed = time.perf_counter() - window.t0
+        with torch.no_grad():
+            param_norm = float(torch.linalg.vector_norm(torch.stack([p.norm() for p in self.model.parameters()])))
+        return {
+            "step": self.step,
+            "loss": loss,
+            "loss_smooth": self._smooth,
+            "grad_norm": float(window.grad_norm),
+            "lr": self.scheduler.get_last_lr()[0],
+            "param_norm": param_norm,
+            "img_per_s": window.n * self.config.batch_size / max(elapsed, 1e-9),
+            "loss_by_bucket": [float(s / c) if c else None for s, c in zip(sums, counts)],
+        }
+
+    def _emit(self, row: dict[str, Any], callback: Callable[[Trainer, dict[str, Any]], None] | None) -> None:
+        self.history.append(row)
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+        if callback is not None:
+            callback(self, row)
+
+    def _rewrite_log(self) -> None:
+        """Make ``metrics.jsonl`` hold exactly ``history`` (after a load, rows past the checkpoint go)."""
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.history))
+
+    def bucket_losses(self) -> list[float | None]:
+        """Mean training loss per timestep bucket over all steps so far (None where no sample fell)."""
+        return [float(s / c) if c else None for s, c in zip(self.bucket_sum, self.bucket_count)]
+
+    # ---- sample grids and evaluation ---------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample_grid(self) -> torch.Tensor:
+        """Sample ``grid_size`` images from fixed noise (DDIM, EMA weights if any); keep and save them."""
+        cfg = self.config
+        n = cfg.grid_size
+        shape = (n, self.model.in_channels, self.model.image_size, self.model.image_size)
+        y = torch.arange(n) % self.num_classes if self.num_classes is not None else None
+        steps = min(cfg.grid_ddim_steps, self.diffusion.T)
+        # the same noise every time (a fresh generator), and the global RNG left untouched
+        gen = cpu_generator(cfg.seed)
+        if self.ema is not None:
+            with self.ema.averaged(self.model):
+                x = sample(self.model, self.diffusion, shape, "ddim", steps, y=y, generator=gen, progress=False)
+        else:
+            x = sample(self.model, self.diffusion, shape, "ddim", steps, y=y, generator=gen, progress=False)
+        x = x.cpu()
+        self.grids.append((self.step, x))
+        if self.out_dir is not None:
+            from helpers.viz import save_grid
+
+            save_grid(x, self.out_dir / "grids" / f"step_{self.step:07d}.png")
+        return x
+
+    def evaluate(self) -> dict[str, Any]:
+        """Run the evaluator on the raw weights and, with EMA, on the averaged ones."""
+        row: dict[str, Any] = {"step": self.step}
+        row.update({f"{k}_raw": v for k, v in self.evaluator(self.model).items()})
+        if self.ema is not None:
+            with self.ema.averaged(self.model):
+                row.update({f"{k}_ema": v for k, v in self.evaluator(self.model).items()})
+        self.model.train()
+        return row
+
+    # ---- checkpoints -------------------------------------------------------------------------------
+
+    def state_dict(self, profile: str | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Everything ``load`` needs to continue exactly (see ``helpers.checkpoints``)."""
+        return {
+            "model": self.model.state_dict(),
+            "model_config": dict(self.model.config),
+            "diffusion": self.diffusion.config(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "step": self.step,
+            "train": asdict(self.config),
+            "history": self.history,
+            "buckets": {"sum": self.bucket_sum, "count": self.bucket_count},
+            "rng": rng_state(),
+            "profile": profile,
+            "extra": extra or {},
+        }
+
+    def save(self, path: str | Path, profile: str | None = None, extra: dict[str, Any] | None = None) -> Path:
+        """Save an exact-resume checkpoint, atomically."""
+        return save_checkpoint(path, self.state_dict(profile, extra))
+
+    def load(self, path: str | Path) -> dict[str, Any]:
+        """Continue from ``path``: weights, optimiser, schedule, EMA, step, logs and RNG states.
+
+        The checkpoint must hold the same model configuration and prediction type.
+        """
+        ckpt = load_checkpoint(path, self.device, model_config=dict(self.model.config), prediction=self.diffusion.prediction)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.ema is not None:
+            if ckpt.get("ema") is None:
+                # a run without EMA continued with EMA: the average starts from the current weights
+                self.ema = EMA(self.model, self.config.ema_decay, self.config.ema_warmup, self.config.ema_update_every)
+            else:
+                self.ema.load_state_dict(ckpt["ema"])
+        self.step = ckpt["step"]
+        self.history = list(ckpt.get("history", []))
+        if "buckets" in ckpt:
+            self.bucket_sum, self.bucket_count = ckpt["buckets"]["sum"].cpu(), ckpt["buckets"]["count"].cpu()
+        smooth = [r["loss_smooth"] for r in self.history if "loss_smooth" in r]
+        self._smooth = smooth[-1] if smooth else None
+        set_rng_state(ckpt["rng"])
+        self._rewrite_log()
+        return ckpt
+
+
+class _Window:
+    """Sums over the steps since the last log row, kept on the device (no per-step sync)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.bucket_sum = torch.zeros(N_BUCKETS, device=device)
+        self.bucket_count = torch.zeros(N_BUCKETS, device=device, dtype=torch.long)
+        self.grad_norm = torch.zeros((), device=device)
+        self.n = 0
+        self.t0 = time.perf_counter()
+
+    def add(self, losses: torch.Tensor, buckets: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        self.bucket_sum.index_add_(0, buckets, losses.float())
+        self.bucket_count.index_add_(0, buckets, torch.ones_like(buckets))
+        self.grad_norm = grad_norm
+        self.n += 1

@@ -1,0 +1,110 @@
+import pytest
+import torch
+from torch import nn
+
+import helpers.checkpoints as C
+from helpers.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from helpers.ema import EMA
+
+from conftest import SMALL_UNET
+
+
+def minimal(step=0, **model_config):
+    return {"model": {"w": torch.ones(2)}, "model_config": {**SMALL_UNET, **model_config}, "diffusion": {"prediction": "eps"}, "step": step}
+
+
+def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, minimal(step=1))
+
+    def crash(obj, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(C.torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, minimal(step=2))
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1, "the old checkpoint survives an interrupted save"
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_corrupt_foreign_and_mismatched_files_give_one_sentence_errors(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"\x00not a zip file at all")
+    with pytest.raises(CheckpointError, match="junk.pt is corrupt or not a PyTorch checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="other.pt is not a checkpoint of this course"):
+        load_checkpoint(tmp_path / "other.pt")
+    save_checkpoint(tmp_path / "c.pt", minimal(ch=16))
+    with pytest.raises(CheckpointError, match=r"holds a model with ch=16 \(not 8\); build the model from its model_config"):
+        load_checkpoint(tmp_path / "c.pt", model_config=SMALL_UNET)
+    with pytest.raises(CheckpointError, match="holds a eps-prediction model, not a v-prediction one"):
+        load_checkpoint(tmp_path / "c.pt", prediction="v")
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_loading_never_unpickles_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("this must not run",))
+
+    torch.save({"format": C.FORMAT, "payload": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="corrupt or not a PyTorch checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_map_location_puts_tensors_where_asked(tmp_path):
+    save_checkpoint(tmp_path / "c.pt", minimal())
+    assert load_checkpoint(tmp_path / "c.pt", map_location="meta")["model"]["w"].device.type == "meta"
+
+
+def _scalar_model(value=0.0):
+    m = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        m.weight.fill_(value)
+    return m
+
+
+@pytest.mark.parametrize("warmup", [False, True])
+def test_ema_matches_the_closed_form_of_the_update(warmup):
+    # shadow_n = d_n shadow_{n-1} + (1 - d_n) p_n, unrolled: sum_k p_k (1 - d_k) prod_{j>k} d_j + p_0 prod_j d_j
+    values = torch.linspace(-1, 2, 100, dtype=torch.float64)
+    model = _scalar_model(0.5)
+    ema = EMA(model, decay=0.9, warmup=warmup)
+    decays = []
+    for v in values:
+        with torch.no_grad():
+            model.weight.fill_(float(v))
+        decays.append(ema.current_decay())
+        ema.update(model)
+    d = torch.tensor(decays, dtype=torch.float64)
+    expected = 0.5 * d.prod() + sum(values[k] * (1 - d[k]) * d[k + 1 :].prod() for k in range(len(values)))
+    assert ema.shadow["weight"].item() == pytest.approx(expected.item(), rel=1e-5)
+    if warmup:
+        assert decays[:3] == pytest.approx([1 / 10, 2 / 11, 3 / 12]) and decays[-1] == 0.9
+    else:
+        assert set(decays) == {0.9}
+
+
+def test_ema_update_every_k_steps_and_store_restore_round_trip():
+    model = _scalar_model(1.0)
+    ema = EMA(model, decay=0.5, warmup=False, update_every=3)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    ema.update(model)
+    ema.update(model)
+    assert ema.shadow["weight"].item() == 1.0 and ema.num_updates == 0
+    ema.update(model)
+    assert ema.shadow["weight"].item() == 2.0 and ema.num_updates == 1
+    with ema.averaged(model):
+        assert model.weight.item() == 2.0
+    assert model.weight.item() == 3.0
+    with pytest.raises(RuntimeError, match="without a preceding store"):
+        ema.restore(model)
+    fresh = EMA(_scalar_model(), decay=0.1)
+    fresh.load_state_dict(ema.state_dict())
+    assert fresh.shadow["weight"].item() == 2.0 and (fresh.decay, fresh.step, fresh.update_every) == (0.5, 3, 3)
+    with pytest.raises(ValueError, match="does not match this model"):
+        EMA(nn.Linear(1, 1)).load_state_dict(ema.state_dict())

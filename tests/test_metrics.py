@@ -1,0 +1,169 @@
+import dataclasses
+from urllib.error import URLError
+
+import pytest
+import torch
+
+import helpers.classifier as classifier_mod
+import helpers.metrics as M
+from helpers.classifier import Classifier, load_or_train_classifier, train_classifier
+from helpers.config import PROFILES
+from helpers.diffusion import Diffusion
+from helpers.metrics import (
+    ClassifierFeatures,
+    Evaluator,
+    InceptionUnavailableError,
+    classifier_scores,
+    fid_kid,
+    get_features,
+    pixel_diversity,
+)
+
+from conftest import random_unet
+
+
+def gaussian(n, d=8, seed=0, scale=1.0):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * scale
+
+
+def test_fid_of_a_set_against_itself_is_zero():
+    a = gaussian(500)
+    q = fid_kid(a, a, "toy", kid_subset_size=100)
+    assert abs(q.fid) < 1e-6 * a.var(0).sum().item()
+
+
+def test_fid_of_a_shifted_set_is_the_squared_shift():
+    # Same covariance, means apart by delta: FID = ||delta||^2 exactly
+    a = gaussian(400)
+    delta = torch.linspace(-1, 1, 8, dtype=torch.float64)
+    q = fid_kid(a, a + delta, "toy", kid_subset_size=100)
+    assert q.fid == pytest.approx(float(delta.square().sum()), rel=1e-6)
+
+
+def test_noised_or_shifted_sets_score_clearly_worse_than_a_fresh_sample():
+    real, fresh = gaussian(1000, seed=1), gaussian(1000, seed=2)
+    same = fid_kid(real, fresh, "toy", 200)
+    noised = fid_kid(real, fresh + gaussian(1000, seed=3), "toy", 200)
+    shifted = fid_kid(real, fresh + 0.5, "toy", 200)
+    assert noised.fid > 5 * same.fid and shifted.fid > 5 * same.fid
+    assert noised.kid > same.kid + 5 * same.kid_std and shifted.kid > same.kid + 5 * same.kid_std
+
+
+def test_kid_is_unbiased_near_zero_for_two_halves_of_the_same_data():
+    data = gaussian(2000, seed=4)
+    q = fid_kid(data[:1000], data[1000:], "toy", kid_subset_size=500, kid_subsets=100)
+    assert abs(q.kid) < 3 * q.kid_std + 1e-4
+    assert "toy features; 1000 generated vs 1000 real images; KID subsets of 500" in str(q)
+
+
+def test_too_few_samples_and_mismatched_features_are_clear_errors():
+    with pytest.raises(ValueError, match="at least 2 images per set"):
+        fid_kid(gaussian(10), gaussian(1), "toy", 1)
+    with pytest.raises(ValueError, match="KID subsets of 50 need at least that many images per set; got 100 real and 20 generated"):
+        fid_kid(gaussian(100), gaussian(20), "toy", 50)
+    with pytest.raises(ValueError, match="same d"):
+        fid_kid(gaussian(10, d=4), gaussian(10, d=5), "toy", 5)
+    feats = ClassifierFeatures(Classifier(1, 16, width=4, feature_dim=8), "fashion_mnist")
+    with pytest.raises(ValueError, match=r"need images \[B, 1, 16, 16\], got \(2, 3, 16, 16\)"):
+        feats(torch.zeros(2, 3, 16, 16))
+
+
+def test_classifier_learns_fashion_mnist_and_is_cached(data_env, monkeypatch):
+    from helpers.data import load_dataset
+
+    train = load_dataset("fashion_mnist", True, 16, subset=3000).tensors()
+    test = load_dataset("fashion_mnist", False, 16, subset=1000).tensors()
+    model, acc = train_classifier(train, test, epochs=3, width=16, progress=False)
+    assert acc > 0.7, f"a CNN on 3,000 images should beat 70% (chance is 10%), got {acc:.1%}"
+
+    profile = dataclasses.replace(PROFILES["smoke"], classifier_epochs=1, classifier_width=8)
+    calls = []
+    real_train = classifier_mod.train_classifier
+    monkeypatch.setattr(classifier_mod, "train_classifier", lambda *a, **k: calls.append(1) or real_train(*a, **{**k, "progress": False}))
+    first, info = load_or_train_classifier(profile, progress=False)
+    again, info_again = load_or_train_classifier(profile, progress=False)
+    assert calls == [1], "the second call loads the cached classifier"
+    assert info == info_again and info["test_images"] == 10_000 and info["test_accuracy"] > 0.7
+    x = test[0][:8]
+    assert torch.equal(first(x), again(x))
+
+
+def test_inception_features_from_a_local_weights_file(tmp_path, monkeypatch):
+    from torch_fidelity import feature_extractor_inceptionv3 as fe
+
+    # Build an Inception-v3 with random weights and save it where a user would put the real file.
+    with monkeypatch.context() as m:
+        m.setattr(fe, "load_state_dict_from_url", lambda *a, **k: None)
+        m.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None)
+        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    torch.save(net.state_dict(), tmp_path / "inception.pth")
+    monkeypatch.setenv("DIFFUSION_FID_WEIGHTS", str(tmp_path / "inception.pth"))
+    feats = get_features(PROFILES["smoke"], kind="auto", verbose=False)
+    assert feats.name == "inception-v3" and feats.dim == 2048
+    x = torch.rand(3, 1, 16, 16) * 2 - 1
+    f = feats(x)
+    assert f.shape == (3, 2048) and torch.isfinite(f).all()
+    assert torch.allclose(f[0], feats(x[:1].expand(-1, 3, -1, -1))[0]), "grey images are repeated over RGB"
+
+
+def test_inception_without_weights_or_network_is_an_error_or_a_fallback(monkeypatch):
+    from torch_fidelity import feature_extractor_inceptionv3 as fe
+
+    monkeypatch.delenv("DIFFUSION_FID_WEIGHTS", raising=False)
+    monkeypatch.setattr(fe, "load_state_dict_from_url", lambda *a, **k: (_ for _ in ()).throw(URLError("offline")))
+    with pytest.raises(InceptionUnavailableError, match="DIFFUSION_FID_WEIGHTS"):
+        get_features(PROFILES["smoke"], kind="inception", verbose=False)
+    fake = Classifier(1, 16, width=4, feature_dim=8)
+    monkeypatch.setattr(M, "load_or_train_classifier", lambda *a, **k: (fake, {"test_accuracy": 0.5, "test_images": 1}))
+    feats = get_features(PROFILES["smoke"], kind="auto", verbose=False)
+    assert feats.name.startswith("classifier (fashion_mnist, 16px)") and feats.dim == 8
+
+
+def test_evaluator_scores_a_model_and_names_its_features_and_counts():
+    torch.manual_seed(0)
+    feats = ClassifierFeatures(Classifier(1, 16, width=4, feature_dim=8), "fashion_mnist")
+    real = M.extract(feats, torch.rand(64, 1, 16, 16) * 2 - 1)
+    ev = Evaluator(Diffusion.from_schedule("linear", 20), feats, real, n=40, steps=3, batch_size=16, kid_subset_size=20)
+    row = ev(random_unet())
+    assert row["features"] == feats.name and (row["n_fake"], row["n_real"], row["kid_subset_size"]) == (40, 64, 20)
+    assert row["fid"] > 0
+    assert ev(random_unet())["fid"] == row["fid"], "same model, same seed: same number"
+
+
+def test_pixel_diversity_and_classifier_scores():
+    x = torch.randn(1, 1, 4, 4).repeat(5, 1, 1, 1)
+    assert pixel_diversity(x) == 0
+    y = torch.randn(4000, 1, 2, 2) * 0.5
+    assert pixel_diversity(y) == pytest.approx(0.25, rel=0.05)
+
+    class Fixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x):  # always class 1, with probability softmax([0, ln 3]) = 3/4
+            return torch.tensor([[0.0, torch.log(torch.tensor(3.0))]]).repeat(len(x), 1)
+
+    s = classifier_scores(Fixed(), torch.zeros(4, 1, 2, 2), torch.tensor([1, 1, 0, 1]))
+    assert s["accuracy"] == 0.75 and s["confidence"] == pytest.approx((3 * 0.75 + 0.25) / 4)
+
+
+def test_x0_error_by_timestep_is_the_same_quantity_for_every_parameterisation():
+    # An oracle that outputs the true target of each parameterisation has zero x0 error at every t.
+    x0 = torch.rand(6, 1, 16, 16) * 2 - 1
+    for prediction in ("eps", "x0", "v"):
+        d = Diffusion.from_schedule("cosine", 50, prediction=prediction)
+
+        class Oracle(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.p = torch.nn.Parameter(torch.zeros(()))
+
+            def forward(self, x_t, t):
+                noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+                return d.target(x0, noise, t.cpu())
+
+        errors = M.x0_error_by_timestep(Oracle(), d, x0, [0, 25, 49])
+        assert max(errors) < 1e-6, (prediction, errors)
+    zero = M.x0_error_by_timestep(random_unet(), Diffusion.from_schedule("cosine", 50, prediction="x0"), x0, [10])
+    assert zero[0] > 0.01

@@ -1,0 +1,132 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from helpers.checkpoints import load_model
+from helpers.data import ImageDataset
+from helpers.diffusion import Diffusion
+from helpers.training import N_BUCKETS, TrainConfig, Trainer
+from helpers.unet import UNet
+
+from conftest import SMALL_UNET
+
+
+def tiny_dataset(n=64, flip=True):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 1, 16, 16), generator=g, dtype=torch.uint8)
+    return ImageDataset(images, torch.arange(n) % 10, tuple(str(i) for i in range(10)), flip=flip)
+
+
+def make_trainer(seed=0, conditional=True, **cfg):
+    torch.manual_seed(seed)
+    model = UNet(**{**SMALL_UNET, "dropout": 0.1}, num_classes=10 if conditional else None)
+    d = Diffusion.from_schedule("linear", 100, prediction="v")
+    config = TrainConfig(**{**dict(steps=8, batch_size=8, lr=1e-3, warmup_steps=3, ema_decay=0.9, log_every=1, p_uncond=0.2), **cfg})
+    return Trainer(model, d, tiny_dataset(), config, progress=False)
+
+
+def test_resume_is_exact(tmp_path):
+    # N steps straight == N/2 steps, save, load into fresh objects, N/2 steps: same losses and weights.
+    # Covers dropout, random flips, label dropout, t and noise draws, LR warm-up and EMA.
+    straight = make_trainer().train(8)
+    first = make_trainer().train(4)
+    first.save(tmp_path / "half.pt")
+    torch.manual_seed(12345)  # whatever the global RNG did meanwhile must not matter
+    resumed = make_trainer(seed=99)  # fresh objects, different initial weights
+    resumed.load(tmp_path / "half.pt")
+    resumed.train(4)
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    for name, a in straight.ema.shadow.items():
+        assert torch.equal(a, resumed.ema.shadow[name]), name
+    assert resumed.step == 8 and resumed.scheduler.get_last_lr() == straight.scheduler.get_last_lr()
+
+
+def test_training_lowers_the_loss_and_logs_every_row(tmp_path, data_env):
+    from helpers.config import PROFILES
+    from helpers.data import profile_dataset
+
+    p = PROFILES["smoke"]
+    torch.manual_seed(0)
+    trainer = Trainer(
+        UNet(**p.model), Diffusion.from_schedule(p.schedule, p.T), profile_dataset(p),
+        TrainConfig.from_profile(p, steps=60, sample_every=30, eval_every=0, log_every=10), out_dir=tmp_path, progress=False,
+    )  # fmt: skip
+    trainer.train()
+    losses = [r["loss"] for r in trainer.history]
+    assert losses[-1] < 0.6 * losses[0], losses
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [10, 20, 30, 40, 50, 60]
+    assert set(rows[0]) >= {"step", "loss", "loss_smooth", "grad_norm", "lr", "param_norm", "img_per_s", "loss_by_bucket"}
+    assert len(rows[0]["loss_by_bucket"]) == N_BUCKETS
+    assert [s for s, _ in trainer.grids] == [30, 60] and (tmp_path / "grids" / "step_0000060.png").is_file()
+    buckets = trainer.bucket_losses()
+    # eps is hardest to see at small t (x_t is almost x_0) and easiest at large t (x_t is almost eps)
+    assert buckets[0] > buckets[-1]
+
+
+def test_per_image_losses_fall_into_their_timestep_buckets():
+    trainer = make_trainer(conditional=False)
+    trainer.train(3)
+    assert int(trainer.bucket_count.sum()) == 3 * 8
+    t = torch.tensor([0, 9, 10, 55, 99])
+    assert (t * N_BUCKETS // 100).tolist() == [0, 0, 1, 5, 9]
+
+
+def test_label_dropout_respects_p_uncond():
+    class Spy(nn.Module):
+        num_classes = 10
+
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(()))
+            self.seen = []
+
+        def forward(self, x, t, y):
+            self.seen.append(y)
+            return x * self.w
+
+    spy = Spy()
+    trainer = Trainer(spy, Diffusion.from_schedule("linear", 100), tiny_dataset(flip=False), TrainConfig(steps=1, batch_size=64, lr=1e-3, p_uncond=0.3), progress=False)
+    torch.manual_seed(0)
+    for _ in range(50):
+        trainer.train_step(*next(iter(torch.utils.data.DataLoader(trainer.dataset, batch_size=64))))
+    y = torch.cat(spy.seen)
+    rate = (y == 10).float().mean().item()
+    # 3,200 labels: standard error of the rate is sqrt(0.3 * 0.7 / 3200) = 0.008; allow 5 of them
+    assert abs(rate - 0.3) < 0.04
+    kept = y[y != 10]
+    assert torch.equal(torch.bincount(kept, minlength=10) > 0, torch.ones(10, dtype=torch.bool))
+
+
+def test_a_non_finite_loss_stops_training_with_a_clear_message():
+    trainer = make_trainer(conditional=False, log_every=2)
+    trainer.dataset.images = trainer.dataset.images.clone()
+    trainer.dataset.__class__ = type("NaNData", (ImageDataset,), {"__getitem__": lambda self, i: (torch.full((1, 16, 16), float("nan")), 0)})
+    with pytest.raises(FloatingPointError, match="the loss became nan within the 2 steps up to step 2"):
+        trainer.train(4)
+
+
+def test_checkpoint_round_trip_rebuilds_model_and_process_with_ema_weights(tmp_path):
+    trainer = make_trainer().train(3)
+    trainer.save(tmp_path / "c.pt", profile="test")
+    model, d, ckpt = load_model(tmp_path / "c.pt")
+    assert d.prediction == "v" and d.T == 100 and ckpt["step"] == 3 and ckpt["profile"] == "test"
+    for name, shadow in trainer.ema.shadow.items():
+        assert torch.equal(model.state_dict()[name], shadow)
+    raw, _, _ = load_model(tmp_path / "c.pt", ema=False)
+    assert all(torch.equal(a, b) for a, b in zip(raw.state_dict().values(), trainer.model.state_dict().values()))
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
+        TrainConfig(steps=1, batch_size=1, lr=1, optimizer="sgd")
+    with pytest.raises(ValueError, match="p_uncond must lie in"):
+        TrainConfig(steps=1, batch_size=1, lr=1, p_uncond=1.0)
+    with pytest.raises(ValueError, match="batch_size 128 exceeds the 64 images"):
+        make_trainer(batch_size=128)
+    with pytest.raises(ValueError, match="no evaluator"):
+        make_trainer(eval_every=5)

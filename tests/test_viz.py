@@ -1,0 +1,53 @@
+import torch
+
+from helpers.diffusion import Diffusion
+from helpers.samplers import Trajectory
+from helpers.viz import ForwardProcessView, GridSweepView, TrajectoryView, grid_image, slider_widget
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_forward_process_view_shows_q_sample_and_marks_alpha_bar():
+    d = Diffusion.from_schedule("linear", 1000)
+    x0, noise = torch.rand(4, 1, 8, 8) * 2 - 1, torch.randn(4, 1, 8, 8)
+    view = ForwardProcessView(d, x0, noise)
+    x_t, ab = view.frame(300)
+    assert torch.equal(x_t, d.q_sample(x0, torch.full((4,), 300), noise)) and ab == d.alpha_bars[300].item()
+    png = view.render(300)
+    assert png.startswith(PNG)
+    assert view.marker.get_data()[0][0] == 300 and view.marker.get_data()[1][0] == ab
+    assert torch.allclose(torch.as_tensor(view.image.get_array()), torch.as_tensor(grid_image(x_t, nrow=4)))
+    assert "t = 300" in view.ax_img.get_title()
+    assert view.render(999) != png
+
+
+def test_trajectory_view_draws_the_chosen_frame():
+    traj = Trajectory([9, 4, 0], torch.rand(3, 2, 1, 8, 8), torch.rand(3, 2, 1, 8, 8))
+    view = TrajectoryView(traj)
+    assert len(view) == 3 and view.render(1).startswith(PNG)
+    assert "t = 4" in view.ax_x.get_title() and "t = 4" in view.ax_x0.get_title()
+    assert torch.allclose(torch.as_tensor(view.im_x0.get_array()), torch.as_tensor(grid_image(traj.x0[1])))
+
+
+def test_grid_sweep_view_makes_each_value_once():
+    calls = []
+
+    def make(s):
+        calls.append(s)
+        return torch.full((4, 1, 4, 4), s / 10)
+
+    view = GridSweepView(make, nrow=2, title=lambda s: f"s = {s}")
+    a = view.render(1.0)
+    view.render(3.0)
+    assert view.render(1.0) == a and calls == [1.0, 3.0] and view.ax.get_title() == "s = 1.0"
+
+
+def test_slider_widget_redraws_on_change():
+    from ipywidgets import IntSlider
+
+    slider = IntSlider(value=0, min=0, max=2)
+    box = slider_widget(lambda v: PNG + bytes([v]), slider)
+    image = box.children[1]
+    assert image.value == PNG + b"\x00"
+    slider.value = 2
+    assert image.value == PNG + b"\x02"
