@@ -25,13 +25,21 @@ import torch
 from helpers.diffusion import Diffusion
 from helpers.unet import UNet
 
-__all__ = ["FORMAT", "CheckpointError", "atomic_torch_save", "save_checkpoint", "load_checkpoint", "load_model", "rng_state", "set_rng_state"]
+__all__ = ["FORMAT", "CheckpointError", "require", "atomic_torch_save", "save_checkpoint", "load_checkpoint", "load_model", "rng_state", "set_rng_state"]
 
 FORMAT = "diffusion-course/1"
 
 
 class CheckpointError(ValueError):
     """A file that is not a checkpoint of this course, or one that does not fit what it is loaded into."""
+
+
+def require(path: str | Path, made_by: str) -> Path:
+    """``path`` if it exists, else a FileNotFoundError telling the reader which notebook makes it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run notebook {made_by} first, it saves this file")
+    return path
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
@@ -84,7 +92,7 @@ def load_checkpoint(
             raise CheckpointError(f"{path} holds a model with {diff}; build the model from its model_config instead")
     if prediction is not None and ckpt["diffusion"]["prediction"] != prediction:
         raise CheckpointError(
-            f"{path} holds a {ckpt['diffusion']['prediction']}-prediction model, not a {prediction}-prediction one"
+            f"{path} holds a model trained to predict {ckpt['diffusion']['prediction']}, not {prediction}"
         )
     return ckpt
 

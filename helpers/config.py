@@ -11,7 +11,7 @@ overwrites a real one.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ __all__ = [
     "repo_root",
     "artifacts_root",
     "data_root",
+    "setup",
 ]
 
 
@@ -42,6 +43,7 @@ class TrainSettings:
     log_every: int
     sample_every: int
     eval_every: int  # 0: no FID/KID during training
+    compare_steps: int  # per model, where a notebook trains several to compare them (07)
     ema_warmup: bool = True  # decay grows as (1 + n) / (10 + n) up to ema_decay (helpers.ema)
 
 
@@ -76,7 +78,6 @@ class Profile:
     classifier_epochs: int  # the feature/score classifier behind offline FID (helpers.classifier)
     classifier_width: int
     seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def artifacts(self) -> Path:
@@ -86,10 +87,6 @@ class Profile:
     def checkpoint(self, name: str) -> Path:
         """Path of the checkpoint ``name`` (e.g. "03_ddpm_eps.pt") of this profile."""
         return self.artifacts / "checkpoints" / name
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-data form, for checkpoints and logs."""
-        return asdict(self)
 
 
 PROFILES: dict[str, Profile] = {
@@ -122,6 +119,7 @@ PROFILES: dict[str, Profile] = {
             log_every=10,
             sample_every=50,
             eval_every=50,
+            compare_steps=150,
         ),
         sample=SampleSettings(
             grid=16,
@@ -164,6 +162,7 @@ PROFILES: dict[str, Profile] = {
             log_every=50,
             sample_every=2_000,
             eval_every=5_000,
+            compare_steps=10_000,
         ),
         sample=SampleSettings(
             grid=64,
@@ -206,6 +205,7 @@ PROFILES: dict[str, Profile] = {
             log_every=100,
             sample_every=10_000,
             eval_every=50_000,
+            compare_steps=100_000,
         ),
         sample=SampleSettings(
             grid=64,
@@ -252,3 +252,20 @@ def artifacts_root() -> Path:
 def data_root() -> Path:
     """``$DIFFUSION_DATA`` or ``<repo>/data``: where datasets are found or downloaded to."""
     return Path(os.environ.get("DIFFUSION_DATA") or repo_root() / "data").resolve()
+
+
+def setup(seed: int = 0) -> tuple[torch.device, Profile]:
+    """A notebook's first cell: pick the device and profile, seed everything, print all three.
+
+    Also makes figures compact (80 dpi), so that notebooks with stored outputs stay small.
+    """
+    import matplotlib.pyplot as plt
+
+    from helpers.device import describe, pick_device, seed_everything
+
+    device = pick_device()
+    profile = get_profile(device=device)
+    seed_everything(seed)
+    plt.rcParams["figure.dpi"] = 80
+    print(f"device: {describe(device)}\nprofile: {profile.name} ({profile.description})\nseed: {seed}")
+    return device, profile

@@ -34,7 +34,6 @@ __all__ = [
     "profile_dataset",
     "make_loader",
     "StepBatchSampler",
-    "to_unit",
 ]
 
 
@@ -225,11 +224,6 @@ def make_loader(
         # the loader's own generator seeds workers, so that iterators never draw from the global RNG
         return DataLoader(dataset, batch_sampler=sampler, generator=torch.Generator().manual_seed(seed), **common)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, **common)
-
-
-def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] -> [0, 1], clamped (for plotting and saving)."""
-    return ((x + 1) / 2).clamp(0, 1)
 
 
 def _spec(name: str) -> DatasetSpec:

@@ -79,11 +79,6 @@ class EMA:
         """Context manager: ``with ema.averaged(model): sample(model, ...)`` uses the EMA weights."""
         return _Averaged(self, model)
 
-    def to(self, device: torch.device | str) -> EMA:
-        """Move the shadow weights to ``device``."""
-        self.shadow = {k: v.to(device) for k, v in self.shadow.items()}
-        return self
-
     def state_dict(self) -> dict[str, Any]:
         return {
             "decay": self.decay,

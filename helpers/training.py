@@ -158,8 +158,6 @@ class Trainer:
         self.step = 0
         self.history: list[dict[str, Any]] = []  # one row per log_every steps (and per evaluation)
         self.grids: list[tuple[int, torch.Tensor]] = []  # (step, images) sample grids of this session
-        self.bucket_sum = torch.zeros(N_BUCKETS, dtype=torch.float64)  # loss by timestep bucket, all logged steps
-        self.bucket_count = torch.zeros(N_BUCKETS, dtype=torch.long)
         self._smooth: float | None = None
 
     # ---- one step --------------------------------------------------------------------------------
@@ -241,7 +239,7 @@ class Trainer:
                 if cfg.sample_every and self.step % cfg.sample_every == 0:
                     self.sample_grid()
                 if cfg.eval_every and self.step % cfg.eval_every == 0:
-                    self._emit(self.evaluate(), callback)
+                    self.evaluate(callback)
                     window.t0 = time.perf_counter()  # keep evaluation time out of img/s
                 if save_to is not None and (self.step == end or (save_every and self.step % save_every == 0)):
                     self.save(save_to, profile)
@@ -257,8 +255,6 @@ class Trainer:
                 f"the loss became {loss} within the {window.n} steps up to step {self.step}, so training stopped; "
                 f"lower the learning rate (now {self.scheduler.get_last_lr()[0]:.2e}) or keep gradient clipping on"
             )
-        self.bucket_sum += sums
-        self.bucket_count += counts
         self._smooth = loss if self._smooth is None else 0.9 * self._smooth + 0.1 * loss
         elapsed = time.perf_counter() - window.t0
         with torch.no_grad():
@@ -289,9 +285,17 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.history))
 
-    def bucket_losses(self) -> list[float | None]:
-        """Mean training loss per timestep bucket over all steps so far (None where no sample fell)."""
-        return [float(s / c) if c else None for s, c in zip(self.bucket_sum, self.bucket_count)]
+    def bucket_losses(self, since: int = 0) -> list[float | None]:
+        """Training loss per timestep bucket, the mean over the log rows after step ``since``.
+
+        Bucket i holds t in [i T/10, (i+1) T/10); None where no image fell in it.
+        """
+        rows = [r["loss_by_bucket"] for r in self.history if "loss_by_bucket" in r and r["step"] > since]
+        means = []
+        for i in range(N_BUCKETS):
+            values = [r[i] for r in rows if r[i] is not None]
+            means.append(sum(values) / len(values) if values else None)
+        return means
 
     # ---- sample grids and evaluation ---------------------------------------------------------------
 
@@ -318,14 +322,17 @@ class Trainer:
             save_grid(x, self.out_dir / "grids" / f"step_{self.step:07d}.png")
         return x
 
-    def evaluate(self) -> dict[str, Any]:
-        """Run the evaluator on the raw weights and, with EMA, on the averaged ones."""
+    def evaluate(self, callback: Callable[[Trainer, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Run the evaluator on the raw weights and, with EMA, on the averaged ones; log the row."""
+        if self.evaluator is None:
+            raise ValueError("this trainer has no evaluator to compute FID/KID with")
         row: dict[str, Any] = {"step": self.step}
         row.update({f"{k}_raw": v for k, v in self.evaluator(self.model).items()})
         if self.ema is not None:
             with self.ema.averaged(self.model):
                 row.update({f"{k}_ema": v for k, v in self.evaluator(self.model).items()})
         self.model.train()
+        self._emit(row, callback)
         return row
 
     # ---- checkpoints -------------------------------------------------------------------------------
@@ -342,7 +349,6 @@ class Trainer:
             "step": self.step,
             "train": asdict(self.config),
             "history": self.history,
-            "buckets": {"sum": self.bucket_sum, "count": self.bucket_count},
             "rng": rng_state(),
             "profile": profile,
             "extra": extra or {},
@@ -369,8 +375,6 @@ class Trainer:
                 self.ema.load_state_dict(ckpt["ema"])
         self.step = ckpt["step"]
         self.history = list(ckpt.get("history", []))
-        if "buckets" in ckpt:
-            self.bucket_sum, self.bucket_count = ckpt["buckets"]["sum"].cpu(), ckpt["buckets"]["count"].cpu()
         smooth = [r["loss_smooth"] for r in self.history if "loss_smooth" in r]
         self._smooth = smooth[-1] if smooth else None
         set_rng_state(ckpt["rng"])

@@ -39,7 +39,7 @@ def test_corrupt_foreign_and_mismatched_files_give_one_sentence_errors(tmp_path)
     save_checkpoint(tmp_path / "c.pt", minimal(ch=16))
     with pytest.raises(CheckpointError, match=r"holds a model with ch=16 \(not 8\); build the model from its model_config"):
         load_checkpoint(tmp_path / "c.pt", model_config=SMALL_UNET)
-    with pytest.raises(CheckpointError, match="holds a eps-prediction model, not a v-prediction one"):
+    with pytest.raises(CheckpointError, match="holds a model trained to predict eps, not v"):
         load_checkpoint(tmp_path / "c.pt", prediction="v")
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         load_checkpoint(tmp_path / "missing.pt")

@@ -177,3 +177,53 @@ def test_float32_inputs_give_float32_outputs_on_cpu():
     assert d.q_sample(x0, t, x0).dtype == torch.float32
     assert all(o.dtype == torch.float32 for o in d.q_posterior(x0, x0, t))
     assert d.predict_x0(x0, t, x0).dtype == torch.float32
+
+
+class _Consistent(torch.nn.Module):
+    """Outputs, in its parameterisation, the same (imperfect) guess x0_hat = x0 + delta for every target."""
+
+    def __init__(self, d, x0, delta):
+        super().__init__()
+        self.d, self.x0_hat = d, x0 + delta
+
+    def forward(self, x_t, t):
+        t = t.cpu()
+        if self.d.prediction == "x0":
+            return self.x0_hat
+        eps_hat = self.d.eps_from_x0(x_t, t, self.x0_hat)
+        if self.d.prediction == "eps":
+            return eps_hat
+        return self.d.extract(self.d.sqrt_alpha_bars, t, x_t) * eps_hat - self.d.extract(self.d.sqrt_one_minus_alpha_bars, t, x_t) * self.x0_hat
+
+
+@pytest.mark.parametrize("weighting", ["snr", "min_snr"])
+def test_the_three_losses_are_one_objective_under_the_matching_weights(weighting):
+    # ||eps_hat - eps||^2 = SNR ||x0_hat - x0||^2 and ||v_hat - v||^2 = (SNR + 1) ||x0_hat - x0||^2, so the
+    # weights of loss_weight() make all three targets give the same number for the same x0 guess.
+    torch.manual_seed(5)
+    x0 = torch.randn(8, 1, 4, 4, dtype=torch.float64)
+    delta = 0.1 * torch.randn_like(x0)
+    noise = torch.randn_like(x0)
+    t = _t(0, 3, 50, 200, 500, 800, 950, 999)
+    losses = {}
+    for prediction in ("eps", "x0", "v"):
+        d = Diffusion.from_schedule("cosine", T, prediction=prediction, loss_weighting=weighting, min_snr_gamma=5.0)
+        losses[prediction] = d.loss(_Consistent(d, x0, delta), x0, t=t, noise=noise, reduction="none")
+    assert torch.allclose(losses["eps"], losses["x0"], rtol=1e-4) and torch.allclose(losses["v"], losses["x0"], rtol=1e-4)
+    d = Diffusion.from_schedule("cosine", T)
+    x0_mse = ((delta**2).flatten(1).mean(1)).float()
+    c = d.snr[t] if weighting == "snr" else d.snr[t].clamp(max=5.0)
+    assert torch.allclose(losses["x0"].double(), c * x0_mse.double(), rtol=1e-4)
+
+
+def test_unweighted_losses_differ_by_the_snr_factors():
+    torch.manual_seed(6)
+    x0 = torch.randn(4, 1, 4, 4, dtype=torch.float64)
+    delta, noise, t = 0.1 * torch.randn_like(x0), torch.randn_like(x0), _t(10, 300, 600, 990)
+    loss = {}
+    for p in ("eps", "x0", "v"):
+        d = Diffusion.from_schedule("linear", T, prediction=p)
+        loss[p] = d.loss(_Consistent(d, x0, delta), x0, t=t, noise=noise, reduction="none").double()
+    snr = d.snr[t]
+    assert torch.allclose(loss["eps"], snr * loss["x0"], rtol=1e-4)
+    assert torch.allclose(loss["v"], (snr + 1) * loss["x0"], rtol=1e-4)

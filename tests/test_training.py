@@ -19,12 +19,12 @@ def tiny_dataset(n=64, flip=True):
     return ImageDataset(images, torch.arange(n) % 10, tuple(str(i) for i in range(10)), flip=flip)
 
 
-def make_trainer(seed=0, conditional=True, **cfg):
+def make_trainer(seed=0, conditional=True, evaluator=None, **cfg):
     torch.manual_seed(seed)
     model = UNet(**{**SMALL_UNET, "dropout": 0.1}, num_classes=10 if conditional else None)
     d = Diffusion.from_schedule("linear", 100, prediction="v")
     config = TrainConfig(**{**dict(steps=8, batch_size=8, lr=1e-3, warmup_steps=3, ema_decay=0.9, log_every=1, p_uncond=0.2), **cfg})
-    return Trainer(model, d, tiny_dataset(), config, progress=False)
+    return Trainer(model, d, tiny_dataset(), config, progress=False, evaluator=evaluator)
 
 
 def test_resume_is_exact(tmp_path):
@@ -68,12 +68,15 @@ def test_training_lowers_the_loss_and_logs_every_row(tmp_path, data_env):
     assert buckets[0] > buckets[-1]
 
 
-def test_per_image_losses_fall_into_their_timestep_buckets():
-    trainer = make_trainer(conditional=False)
+def test_per_image_losses_fall_into_their_timestep_buckets(monkeypatch):
+    trainer = make_trainer(conditional=False, log_every=3)
+    draws = iter([torch.tensor([0, 9, 10, 55, 99, 99, 50, 5])] * 3)
+    monkeypatch.setattr(torch, "randint", lambda *a, **k: next(draws))
     trainer.train(3)
-    assert int(trainer.bucket_count.sum()) == 3 * 8
-    t = torch.tensor([0, 9, 10, 55, 99])
-    assert (t * N_BUCKETS // 100).tolist() == [0, 0, 1, 5, 9]
+    row = trainer.history[-1]["loss_by_bucket"]
+    filled = [i for i, v in enumerate(row) if v is not None]
+    assert filled == [0, 1, 5, 9], "t = 0, 5, 9 -> bucket 0; 10 -> 1; 50, 55 -> 5; 99 -> 9"
+    assert trainer.bucket_losses() == row and trainer.bucket_losses(since=3) == [None] * N_BUCKETS
 
 
 def test_label_dropout_respects_p_uncond():
@@ -130,3 +133,19 @@ def test_config_errors():
         make_trainer(batch_size=128)
     with pytest.raises(ValueError, match="no evaluator"):
         make_trainer(eval_every=5)
+
+
+def test_evaluations_score_raw_and_ema_weights_into_the_log():
+    seen = []
+
+    def evaluator(model):
+        seen.append(model.out[-1].weight.detach().clone())
+        return {"fid": float(len(seen)), "features": "fake"}
+
+    trainer = make_trainer(conditional=False, evaluator=evaluator, eval_every=2, log_every=2)
+    trainer.train(4)
+    evals = [r for r in trainer.history if "fid_raw" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    assert [(r["fid_raw"], r["fid_ema"]) for r in evals] == [(1.0, 2.0), (3.0, 4.0)]
+    assert not torch.equal(seen[2], seen[3]), "the EMA evaluation sees the averaged weights"
+    assert torch.equal(seen[2], trainer.model.out[-1].weight), "and the raw weights are back afterwards"

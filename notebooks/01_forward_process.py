@@ -1,0 +1,186 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 · The forward process
+#
+# A diffusion model learns to undo a fixed process that turns images into noise, one small
+# Gaussian step at a time. This notebook builds that process: the noise **schedule**, the
+# closed-form jump $q(x_t \mid x_0)$ to any step, and the signal-to-noise ratio that later
+# notebooks reason with. Nothing here is learned yet.
+#
+# Every notebook starts the same way: the device (CUDA, then Apple MPS, then the CPU), the
+# profile that sets the scale (`DIFFUSION_PROFILE`: smoke, laptop or full) and the seed.
+
+# %%
+import matplotlib.pyplot as plt
+import torch
+
+from helpers.config import setup
+
+device, profile = setup(seed=0)
+
+# %% [markdown]
+# ## A look at the data
+#
+# The profile names the dataset. Images are scaled to $[-1, 1]$ (the range the Gaussian noise
+# lives in), and 28×28 Fashion-MNIST and MNIST are zero-padded to 32×32 so that the U-Net can
+# halve them evenly. The smoke profile shrinks them further to 16×16 to stay fast on a CPU.
+
+# %%
+from helpers.data import profile_dataset
+from helpers.viz import show_grid
+
+data = profile_dataset(profile)
+x, labels = data.tensors()
+print(f"{profile.dataset}: {len(data)} training images of shape {tuple(x.shape[1:])}, "
+      f"values in [{x.min():.0f}, {x.max():.0f}]")
+show_grid(x[:32], f"{profile.dataset}, first 32 images [{profile.name} profile]", nrow=8);
+
+# %% [markdown]
+# ## One step, and the jump to any step
+#
+# The forward process adds a little Gaussian noise at each of $T$ steps, with a variance
+# $\beta_t$ from a schedule (DDPM, Ho et al. 2020, eq. 2):
+#
+# $$q(x_t \mid x_{t-1}) = \mathcal N\big(x_t;\ \sqrt{1-\beta_t}\,x_{t-1},\ \beta_t I\big).$$
+#
+# Shrinking by $\sqrt{1-\beta_t}$ keeps the variance at 1 when the data has variance 1. Because a
+# Gaussian step after a Gaussian step is Gaussian, the steps compose. With
+# $\alpha_t = 1-\beta_t$ and $\bar\alpha_t = \prod_{s \le t} \alpha_s$ (eq. 4):
+#
+# $$q(x_t \mid x_0) = \mathcal N\big(x_t;\ \sqrt{\bar\alpha_t}\,x_0,\ (1-\bar\alpha_t) I\big),
+# \qquad x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon,\quad \varepsilon\sim\mathcal N(0, I).$$
+#
+# So training never has to run the chain: it jumps straight to a random $t$. Here is DDPM's
+# linear schedule ($\beta$ from $10^{-4}$ to $0.02$ over $T = 1000$ steps) in three lines, then
+# the tested version.
+
+# %%
+T = 1000
+betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
+alpha_bars = torch.cumprod(1 - betas, dim=0)
+
+from helpers.diffusion import Diffusion
+
+linear = Diffusion.from_schedule("linear", T)
+assert torch.allclose(linear.alpha_bars, alpha_bars)
+
+# %% [markdown]
+# The tables are float64, computed once on the CPU; every use hands the device float32 (Apple's
+# MPS has no float64). The forward jump by hand and through `Diffusion.q_sample` agree:
+
+# %%
+x0 = x[:8]
+t = torch.full((8,), 300)
+eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+by_hand = alpha_bars[300].sqrt().float() * x0 + (1 - alpha_bars[300]).sqrt().float() * eps
+assert torch.allclose(linear.q_sample(x0, t, eps), by_hand, atol=1e-6)
+
+# %% [markdown]
+# ## Three schedules
+#
+# A schedule decides how fast the signal fades. Besides DDPM's **linear** $\beta_t$, the
+# **cosine** schedule (Nichol & Dhariwal 2021, eq. 17) sets $\bar\alpha$ directly,
+#
+# $$\bar\alpha(t) = \frac{f(t)}{f(0)},\qquad f(t) = \cos^2\!\Big(\frac{t/T + s}{1+s}\cdot\frac{\pi}{2}\Big),\ s = 0.008,$$
+#
+# and the **sigmoid** schedule (Chen 2023) uses a rescaled sigmoid. Both cap $\beta_t$ at 0.999.
+# The clearest way to compare them is the signal-to-noise ratio
+# $\mathrm{SNR}(t) = \bar\alpha_t / (1-\bar\alpha_t)$ on a log scale.
+
+# %%
+schedules = {name: Diffusion.from_schedule(name, T) for name in ("linear", "cosine", "sigmoid")}
+
+fig, ax = plt.subplots(figsize=(6, 3.5))
+for name, d in schedules.items():
+    ax.plot(d.alpha_bars, label=name)
+ax.set(title=r"$\bar\alpha_t$: how much signal is left", xlabel="timestep t", ylabel=r"$\bar\alpha_t$")
+ax.legend();
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3.5))
+for name, d in schedules.items():
+    ax.plot(d.snr.log(), label=name)
+ax.set(title="log-SNR against t", xlabel="timestep t", ylabel=r"$\log \mathrm{SNR}(t) = \log \bar\alpha_t - \log(1-\bar\alpha_t)$")
+ax.legend();
+
+# %% [markdown]
+# The linear schedule destroys the signal early: by the middle of the chain almost nothing is
+# left, and the last few hundred steps are spent on near-pure noise. The cosine schedule falls
+# almost linearly in log-SNR through the middle, spending its steps more evenly; the sigmoid
+# schedule is close to it. The values behind the curves:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("t      " + "".join(f"{name:>10}" for name in schedules))
+for step in (0, 250, 500, 750, 999):
+    print(f"{step:<7}" + "".join(f"{d.alpha_bars[step].item():10.5f}" for d in schedules.values()))
+
+# %% [markdown]
+# ## Scrub through $t$
+#
+# Move the slider: the same images and the same noise $\varepsilon$, mixed as
+# $\sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$ under the linear schedule. The
+# dot marks $\bar\alpha_t$ on its curve. (The slider needs a live kernel: in JupyterLab, run the
+# notebook.)
+
+# %% tags=["nbval-ignore-output"]
+from ipywidgets import IntSlider
+
+from helpers.viz import ForwardProcessView, slider_widget
+
+view = ForwardProcessView(linear, x[:8], torch.randn(x[:8].shape, generator=torch.Generator().manual_seed(1)))
+slider_widget(view.render, IntSlider(value=0, min=0, max=T - 1, step=1, description="t", continuous_update=True))
+
+# %% [markdown]
+# The same trajectory at a few fixed steps, for reading without a kernel:
+
+# %%
+steps = [0, 50, 100, 250, 500, 999]
+fig, axes = plt.subplots(1, len(steps), figsize=(12, 2.4))
+for ax, step in zip(axes, steps):
+    x_t, ab = view.frame(step)
+    show_grid(x_t[:4], f"t = {step}\n" + r"$\bar\alpha_t$" + f" = {ab:.3f}", nrow=2, ax=ax)
+fig.suptitle(f"q(x_t | x_0) under the linear schedule [{profile.name} profile]", y=1.12);
+
+# %% [markdown]
+# ## Step by step equals the jump
+#
+# The closed form claims that running $t$ single steps from $x_0$ gives the same distribution as
+# one jump. Check it on 20,000 noisy copies of one pixel value, $x_0 = 0.5$, after $t = 100$
+# steps: compare the mean and standard deviation of both with the formula.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+gen = torch.Generator().manual_seed(0)
+n, steps_taken = 20_000, 100
+start = torch.full((n, 1), 0.5, dtype=torch.float64)
+chain = start.clone()
+for s in range(steps_taken):
+    chain = linear.q_step(chain, torch.full((n,), s), torch.randn(chain.shape, generator=gen, dtype=torch.float64))
+jump = linear.q_sample(start, torch.full((n,), steps_taken - 1), torch.randn(start.shape, generator=gen, dtype=torch.float64))
+
+ab = linear.alpha_bars[steps_taken - 1].item()
+print(f"formula:        mean {ab ** 0.5 * 0.5:.3f}, std {(1 - ab) ** 0.5:.3f}")
+print(f"100 steps:      mean {chain.mean():.3f}, std {chain.std():.3f}")
+print(f"one jump:       mean {jump.mean():.3f}, std {jump.std():.3f}")
+se = ((1 - ab) / n) ** 0.5  # standard error of a mean of n draws
+print("agree within 5 standard errors:", abs(chain.mean() - jump.mean()).item() < 5 * 2**0.5 * se)
+
+# %% [markdown]
+# ## What this notebook leaves
+#
+# Nothing on disk: the schedule is three lines of arithmetic that every later notebook rebuilds
+# from its name. Next, **02 · U-Net** builds the network that will learn to predict the noise
+# $\varepsilon$ from $x_t$ and $t$.

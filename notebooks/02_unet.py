@@ -1,0 +1,181 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · The U-Net
+#
+# The network $\varepsilon_\theta(x_t, t)$ takes a noisy image and its timestep and returns a
+# tensor of the image's shape: the noise it believes was added. DDPM (Ho et al. 2020, appendix B)
+# uses a U-Net in the style of PixelCNN++: residual blocks at four resolutions, self-attention at
+# 16×16, skip connections from the way down to the way up, and the timestep fed into every
+# residual block. This notebook builds each piece, checks it against the tested version in
+# `helpers.unet`, and saves the model configuration that notebook 03 trains.
+
+# %%
+import json
+import math
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+
+from helpers.config import PROFILES, setup
+
+device, profile = setup(seed=0)
+
+# %% [markdown]
+# ## The timestep embedding
+#
+# The network must know how noisy its input is. The integer $t$ becomes a vector by the
+# transformer's sinusoidal position encoding: for $i = 0 \dots d/2 - 1$,
+#
+# $$\mathrm{emb}(t)_i = \sin(t\,\omega_i),\quad \mathrm{emb}(t)_{d/2+i} = \cos(t\,\omega_i),\qquad \omega_i = 10000^{-i/(d/2-1)}.$$
+#
+# Low $i$ oscillate fast (telling neighbouring steps apart), high $i$ slowly (telling early from
+# late). An MLP then maps it to the width the residual blocks use.
+
+# %%
+def embed(t: torch.Tensor, dim: int) -> torch.Tensor:
+    half = dim // 2
+    omega = torch.exp(-math.log(10000) * torch.arange(half) / (half - 1))  # 10000^(-i/(half-1))
+    angles = t[:, None].float() * omega[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+from helpers.unet import timestep_embedding
+
+t = torch.arange(1000)
+assert torch.allclose(embed(t, 128), timestep_embedding(t, 128), atol=1e-6)
+
+fig, ax = plt.subplots(figsize=(7, 3.5))
+im = ax.imshow(timestep_embedding(t, 128).T, aspect="auto", cmap="RdBu", vmin=-1, vmax=1)
+ax.set(title="sinusoidal timestep embedding (d = 128)", xlabel="timestep t", ylabel="embedding dimension")
+fig.colorbar(im, ax=ax, label="value");
+
+# %% [markdown]
+# ## The residual block
+#
+# Each block normalises, applies SiLU and a 3×3 convolution; adds a learned projection of the
+# timestep embedding (one value per channel, broadcast over the image); then normalises,
+# applies SiLU, dropout and a second convolution. The input is added back, through a 1×1
+# convolution when the channel count changes:
+#
+# $$h = \mathrm{conv}_2\big(\mathrm{drop}(\mathrm{SiLU}(\mathrm{GN}(\mathrm{conv}_1(\mathrm{SiLU}(\mathrm{GN}(x))) + W e))))\big),\qquad \mathrm{out} = \mathrm{skip}(x) + h.$$
+#
+# GroupNorm (not BatchNorm) keeps each image independent of the others in its batch. The second
+# convolution starts at **zero**, so at initialisation every block is its skip path and the deep
+# network starts as a shallow one.
+
+# %%
+from helpers.unet import ResBlock
+
+torch.manual_seed(0)
+block = ResBlock(in_ch=32, out_ch=64, emb_dim=128, dropout=0.0, groups=8)
+x = torch.randn(2, 32, 16, 16)
+emb = torch.randn(2, 128)
+
+h = block.conv1(F.silu(block.norm1(x)))
+h = h + block.emb_proj(F.silu(emb))[:, :, None, None]
+h = block.conv2(block.dropout(F.silu(block.norm2(h))))
+by_hand = block.skip(x) + h
+
+assert torch.allclose(block(x, emb), by_hand)
+assert torch.equal(block(x, emb), block.skip(x)), "zero-initialised conv2: the block starts as its skip path"
+
+# %% [markdown]
+# ## Self-attention
+#
+# Convolutions see a 3×3 neighbourhood; attention lets every position look at every other.
+# On the $HW$ positions of a feature map, after GroupNorm, 1×1 convolutions give queries, keys
+# and values, and
+#
+# $$\mathrm{out} = x + W_o\,\mathrm{softmax}\!\Big(\frac{QK^\top}{\sqrt d}\Big) V.$$
+#
+# The tested block calls PyTorch's fused `scaled_dot_product_attention`; the explicit softmax
+# gives the same numbers.
+
+# %%
+from helpers.unet import AttentionBlock
+
+attn = AttentionBlock(ch=64, groups=8, heads=1)
+torch.nn.init.normal_(attn.proj.weight, std=0.1)  # it starts at zero too; make it visible
+x = torch.randn(2, 64, 8, 8)
+
+q, k, v = attn.qkv(attn.norm(x)).flatten(2).chunk(3, dim=1)  # each [B, C, HW]
+weights = torch.softmax(q.transpose(1, 2) @ k / math.sqrt(64), dim=-1)  # [B, HW, HW]
+by_hand = x + attn.proj((v @ weights.transpose(1, 2)).reshape(x.shape))
+
+assert torch.allclose(attn(x), by_hand, atol=1e-5)
+
+# %% [markdown]
+# ## The whole U-Net
+#
+# Down: a 3×3 convolution, then per level `num_res_blocks` residual blocks (with attention at the
+# chosen resolutions) and a stride-2 convolution. Middle: residual, attention, residual. Up: per
+# level one more residual block than on the way down, each concatenating the matching output
+# from the way down, and a nearest-neighbour upsampling. The DDPM CIFAR-10 model, layer by layer:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from helpers.unet import UNet, shape_table
+
+full = UNet(**PROFILES["full"].model)
+for name, shape in shape_table(full, torch.randn(1, 3, 32, 32), torch.tensor([500])):
+    print(f"{name:<26} {str(shape):>20}")
+
+# %% [markdown]
+# The three profiles build the same architecture at different sizes. The full one is the DDPM
+# paper's 35.7 million parameters:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+rows = [f"{'profile':<8} {'parameters':>12}  image    ch  ch_mult       blocks  attention"]
+for name, p in PROFILES.items():
+    m = p.model
+    n = sum(q.numel() for q in UNet(**m).parameters())
+    rows.append(f"{name:<8} {n:>12,}  {m['in_channels']}x{m['image_size']}x{m['image_size']:<3} {m['ch']:>3}  "
+                f"{str(m['ch_mult']):<13} {m['num_res_blocks']:>6}  {m['attn_resolutions']}")
+print("\n".join(rows))
+
+# %% [markdown]
+# ## A forward pass on real images
+#
+# Noise a batch of real images to random timesteps and run this profile's model. Untrained, its
+# output is exactly zero: the last convolution is zero-initialised too, so training starts from
+# "predict no noise" rather than from random outputs.
+
+# %%
+from helpers.data import profile_dataset
+from helpers.diffusion import Diffusion
+
+d = Diffusion.from_schedule(profile.schedule, profile.T)
+model = UNet(**profile.model).to(device)
+x0 = profile_dataset(profile).tensors()[0][:16].to(device)
+t = torch.randint(0, d.T, (16,), generator=torch.Generator().manual_seed(0))
+x_t = d.q_sample(x0, t, torch.randn_like(x0))
+with torch.no_grad():
+    out = model(x_t, t.to(device))
+print(f"input {tuple(x_t.shape)} -> output {tuple(out.shape)}; all zeros: {bool((out == 0).all())}")
+for name, shape in shape_table(model, x_t, t.to(device)):
+    print(f"  {name:<26} {str(shape):>18}")
+
+# %% [markdown]
+# ## Save the model configuration
+#
+# Notebook 03 builds its model from this file, so that what is trained is what was shown here.
+
+# %%
+config_path = profile.checkpoint("02_unet_config.json")
+config_path.parent.mkdir(parents=True, exist_ok=True)
+config_path.write_text(json.dumps(model.config, indent=2))
+print(f"saved {config_path}; next: 03 · training")

@@ -1,0 +1,185 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · Training
+#
+# We train the U-Net of notebook 02 to predict the noise in $x_t$. This notebook derives the
+# objective, checks a ten-line version against `helpers.training`, trains under the current
+# profile with a live loss plot, looks at the loss by timestep and at samples during training,
+# shows that a stopped run resumes exactly, and saves the checkpoint that notebooks 04–06 load.
+#
+# It needs `02_unet_config.json` from notebook 02.
+
+# %%
+import json
+import tempfile
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+
+from helpers.checkpoints import require
+from helpers.config import setup
+from helpers.data import profile_dataset
+from helpers.diffusion import Diffusion
+from helpers.unet import UNet
+
+device, profile = setup(seed=0)
+model_config = json.loads(require(profile.checkpoint("02_unet_config.json"), "02_unet").read_text())
+data = profile_dataset(profile)
+d = Diffusion.from_schedule(profile.schedule, profile.T)
+print(f"{len(data)} training images; {d}")
+
+# %% [markdown]
+# ## From the ELBO to "predict the noise"
+#
+# The reverse model $p_\theta(x_{t-1} \mid x_t) = \mathcal N(\mu_\theta(x_t, t), \sigma_t^2 I)$ is
+# trained by the variational bound on $-\log p_\theta(x_0)$. Its terms at $t > 1$ are KL
+# divergences to the posterior of the forward process, $q(x_{t-1} \mid x_t, x_0) =
+# \mathcal N(\tilde\mu_t, \tilde\beta_t I)$ (notebook 04 derives it). Between Gaussians with the
+# same variance the KL is a squared distance of means (DDPM eq. 8):
+#
+# $$L_{t-1} = \frac{1}{2\sigma_t^2}\,\big\|\tilde\mu_t(x_t, x_0) - \mu_\theta(x_t, t)\big\|^2 + C.$$
+#
+# Writing $x_0$ through the noise, $\tilde\mu_t = \frac{1}{\sqrt{\alpha_t}}\big(x_t - \frac{\beta_t}{\sqrt{1-\bar\alpha_t}}\varepsilon\big)$,
+# and giving $\mu_\theta$ the same form with a predicted $\varepsilon_\theta$ turns the distance
+# into one between noises (eq. 12):
+#
+# $$L_{t-1} = \frac{\beta_t^2}{2\sigma_t^2\,\alpha_t(1-\bar\alpha_t)}\,\big\|\varepsilon - \varepsilon_\theta(\sqrt{\bar\alpha_t}x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon,\ t)\big\|^2.$$
+#
+# DDPM drops the weight and draws $t$ uniformly: the **simple loss** (eq. 14), which samples better,
+#
+# $$L_\text{simple} = \mathbb E_{x_0,\ t \sim U\{0..T-1\},\ \varepsilon \sim \mathcal N(0, I)}\ \big\|\varepsilon - \varepsilon_\theta(x_t, t)\big\|^2.$$
+
+# %%
+def simple_loss(model, x0, t, eps):
+    ab = d.alpha_bars[t].float().view(-1, 1, 1, 1).to(x0.device)  # tables stay float64 on the CPU
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    return ((model(x_t, t.to(x0.device)) - eps) ** 2).mean()
+
+
+torch.manual_seed(0)
+probe = UNet(**model_config).to(device)
+torch.nn.init.normal_(probe.out[-1].weight, std=0.1)  # an untrained model outputs zeros; make it say something
+x0 = data.tensors()[0][:16].to(device)
+t = torch.randint(0, d.T, (16,))
+eps = torch.randn_like(x0)
+assert torch.allclose(simple_loss(probe, x0, t, eps), d.loss(probe, x0, t=t, noise=eps), rtol=1e-5)
+
+# %% [markdown]
+# ## Train
+#
+# `Trainer` runs exactly that loss with Adam, a linear learning-rate warm-up, gradient clipping
+# at norm 1 (DDPM's settings), bf16 autocast on CUDA, a tqdm bar with loss and images per second,
+# a metrics log (`metrics.jsonl`), the loss by timestep bucket, and sample grids every few
+# hundred steps. It writes its checkpoint as it goes: if one from an earlier run exists, training
+# continues from it (delete the file to start over). Under the full profile, the command line
+# `python -m helpers.train --profile full` runs the same loop outside Jupyter.
+#
+# EMA of the weights and FID during training arrive in notebook 06; here they are off.
+
+# %% tags=["nbval-ignore-output"]
+from helpers.training import TrainConfig, Trainer
+from helpers.viz import LiveLossPlot
+
+ckpt_path = profile.checkpoint("03_ddpm_eps.pt")
+log_dir = profile.artifacts / "logs" / "03_ddpm_eps"
+config = TrainConfig.from_profile(profile, ema_decay=None, eval_every=0)
+torch.manual_seed(0)
+trainer = Trainer(UNet(**model_config), d, data, config, device, out_dir=log_dir)
+if ckpt_path.exists():
+    trainer.load(ckpt_path)
+    print(f"continuing {ckpt_path} from step {trainer.step}")
+trainer.train(callback=LiveLossPlot(f"training loss [{profile.name}]"), save_to=ckpt_path, save_every=1000, profile=profile.name)
+print(f"step {trainer.step}: saved {ckpt_path}")
+
+# %% [markdown]
+# ## The loss curve
+#
+# Each point is the mean loss over one logging window (`log_every` steps); the smoothed line is
+# its exponential moving average. At initialisation the model outputs zero, so the loss starts
+# at $\mathbb E\|\varepsilon\|^2 / \dim = 1$.
+
+# %%
+from helpers.viz import plot_bucket_losses, plot_loss_curve
+
+first, last = trainer.history[0], trainer.history[-1]
+print(f"loss {first['loss']:.3f} at step {first['step']} -> {last['loss']:.3f} at step {last['step']}; "
+      f"{last['img_per_s']:.0f} images/s at the end on {device.type}")
+plot_loss_curve(trainer.history, title=f"training loss, {profile.name} profile");
+
+# %% [markdown]
+# ## Loss by timestep
+#
+# The average hides a strong dependence on $t$. Bucketing each image's loss by its timestep
+# (ten buckets of $T/10$ steps, averaged over the last quarter of training) shows where the noise
+# is hard to see: at small $t$ the image is barely noised and the little noise there is must be
+# told apart from texture; at large $t$, $x_t$ is nearly $\varepsilon$ itself.
+
+# %%
+buckets = trainer.bucket_losses(since=trainer.step * 3 // 4)
+print("bucket:  " + "  ".join(f"{i * d.T // 10:>4}+" for i in range(10)))
+print("loss:    " + "  ".join(f"{v:5.3f}" for v in buckets))
+plot_bucket_losses(buckets, d.T, title=f"training loss by timestep bucket, {profile.name} profile");
+
+# %% [markdown]
+# ## Samples during training
+#
+# Every `sample_every` steps the trainer draws the same 16 noises through a short DDIM run
+# (notebook 05), so the grids differ only by training. Under the smoke profile they stay blurry
+# blobs: a few hundred steps of a tiny model is a test run, not a generator.
+
+# %%
+grids = sorted((log_dir / "grids").glob("step_*.png"))
+fig, axes = plt.subplots(1, len(grids), figsize=(2.2 * len(grids), 2.6), squeeze=False)
+for ax, path in zip(axes[0], grids):
+    ax.imshow(plt.imread(path), cmap="gray")
+    ax.set_title(f"step {int(path.stem.split('_')[1])}")
+    ax.set_axis_off()
+fig.suptitle(f"samples from fixed noise during training [{profile.name} profile]", y=1.05);
+
+# %% [markdown]
+# ## Resuming is exact
+#
+# A checkpoint holds the weights, the optimiser's moments, the learning-rate schedule, the step,
+# the log and every random generator's state, and the data order is a function of the step. So
+# $2k$ steps straight and $k$ steps, save, load into fresh objects, $k$ steps give the same
+# model. On the CPU the weights are bit-identical; on a GPU, non-deterministic kernels (cuDNN's
+# convolution backward) make them agree to float precision only.
+
+# %%
+def fresh(seed):
+    torch.manual_seed(seed)
+    cfg = TrainConfig.from_profile(profile, ema_decay=None, eval_every=0, sample_every=0, log_every=1)
+    return Trainer(UNet(**model_config), d, data, cfg, device, progress=False)
+
+
+k = 5
+straight = fresh(1).train(2 * k)
+with tempfile.TemporaryDirectory() as tmp:
+    fresh(1).train(k).save(Path(tmp) / "half.pt")
+    resumed = fresh(2)  # different initial weights: everything must come from the file
+    resumed.load(Path(tmp) / "half.pt")
+    resumed.train(k)
+diff = max((a - b).abs().max().item() for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()))
+print(f"largest weight difference after {2 * k} steps straight vs {k} + resume + {k}: {diff:.3g}")
+print("same losses at every step:", [r["loss"] for r in straight.history] == [r["loss"] for r in resumed.history])
+if device.type == "cpu":
+    assert diff == 0
+
+# %% [markdown]
+# ## What this notebook leaves
+#
+# `artifacts/<profile>/checkpoints/03_ddpm_eps.pt`: the eps-prediction model with its optimiser,
+# log and RNG states. Next, **04 · DDPM sampling** turns it into images.

@@ -1,0 +1,170 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · DDPM sampling
+#
+# A trained noise predictor turns into a generator by running the chain backwards: start from
+# pure noise $x_T \sim \mathcal N(0, I)$ and step to $x_{T-1}, \dots, x_0$. This notebook derives
+# each step from the posterior of the forward process, writes the loop out, checks it against
+# `helpers.samplers.sample`, watches a trajectory, and compares the two classic variance choices
+# with and without clipping.
+#
+# It needs `03_ddpm_eps.pt` from notebook 03.
+
+# %%
+import time
+
+import matplotlib.pyplot as plt
+import torch
+
+from helpers.checkpoints import load_model, require
+from helpers.config import setup
+from helpers.device import cpu_generator
+
+device, profile = setup(seed=0)
+model, d, ckpt = load_model(require(profile.checkpoint("03_ddpm_eps.pt"), "03_training"), device)
+print(f"model after {ckpt['step']} training steps; {d}")
+shape = (profile.sample.grid, profile.channels, profile.image_size, profile.image_size)
+
+# %% [markdown]
+# ## The posterior $q(x_{t-1} \mid x_t, x_0)$
+#
+# Given $x_0$, the step back is a Gaussian we can compute exactly. By Bayes' rule,
+# $q(x_{t-1} \mid x_t, x_0) \propto q(x_t \mid x_{t-1})\,q(x_{t-1} \mid x_0)$, a product of two
+# Gaussians in $x_{t-1}$: $\mathcal N(x_t; \sqrt{\alpha_t}x_{t-1}, \beta_t)$ and
+# $\mathcal N(x_{t-1}; \sqrt{\bar\alpha_{t-1}}x_0, 1-\bar\alpha_{t-1})$. Adding their precisions
+# and precision-weighting their means gives (DDPM eq. 6–7)
+#
+# $$\tilde\beta_t = \Big(\frac{\alpha_t}{\beta_t} + \frac{1}{1-\bar\alpha_{t-1}}\Big)^{-1} = \frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\,\beta_t,
+# \qquad
+# \tilde\mu_t = \frac{\sqrt{\bar\alpha_{t-1}}\,\beta_t}{1-\bar\alpha_t}\,x_0 + \frac{\sqrt{\alpha_t}\,(1-\bar\alpha_{t-1})}{1-\bar\alpha_t}\,x_t .$$
+#
+# `helpers.diffusion.Diffusion.q_posterior` implements this; `tests/test_diffusion.py` checks it
+# against the precision formula.
+
+# %% [markdown]
+# ## The ancestral step
+#
+# We do not know $x_0$, but the network estimates it: from $x_t = \sqrt{\bar\alpha_t}x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$,
+#
+# $$\hat x_0 = \frac{x_t - \sqrt{1-\bar\alpha_t}\,\varepsilon_\theta(x_t, t)}{\sqrt{\bar\alpha_t}}.$$
+#
+# One step of DDPM's algorithm 2 is then: predict $\hat x_0$, optionally clip it to the data range
+# $[-1, 1]$, take the posterior mean $\tilde\mu_t(x_t, \hat x_0)$ and add $\sigma_t z$,
+# $z \sim \mathcal N(0, I)$, except at the last step. Without clipping the mean equals the paper's
+# $\frac{1}{\sqrt{\alpha_t}}\big(x_t - \frac{\beta_t}{\sqrt{1-\bar\alpha_t}}\varepsilon_\theta\big)$.
+# For $\sigma_t^2$ DDPM tried $\tilde\beta_t$ ("fixed small", exact when $x_0$ is known) and $\beta_t$
+# ("fixed large", the right choice when $x_0 \sim \mathcal N(0, I)$), and found both similar.
+#
+# The loop, written out, from noise drawn on the CPU from a seeded generator (so the same seed
+# gives the same noise on any device):
+
+# %%
+gen = cpu_generator(0)
+x = torch.randn(shape, generator=gen).to(device)
+with torch.no_grad():
+    for t in reversed(range(d.T)):
+        eps = model(x, torch.full((shape[0],), t, device=device))
+        ab, ab_prev, a, b = (v[t].item() for v in (d.alpha_bars, d.alpha_bars_prev, d.alphas, d.betas))
+        x0 = ((x - (1 - ab) ** 0.5 * eps) / ab**0.5).clamp(-1, 1)
+        mean = (ab_prev**0.5 * b / (1 - ab)) * x0 + (a**0.5 * (1 - ab_prev) / (1 - ab)) * x
+        if t > 0:
+            x = mean + ((1 - ab_prev) / (1 - ab) * b) ** 0.5 * torch.randn(shape, generator=gen).to(device)
+        else:
+            x = mean
+by_hand = x.clamp(-1, 1)
+
+# %% [markdown]
+# The tested sampler draws the same noises in the same order, so it must give the same images:
+
+# %% tags=["nbval-ignore-output"]
+from helpers.samplers import sample
+
+samples = sample(model, d, shape, "ddpm", generator=cpu_generator(0))
+assert torch.allclose(samples, by_hand, atol=1e-5)
+
+# %% [markdown]
+# ## A trajectory
+#
+# With `return_trajectory=True` the sampler records $x_t$ and its current guess $\hat x_0$ along
+# the way. Scrub from $t = T-1$ (left of the slider) to $t = 0$: the guess settles on coarse
+# shapes early and on detail late, while $x_t$ stays noisy until the last steps.
+
+# %% tags=["nbval-ignore-output"]
+from ipywidgets import IntSlider
+
+from helpers.viz import TrajectoryView, slider_widget
+
+_, trajectory = sample(model, d, shape, "ddpm", generator=cpu_generator(0), return_trajectory=True, trajectory_every=max(1, d.T // 50))
+view = TrajectoryView(trajectory, title=f"[{profile.name}] ")
+slider_widget(view.render, IntSlider(value=0, min=0, max=len(view) - 1, description="frame"))
+
+# %%
+from helpers.viz import show_grid
+
+frames = [0, len(view) // 4, len(view) // 2, 3 * len(view) // 4, len(view) - 1]
+fig, axes = plt.subplots(2, len(frames), figsize=(2.2 * len(frames), 4.6))
+for j, k in enumerate(frames):
+    show_grid(trajectory.x_t[k, :4], f"$x_t$, t = {trajectory.t[k]}", nrow=2, ax=axes[0, j])
+    show_grid(trajectory.x0[k, :4], rf"$\hat x_0$, t = {trajectory.t[k]}", nrow=2, ax=axes[1, j])
+fig.suptitle(f"one DDPM trajectory: noisy state (top) and predicted x0 (bottom) [{profile.name} profile]", y=1.02);
+
+# %% [markdown]
+# ## Fixed small or fixed large, clipped or not
+#
+# The same noise through the four combinations. Two numbers summarise each grid against the
+# data (printed first): the mean and the standard deviation of its pixels. Fixed large adds more
+# noise at every step; without clipping nothing keeps the early, poor $\hat x_0$ guesses inside
+# $[-1, 1]$, and an image that drifts out of range ends as a saturated block. Notebook 06 replaces
+# such summaries by FID.
+
+# %%
+from helpers.data import profile_dataset
+
+real = profile_dataset(profile).tensors()[0][:1024]
+print(f"{'data':<24} pixel mean {real.mean():+.3f}, std {real.std():.3f}")
+variants = {}
+for variance in ("fixed_small", "fixed_large"):
+    for clip in (True, False):
+        name = f"{variance}, {'clip' if clip else 'no clip'}"
+        variants[name] = sample(model, d, shape, "ddpm", generator=cpu_generator(0), variance=variance, clip_x0=clip, progress=False).cpu()
+        v = variants[name]
+        print(f"{name:<24} pixel mean {v.mean():+.3f}, std {v.std():.3f}")
+
+fig, axes = plt.subplots(1, 4, figsize=(11, 3))
+for ax, (name, v) in zip(axes, variants.items()):
+    show_grid(v, name, ax=ax)
+fig.suptitle(f"DDPM variants from the same noise [{profile.name} profile]", y=1.04);
+
+# %% [markdown]
+# ## A sample grid, its cost, and what this notebook leaves
+#
+# Milliseconds per image for the full $T$-step chain with fixed-small variance and clipping (the
+# defaults), and the memory it took. The grid is saved to `artifacts/<profile>/figures/`.
+
+# %%
+from helpers.bench import peak_memory_mb, reset_peak_memory, sync
+from helpers.viz import save_grid
+
+reset_peak_memory(device)
+sync(device)
+start = time.perf_counter()
+grid = sample(model, d, shape, "ddpm", generator=cpu_generator(1), progress=False)
+sync(device)
+seconds = time.perf_counter() - start
+memory, what = peak_memory_mb(device)
+print(f"DDPM, {d.T} steps, batch {shape[0]} on {device.type}: {1000 * seconds / shape[0]:.1f} ms per image; {what} {memory:.0f} MiB")
+path = save_grid(grid, profile.artifacts / "figures" / "04_ddpm_samples.png")
+show_grid(grid, f"DDPM samples, {d.T} steps [{profile.name} profile]")
+print(f"saved {path}; next: 05 · DDIM, the same model in far fewer steps")

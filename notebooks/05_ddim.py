@@ -1,0 +1,221 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 05 · DDIM: the same model in far fewer steps
+#
+# DDPM needs all $T$ steps because each one undoes one step of a Markov chain. Song et al.
+# (2021) noticed that training only ever sees the marginals $q(x_t \mid x_0)$, so any process with
+# those marginals fits the same trained network, and some of them can be sampled in a few dozen
+# steps, even deterministically. This notebook derives the DDIM update, checks it, and measures
+# the trade between steps, wall time and quality on the model of notebook 03.
+#
+# It needs `03_ddpm_eps.pt` from notebook 03.
+
+# %%
+import json
+import time
+
+import matplotlib.pyplot as plt
+import torch
+
+from helpers.bench import sync
+from helpers.checkpoints import load_model, require
+from helpers.config import setup
+from helpers.device import cpu_generator
+from helpers.samplers import ddim_step, ddim_timesteps, sample
+from helpers.viz import show_grid
+
+device, profile = setup(seed=0)
+model, d, ckpt = load_model(require(profile.checkpoint("03_ddpm_eps.pt"), "03_training"), device)
+print(f"model after {ckpt['step']} training steps; {d}")
+
+# %% [markdown]
+# ## A non-Markovian forward process
+#
+# DDIM defines, for any choice of $\sigma_t$, the reverse-time kernel (Song et al. 2021, eq. 7)
+#
+# $$q_\sigma(x_{t-1} \mid x_t, x_0) = \mathcal N\Big(\sqrt{\bar\alpha_{t-1}}\,x_0 + \sqrt{1-\bar\alpha_{t-1}-\sigma_t^2}\;\frac{x_t - \sqrt{\bar\alpha_t}\,x_0}{\sqrt{1-\bar\alpha_t}},\ \sigma_t^2 I\Big),$$
+#
+# built so that every marginal is still $q(x_t \mid x_0) = \mathcal N(\sqrt{\bar\alpha_t}x_0, (1-\bar\alpha_t)I)$.
+# Same marginals, same training loss: the eps-model of notebook 03 serves every member of the family.
+# Replacing $x_0$ by $\hat x_0$ and $\frac{x_t - \sqrt{\bar\alpha_t}x_0}{\sqrt{1-\bar\alpha_t}}$ by
+# $\hat\varepsilon$ gives the update (eq. 12)
+#
+# $$x_{t-1} = \sqrt{\bar\alpha_{t-1}}\,\hat x_0 + \sqrt{1-\bar\alpha_{t-1}-\sigma_t^2}\;\hat\varepsilon + \sigma_t z,
+# \qquad \sigma_t = \eta\,\sqrt{\frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}}\sqrt{1-\frac{\bar\alpha_t}{\bar\alpha_{t-1}}}\quad\text{(eq. 16)}.$$
+#
+# $\eta = 1$ makes $\sigma_t^2 = \tilde\beta_t$, the DDPM posterior variance; $\eta = 0$ makes the
+# sampler deterministic. And since nothing ties $t-1$ to $t$, the same formula jumps between any
+# two timesteps $t > t'$ of a shorter grid, with $\bar\alpha_{t'}$ in place of $\bar\alpha_{t-1}$.
+
+# %%
+def ddim_by_hand(eps_hat, x_t, t, t_prev):
+    """eta = 0; t_prev = -1 means alpha_bar = 1 (land on x_0)."""
+    ab = d.alpha_bars[t].item()
+    ab_prev = d.alpha_bars[t_prev].item() if t_prev >= 0 else 1.0
+    x0 = ((x_t - (1 - ab) ** 0.5 * eps_hat) / ab**0.5).clamp(-1, 1)
+    eps = (x_t - ab**0.5 * x0) / (1 - ab) ** 0.5  # re-derived from the clipped x0
+    return ab_prev**0.5 * x0 + (1 - ab_prev) ** 0.5 * eps
+
+
+x_t = torch.randn(4, profile.channels, profile.image_size, profile.image_size, device=device)
+t, t_prev = d.T - 1, d.T // 2
+with torch.no_grad():
+    eps_hat = model(x_t, torch.full((4,), t, device=device))
+assert torch.allclose(ddim_by_hand(eps_hat, x_t, t, t_prev), ddim_step(d, eps_hat, x_t, t, t_prev, eta=0.0), atol=1e-5)
+
+# %% [markdown]
+# At $\eta = 1$ on the full grid, the noise that `ddim_step` adds has exactly the DDPM posterior
+# variance at every step (checked here for this profile's schedule; `tests/` checks the whole
+# step against `ddpm_step`):
+
+# %%
+# NBVAL_CHECK_OUTPUT
+z = torch.ones(1, 1, 1, 1, dtype=torch.float64)
+x, out = torch.zeros_like(z), torch.zeros_like(z)
+sigma2 = torch.tensor([(ddim_step(d, out, x, s, s - 1, 1.0, z) - ddim_step(d, out, x, s, s - 1, 1.0, 0 * z)).item() ** 2 for s in range(1, d.T)], dtype=torch.float64)
+print("eta = 1 variance equals beta tilde at every step:", torch.allclose(sigma2, d.posterior_variance[1:], rtol=1e-8, atol=1e-15))
+
+# %% [markdown]
+# ## Which timesteps to visit
+#
+# A sampler with $S < T$ steps needs a grid. diffusers offers three, and they differ most at few
+# steps: **leading** $k\lfloor T/S\rfloor$ (starts at $T - T/S$, not $T-1$), **trailing**
+# $\mathrm{round}(T - kT/S) - 1$ (starts at $T-1$), **linspace** $\mathrm{round}(\mathrm{linspace}(0, T-1, S))$
+# (both ends). The loop always steps to the next entry of the grid, and from the last to
+# $\bar\alpha = 1$. For $T = 1000$ and $S = 10$:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for spacing in ("leading", "trailing", "linspace"):
+    print(f"{spacing:<9}", ddim_timesteps(1000, 10, spacing))
+
+# %% [markdown]
+# ## Steps against time and quality
+#
+# The quality number is FID/KID from `helpers.metrics` (notebook 06 explains them): lower is
+# better. Offline, and under the smoke and laptop profiles, its features come from a small
+# classifier trained on the dataset (the first call trains and caches it), so the numbers are
+# comparable with each other but not with published Inception FIDs. Every sampler below starts
+# from the same noise.
+
+# %% tags=["nbval-ignore-output"]
+from helpers.metrics import Evaluator, get_features
+
+features = get_features(profile, device)
+evaluator = Evaluator.for_profile(profile, d, features)
+
+# %%
+rows = []
+for steps in [s for s in (10, 20, 50, 100, 1000) if s <= d.T]:
+    evaluator.steps = steps
+    sync(device)
+    start = time.perf_counter()
+    images, _ = evaluator.images(model)
+    sync(device)
+    seconds = time.perf_counter() - start
+    q = evaluator.score(images)
+    rows.append({"steps": steps, "seconds": seconds, "ms_per_image": 1000 * seconds / len(images), "fid": q.fid, "kid": q.kid})
+print(f"DDIM (eta = 0), {q.n_fake} images each, {q.features} features, {q.n_real} real images, KID subsets of {q.kid_subset_size}")
+print(f"{'steps':>6} {'ms/image':>9} {'FID':>8} {'KID':>8}")
+for r in rows:
+    print(f"{r['steps']:>6} {r['ms_per_image']:>9.1f} {r['fid']:>8.3f} {r['kid']:>8.4f}")
+
+fig, ax = plt.subplots(figsize=(6, 3.5))
+ax.plot([r["ms_per_image"] for r in rows], [r["fid"] for r in rows], "o-")
+for r in rows:
+    ax.annotate(f"{r['steps']} steps", (r["ms_per_image"], r["fid"]), textcoords="offset points", xytext=(5, 5))
+ax.set(xscale="log", xlabel="milliseconds per image (log scale)", ylabel=f"FID ({q.features})",
+       title=f"DDIM: time against quality [{profile.name} profile]");
+
+# %% [markdown]
+# Time grows linearly with the number of steps: each step is one network evaluation. Quality
+# saturates: past a few dozen steps, extra evaluations buy little.
+
+# %% [markdown]
+# ## The same noise, the same image
+#
+# At $\eta = 0$ DDIM is a deterministic map from $x_T$ to $x_0$, close to the same map whatever
+# the number of steps: $x_T$ behaves like a latent code. Each row below decodes the same eight
+# noises; the number is the mean absolute pixel difference to the row with the most steps.
+
+# %%
+step_counts = [s for s in (5, 10, 20, 50, 100) if s <= d.T]
+x_T = torch.randn(8, profile.channels, profile.image_size, profile.image_size, generator=cpu_generator(3))
+decoded = {s: sample(model, d, x_T.shape, "ddim", s, x_T=x_T, progress=False).cpu() for s in step_counts}
+reference = decoded[step_counts[-1]]
+other = sample(model, d, x_T.shape, "ddim", step_counts[-1], generator=cpu_generator(4), progress=False).cpu()
+fig, axes = plt.subplots(len(step_counts), 1, figsize=(8, 1.3 * len(step_counts)))
+for ax, s in zip(axes, step_counts):
+    show_grid(decoded[s], f"{s} steps: mean |difference| to {step_counts[-1]} steps = {(decoded[s] - reference).abs().mean():.3f}", nrow=8, ax=ax)
+fig.suptitle(f"DDIM (eta = 0) decodes the same noise to the same image [{profile.name} profile]", y=1.01)
+fig.tight_layout()
+print(f"for scale: two different noises at {step_counts[-1]} steps differ by {(other - reference).abs().mean():.3f} on average")
+
+# %% [markdown]
+# ## Leading or trailing at few steps
+#
+# With 10 steps the grids differ in where they start. Leading starts at $t = T - T/S$, so its
+# first step treats pure noise as if it were the less noisy $x_{T - T/S}$; trailing starts at
+# $T-1$. Lin et al. (2024, "Common diffusion noise schedules and sample steps are flawed")
+# recommend trailing for this reason. This model's numbers:
+
+# %%
+evaluator.steps = min(10, d.T)
+spacing_rows = {}
+for spacing in ("leading", "trailing", "linspace"):
+    imgs = torch.cat([
+        sample(model, d, (min(evaluator.batch_size, evaluator.n - i),) + x_T.shape[1:], "ddim", evaluator.steps, spacing=spacing,
+               generator=gen, progress=False).cpu()
+        for gen in [cpu_generator(evaluator.seed)] for i in range(0, evaluator.n, evaluator.batch_size)
+    ])
+    spacing_rows[spacing] = (evaluator.score(imgs), imgs[:8])
+fig, axes = plt.subplots(3, 1, figsize=(8, 4))
+for ax, (spacing, (q, imgs)) in zip(axes, spacing_rows.items()):
+    show_grid(imgs, f"{spacing}: starts at t = {ddim_timesteps(d.T, evaluator.steps, spacing)[0]}, FID {q.fid:.3f}", nrow=8, ax=ax)
+    print(f"{spacing:<9} {evaluator.steps} steps: {q}")
+fig.suptitle(f"DDIM with {evaluator.steps} steps on three grids [{profile.name} profile]", y=1.02)
+fig.tight_layout()
+
+# %% [markdown]
+# ## Walking between two noises
+#
+# Because DDIM at $\eta = 0$ is a smooth map, a path between two noises decodes to a path between
+# two images. The path must stay where Gaussian noise lives, near the sphere of radius
+# $\sqrt{\dim}$; a straight line between two independent noises dips to $\sqrt{1/2}$ of it in the
+# middle. Spherical interpolation (slerp) keeps the norm:
+
+# %%
+from helpers.samplers import slerp
+
+z0, z1 = (torch.randn(1, *x_T.shape[1:], generator=cpu_generator(s)) for s in (10, 11))
+alphas = torch.linspace(0, 1, 8).tolist()
+path = torch.cat([slerp(z0, z1, a) for a in alphas])
+mid_line = 0.5 * (z0 + z1)
+print(f"norm of the noises {z0.norm():.1f} and {z1.norm():.1f}; slerp midpoint {slerp(z0, z1, 0.5).norm():.1f}; "
+      f"straight-line midpoint {mid_line.norm():.1f}")
+walk = sample(model, d, path.shape, "ddim", min(50, d.T), x_T=path, progress=False).cpu()
+show_grid(walk, f"DDIM decoding of a slerp path between two noises [{profile.name} profile]", nrow=8);
+
+# %% [markdown]
+# ## What this notebook leaves
+#
+# The timing table, in `artifacts/<profile>/figures/05_ddim_steps.json`. Next, **06 · EMA and
+# FID** explains the quality numbers used here and improves them with an average of the weights.
+
+# %%
+path = profile.artifacts / "figures" / "05_ddim_steps.json"
+path.parent.mkdir(parents=True, exist_ok=True)
+path.write_text(json.dumps({"device": str(device), "features": q.features, "rows": rows}, indent=2))
+print(f"saved {path}")

@@ -1,0 +1,240 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 07 · What to predict: $\varepsilon$, $x_0$ or $v$
+#
+# Notebook 03 trained the network to output the noise $\varepsilon$. It could as well output the
+# clean image $x_0$, or the "velocity" $v$ of Salimans & Ho (2022). All three determine each
+# other given $x_t$, so they describe the same model; they differ in how errors scale across
+# timesteps, which changes what training optimises. This notebook defines $v$, shows why
+# $\varepsilon$-prediction is fragile at high noise, shows that the three losses are one objective
+# up to a weight per timestep, and trains all three (and min-SNR weighting) on the same budget.
+
+# %%
+import math
+
+import matplotlib.pyplot as plt
+import torch
+
+from helpers.config import setup
+from helpers.diffusion import Diffusion
+
+device, profile = setup(seed=0)
+
+# %% [markdown]
+# ## $v$ is a rotation
+#
+# Write $\sqrt{\bar\alpha_t} = \cos\phi_t$ and $\sqrt{1-\bar\alpha_t} = \sin\phi_t$. Then
+# $x_t = \cos\phi\,x_0 + \sin\phi\,\varepsilon$ is a point on a circle in the plane spanned by
+# $x_0$ and $\varepsilon$ (drawn here as unit vectors: in many dimensions an image and independent
+# noise are nearly orthogonal), turning from $x_0$ ($\phi = 0$) to $\varepsilon$ ($\phi = \pi/2$)
+# as $t$ grows. Its velocity along the circle is
+#
+# $$v = \frac{dx_t}{d\phi} = \cos\phi\,\varepsilon - \sin\phi\,x_0 = \sqrt{\bar\alpha_t}\,\varepsilon - \sqrt{1-\bar\alpha_t}\,x_0 .$$
+#
+# $(x_t, v)$ is $(x_0, \varepsilon)$ rotated by $\phi$, so rotating back converts:
+#
+# $$x_0 = \cos\phi\,x_t - \sin\phi\,v,\qquad \varepsilon = \sin\phi\,x_t + \cos\phi\,v .$$
+
+# %%
+phi = 0.9  # the angle at one timestep
+arc = torch.linspace(0, math.pi / 2, 60)
+fig, ax = plt.subplots(figsize=(4.6, 4.6))
+ax.plot(torch.cos(arc), torch.sin(arc), "k:", lw=1, label=r"$x_t$ for $\phi$ from 0 to $\pi/2$")
+arrow = dict(arrowstyle="->", lw=1.5)
+ax.annotate("", (1, 0), (0, 0), arrowprops={**arrow, "color": "gray"})
+ax.annotate("", (0, 1), (0, 0), arrowprops={**arrow, "color": "gray"})
+ax.text(1.02, -0.04, "$x_0$", color="gray")
+ax.text(-0.08, 1.02, r"$\varepsilon$", color="gray")
+xt = (math.cos(phi), math.sin(phi))
+ax.annotate("", xt, (0, 0), arrowprops={**arrow, "color": "C0"})
+ax.text(xt[0] * 0.5 + 0.03, xt[1] * 0.5 - 0.08, r"$x_t = \cos\phi\,x_0 + \sin\phi\,\varepsilon$", color="C0")
+v_end = (xt[0] - 0.45 * math.sin(phi), xt[1] + 0.45 * math.cos(phi))
+ax.annotate("", v_end, xt, arrowprops={**arrow, "color": "C3"})
+ax.text(v_end[0] - 0.05, v_end[1] + 0.03, r"$v = \cos\phi\,\varepsilon - \sin\phi\,x_0$", color="C3")
+ax.text(0.12, 0.04, r"$\phi$")
+ax.set(title="$x_t$ turns from $x_0$ to $\\varepsilon$; $v$ is its velocity", xlabel="component along $x_0$",
+       ylabel=r"component along $\varepsilon$", xlim=(-0.1, 1.25), ylim=(-0.1, 1.25), aspect="equal");
+
+# %% [markdown]
+# The conversions by hand against `Diffusion.target` / `predict_x0` / `predict_eps` on real-sized
+# tensors:
+
+# %%
+d_v = Diffusion.from_schedule("cosine", 1000, prediction="v")
+g = torch.Generator().manual_seed(0)
+x0 = torch.rand(4, 1, 8, 8, generator=g) * 2 - 1
+eps = torch.randn(4, 1, 8, 8, generator=g)
+t = torch.tensor([0, 300, 700, 999])
+cos, sin = d_v.sqrt_alpha_bars[t].float().view(-1, 1, 1, 1), d_v.sqrt_one_minus_alpha_bars[t].float().view(-1, 1, 1, 1)
+x_t = cos * x0 + sin * eps
+v = cos * eps - sin * x0
+assert torch.allclose(d_v.target(x0, eps, t), v, atol=1e-6)
+assert torch.allclose(d_v.predict_x0(x_t, t, v), cos * x_t - sin * v, atol=1e-6) and torch.allclose(cos * x_t - sin * v, x0, atol=1e-5)
+assert torch.allclose(d_v.predict_eps(x_t, t, v), sin * x_t + cos * v, atol=1e-6) and torch.allclose(sin * x_t + cos * v, eps, atol=1e-5)
+
+# %% [markdown]
+# ## Why $\varepsilon$-prediction struggles at high noise
+#
+# An $\varepsilon$-model's image estimate is $\hat x_0 = (x_t - \sin\phi\,\hat\varepsilon)/\cos\phi$,
+# so an error $\delta$ in $\hat\varepsilon$ becomes an error $\tan\phi\,\delta = \delta/\sqrt{\mathrm{SNR}}$
+# in $\hat x_0$: harmless at small $t$, unbounded as $\bar\alpha_t \to 0$. A $v$-model's estimate
+# $\hat x_0 = \cos\phi\,x_t - \sin\phi\,\hat v$ turns $\delta$ into $\sin\phi\,\delta \le \delta$
+# at every $t$; an $x_0$-model's error is its own.
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3.5))
+for name in ("linear", "cosine"):
+    d = Diffusion.from_schedule(name, 1000)
+    ax.plot(1 / d.snr.sqrt(), label=fr"$\varepsilon$-prediction, {name} schedule")
+ax.plot(Diffusion.from_schedule("cosine", 1000).sqrt_one_minus_alpha_bars, label="v-prediction, cosine schedule")
+ax.set(yscale="log", title=r"how an output error reaches $\hat x_0$", xlabel="timestep t", ylabel=r"$|\partial \hat x_0 / \partial\,\mathrm{output}|$")
+ax.legend();
+
+# %% [markdown]
+# The same thing in the $\varepsilon$-model of notebook 03: its $\hat x_0$ from pure noise at the
+# last step, against its $\hat x_0$ half-way. Values far outside $[-1, 1]$ at the last step are
+# the amplified error (sampling hides it by clipping).
+
+# %%
+from helpers.checkpoints import load_model, require
+from helpers.viz import show_grid
+
+eps_model, d_eps, _ = load_model(require(profile.checkpoint("03_ddpm_eps.pt"), "03_training"), device)
+noise = torch.randn(8, profile.channels, profile.image_size, profile.image_size, generator=torch.Generator().manual_seed(1)).to(device)
+fig, axes = plt.subplots(1, 2, figsize=(9, 2.2))
+with torch.no_grad():
+    for ax, step in zip(axes, (d_eps.T // 2, d_eps.T - 1)):
+        tt = torch.full((8,), step)
+        x_t = d_eps.q_sample(torch.zeros_like(noise), tt, noise)  # a noisy version of a grey image
+        x0_hat = d_eps.predict_x0(x_t, tt, eps_model(x_t, tt.to(device)))
+        print(f"t = {step}: implied x0 has std {x0_hat.std():.2f}, {(x0_hat.abs() > 1).float().mean():.0%} of pixels outside [-1, 1]")
+        show_grid(x0_hat.cpu(), f"implied $\\hat x_0$ at t = {step}", nrow=8, ax=ax)
+fig.suptitle(f"the eps-model's x0 estimates [{profile.name} profile]", y=1.1);
+
+# %% [markdown]
+# ## One objective, three weightings
+#
+# For a guess $\hat x_0$ and the $\hat\varepsilon$, $\hat v$ it implies at $x_t$, the three squared
+# errors are proportional:
+#
+# $$\|\hat\varepsilon - \varepsilon\|^2 = \mathrm{SNR}(t)\,\|\hat x_0 - x_0\|^2,\qquad \|\hat v - v\|^2 = (\mathrm{SNR}(t)+1)\,\|\hat x_0 - x_0\|^2 .$$
+#
+# So training on a target is training $c(t)\,\|\hat x_0 - x_0\|^2$ with a weight $c$ that the
+# target picks: SNR for $\varepsilon$, $\mathrm{SNR}+1$ for $v$, 1 for $x_0$. The $\varepsilon$
+# loss puts enormous weight on small $t$ (SNR near $10^4$). **Min-SNR-$\gamma$** weighting (Hang
+# et al. 2023) caps it: $c = \min(\mathrm{SNR}, \gamma)$, $\gamma = 5$, which means a weight
+# $\min(\mathrm{SNR},\gamma)/\mathrm{SNR}$ on the $\varepsilon$ loss,
+# $\min(\mathrm{SNR},\gamma)/(\mathrm{SNR}+1)$ on the $v$ loss and $\min(\mathrm{SNR},\gamma)$ on the
+# $x_0$ loss. Checked on one guess:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+g = torch.Generator().manual_seed(2)
+x0 = torch.rand(6, 1, 8, 8, generator=g, dtype=torch.float64) * 2 - 1
+eps = torch.randn(6, 1, 8, 8, generator=g, dtype=torch.float64)
+x0_hat = x0 + 0.1 * torch.randn(6, 1, 8, 8, generator=g, dtype=torch.float64)
+t = torch.tensor([1, 100, 300, 500, 800, 999])
+d = Diffusion.from_schedule("cosine", 1000)
+x_t = d.q_sample(x0, t, eps)
+eps_hat = d.eps_from_x0(x_t, t, x0_hat)
+a, s = d.sqrt_alpha_bars[t].view(-1, 1, 1, 1), d.sqrt_one_minus_alpha_bars[t].view(-1, 1, 1, 1)
+mse = lambda p, q: ((p - q) ** 2).flatten(1).mean(1)  # noqa: E731
+errors = {"eps": mse(eps_hat, eps), "x0": mse(x0_hat, x0), "v": mse(a * eps_hat - s * x0_hat, a * eps - s * x0)}
+for prediction, err in errors.items():
+    w = Diffusion.from_schedule("cosine", 1000, prediction=prediction, loss_weighting="min_snr").loss_weight(t).double()
+    print(f"{prediction:>3}: min-SNR-weighted loss per timestep", [f"{v:.5f}" for v in (w * err).tolist()])
+
+# %% [markdown]
+# ## Three targets, one budget
+#
+# Train an $\varepsilon$-, an $x_0$- and a $v$-model from the same initial weights on the same data
+# for the same number of steps, all on the cosine schedule, then a $v$-model with min-SNR-5
+# weighting. Two comparisons: the error of $\hat x_0$ by timestep on held-out images (the one
+# quantity all three predict), and FID/KID of DDIM samples.
+
+# %% tags=["nbval-ignore-output"]
+import json
+
+from helpers.data import profile_dataset
+from helpers.metrics import Evaluator, get_features, x0_error_by_timestep
+from helpers.training import TrainConfig, Trainer
+from helpers.unet import UNet
+
+model_config = json.loads(require(profile.checkpoint("02_unet_config.json"), "02_unet").read_text())
+data = profile_dataset(profile)
+features = get_features(profile, device)
+runs = {"eps": ("eps", "none"), "x0": ("x0", "none"), "v": ("v", "none"), "v + min-SNR-5": ("v", "min_snr")}
+trainers = {}
+for name, (prediction, weighting) in runs.items():
+    d = Diffusion.from_schedule("cosine", profile.T, prediction=prediction, loss_weighting=weighting)
+    torch.manual_seed(0)
+    config = TrainConfig.from_profile(profile, steps=profile.train.compare_steps, ema_decay=None, eval_every=0, sample_every=0)
+    trainers[name] = Trainer(UNet(**model_config), d, data, config, device).train()
+
+# %%
+test_images = profile_dataset(profile, train=False).tensors()[0][:512]
+probe_t = [int((i + 0.5) * profile.T / 10) for i in range(10)]
+fig, (ax_loss, ax_x0) = plt.subplots(1, 2, figsize=(11, 3.6))
+scores, errors = {}, {}
+for name, trainer in trainers.items():
+    ax_loss.plot(probe_t, trainer.bucket_losses(since=trainer.step * 3 // 4), "o-", label=name)
+    errors[name] = x0_error_by_timestep(trainer.model, trainer.diffusion, test_images, probe_t)
+    ax_x0.plot(probe_t, errors[name], "o-", label=name)
+    evaluator = Evaluator.for_profile(profile, trainer.diffusion, features)
+    scores[name] = evaluator.score(evaluator.images(trainer.model)[0])
+ax_loss.set(yscale="log", title="training loss by timestep, in each target's units", xlabel="timestep t (bucket centre)", ylabel="loss (last quarter of training)")
+ax_x0.set(yscale="log", title=r"error of $\hat x_0$ on held-out images", xlabel="timestep t", ylabel=r"mean squared error of $\hat x_0$")
+ax_loss.legend()
+ax_x0.legend()
+fig.suptitle(f"{profile.train.compare_steps} steps each, cosine schedule [{profile.name} profile]", y=1.03)
+
+q = next(iter(scores.values()))
+lines = [f"FID/KID: {q.n_fake} DDIM-{profile.sample.ddim_steps} samples each vs {q.n_real} real images, {q.features} features, KID subsets of {q.kid_subset_size}",
+         f"{'model':<14} {'FID':>8} {'KID':>8}   x0 error at t = {probe_t[0]}, {probe_t[4]}, {probe_t[-1]}"]
+for name in trainers:
+    e = errors[name]
+    lines.append(f"{name:<14} {scores[name].fid:>8.3f} {scores[name].kid:>8.4f}   {e[0]:.4f}, {e[4]:.4f}, {e[-1]:.4f}")
+for label, i in (("smallest", 0), ("largest", -1)):
+    best = min(errors, key=lambda name: errors[name][i])
+    lines.append(f"lowest x0 error at the {label} t probed ({probe_t[i]}): {best}")
+print("\n".join(lines))
+
+# %% [markdown]
+# Reading the two panels: the training losses live on different scales (the $\varepsilon$ loss
+# is the $x_0$ error times SNR), which is why only the right panel compares the models. Where a
+# curve sits lower there, that model recovers images better at that noise level. The analysis
+# above predicts the $\varepsilon$-model's error to blow up at the largest $t$, and the
+# $x_0$-model to be the weakest at small $t$, where it must redraw an almost clean image instead
+# of removing a little noise; $v$ should stay close to the better of the two at both ends. The
+# last lines say which model this run found best at each end. With a few hundred steps (smoke),
+# FID moves a lot between evaluations of a single run (see notebook 06's table), so read small
+# FID differences here with that spread in mind.
+
+# %% [markdown]
+# ## What this notebook leaves
+#
+# `artifacts/<profile>/checkpoints/07_v.pt`: the $v$-prediction model trained with min-SNR-5
+# weighting on the cosine schedule. Its checkpoint records the prediction type, so loading it as
+# an $\varepsilon$-model is an error rather than noise. Next, **08 · classifier-free guidance**.
+
+# %%
+from helpers.checkpoints import CheckpointError, load_checkpoint
+
+path = trainers["v + min-SNR-5"].save(profile.checkpoint("07_v.pt"), profile=profile.name)
+try:
+    load_checkpoint(path, prediction="eps")
+except CheckpointError as err:
+    print("loading it as an eps model:", err)
+print(f"saved {path}")
