@@ -64,7 +64,10 @@ def randn(
     """
     if generator is None:
         return torch.randn(*shape, device=device, dtype=dtype)
-    return torch.randn(*shape, generator=generator, dtype=dtype).to(device)
+    noise = torch.randn(*shape, generator=generator, dtype=dtype)
+    if torch.device(device).type == "cuda":  # from pinned memory the copy does not stall the host
+        return noise.pin_memory().to(device, non_blocking=True)
+    return noise.to(device)
 
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -122,13 +123,15 @@ def ddim_timesteps(T: int, steps: int, spacing: str = "leading") -> list[int]:
         raise ValueError(f"unknown spacing {spacing!r}; choose {', '.join(SPACINGS)}")
     if not isinstance(steps, int) or not 1 <= steps <= T:
         raise ValueError(f"steps must be an integer in 1..{T} (the T of the process), got {steps!r}")
+    # numpy, as diffusers computes them: torch's arange/linspace land on .5 where numpy lands just
+    # below, and round to a different timestep there (e.g. trailing, T = 100, 24 steps)
     if spacing == "leading":
-        grid = torch.arange(steps, dtype=torch.float64) * (T // steps)
+        grid = (np.arange(steps) * (T // steps)).round()
     elif spacing == "trailing":
-        grid = (torch.arange(T, 0, -T / steps, dtype=torch.float64)).round() - 1
+        grid = np.round(np.arange(T, 0, -T / steps)) - 1
     else:
-        grid = torch.linspace(0, T - 1, steps, dtype=torch.float64).round()
-    return sorted({int(v) for v in grid.tolist()}, reverse=True)
+        grid = np.linspace(0, T - 1, steps).round()
+    return sorted({int(v) for v in grid}, reverse=True)
 
 
 def guided_output(

@@ -19,6 +19,18 @@ def test_golden_grids_match_diffusers_spacings():
         assert ddim_timesteps(T, T, spacing) == list(range(T - 1, -1, -1))
 
 
+def test_grids_match_diffusers_where_rounding_ties():
+    # diffusers 0.42.1, DDIMScheduler(num_train_timesteps=T, timestep_spacing=...).set_timesteps(S)
+    assert ddim_timesteps(100, 24, "trailing") == [99, 95, 91, 86, 82, 78, 74, 70, 66, 61, 57, 53, 49, 45, 41, 36, 32, 28, 24, 20, 16, 11, 7, 3]
+    assert ddim_timesteps(100, 47, "linspace") == [
+        99, 97, 95, 93, 90, 88, 86, 84, 82, 80, 77, 75, 73, 71, 69, 67, 65, 62, 60, 58, 56, 54, 52, 49,
+        47, 45, 43, 41, 39, 37, 34, 32, 30, 28, 26, 24, 22, 19, 17, 15, 13, 11, 9, 6, 4, 2, 0,
+    ]  # fmt: skip
+    assert ddim_timesteps(1000, 7, "trailing") == [999, 856, 713, 570, 428, 285, 142]
+    assert ddim_timesteps(1000, 3, "leading") == [666, 333, 0]
+    assert ddim_timesteps(50, 20, "leading") == list(range(38, -1, -2))
+
+
 def test_grid_errors():
     with pytest.raises(ValueError, match=r"steps must be an integer in 1..1000"):
         ddim_timesteps(T, 1001)
@@ -51,8 +63,8 @@ def test_ddim_eta_one_variance_equals_the_ddpm_posterior_variance_on_the_full_gr
     assert torch.allclose(sigmas**2, d.posterior_variance[1:], rtol=1e-8, atol=1e-15)
 
 
-def test_ddpm_step_without_clipping_is_algorithm_2(d):
-    d.prediction = "eps"
+def test_ddpm_step_without_clipping_is_algorithm_2():
+    d = Diffusion.from_schedule("linear", T)
     torch.manual_seed(1)
     x_t, eps, z = (torch.randn(2, 1, 3, 3, dtype=torch.float64) for _ in range(3))
     for t in (999, 10, 1):
@@ -211,3 +223,12 @@ def test_slerp_keeps_the_ends_and_the_norm_of_orthogonal_noise():
     mid = S.slerp(z0, z1, 0.5)
     assert mid.norm().item() == pytest.approx(3.0, rel=1e-6)
     assert (z0 + z1).div(2).norm().item() == pytest.approx(3.0 / 2**0.5, rel=1e-6)  # the straight line shrinks
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddpm", None), ("ddim", 5)])
+def test_the_sampling_loop_never_waits_for_the_device(sampler, steps):
+    # On "meta" any read of values back to the host raises: the loop runs without syncs.
+    d = Diffusion.from_schedule("linear", 20, prediction="v")
+    model = random_unet(num_classes=4).to("meta")
+    x = sample(model, d, (2, 1, 16, 16), sampler, steps, eta=1.0, y=torch.tensor([0, 3]), guidance_scale=2.0, generator=cpu_generator(0), progress=False)
+    assert x.device.type == "meta"
