@@ -79,8 +79,8 @@ def train_classifier(
     """
     x, y = train
     gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # initial weights from ``seed``, global CPU state untouched
+        torch.random.default_generator.manual_seed(seed)
         model = Classifier(x.shape[1], x.shape[-1], int(y.max()) + 1, width=width).to(device)
     steps = epochs * (len(x) // batch_size)
     opt = torch.optim.Adam(model.parameters(), lr=lr)

@@ -17,6 +17,7 @@ torchmetrics' ``FrechetInceptionDistance`` and ``KernelInceptionDistance`` do th
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import warnings
@@ -59,9 +60,11 @@ class InceptionUnavailableError(RuntimeError):
 
 
 class Features(nn.Module):
-    """Images in [-1, 1] -> feature vectors [B, dim]. ``name`` says which features they are."""
+    """Images in [-1, 1] -> feature vectors [B, dim]. ``name`` says which features they are;
+    ``key`` identifies the exact network (for caches)."""
 
     name: str
+    key: str
     dim: int
 
     def check(self, x: torch.Tensor) -> None:
@@ -81,7 +84,7 @@ class InceptionFeatures(Features):
     torch hub cache, or given as ``weights_path``.
     """
 
-    name = "inception-v3"
+    name = key = "inception-v3"
     dim = 2048
 
     def __init__(self, weights_path: str | Path | None = None) -> None:
@@ -119,6 +122,11 @@ class ClassifierFeatures(Features):
         super().__init__()
         self.classifier = classifier.eval()
         self.name = f"classifier ({dataset}, {classifier.config['image_size']}px)"
+        weights = hashlib.sha1()
+        for value in classifier.state_dict().values():
+            weights.update(value.detach().cpu().numpy().tobytes())
+        c = classifier.config
+        self.key = f"classifier_{dataset}_{c['image_size']}px_w{c['width']}_d{c['feature_dim']}_{weights.hexdigest()[:12]}"
         self.dim = classifier.feature_dim
         self.shape = (classifier.config["in_channels"], classifier.config["image_size"], classifier.config["image_size"])
 
@@ -171,22 +179,22 @@ def extract(features: Features, images: torch.Tensor | Iterable[torch.Tensor], b
     """Features [N, dim] (float64, CPU) of images in [-1, 1]: a tensor, or an iterable of batches."""
     device = next(features.parameters()).device
     batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images
-    out = [features(b.to(device)).double().cpu() for b in batches]
+    out = [features(b.to(device)).cpu().double() for b in batches]  # float64 only on the CPU (MPS has none)
     if not out:
         raise ValueError("no images to extract features from")
     return torch.cat(out)
 
 
 def real_features(features: Features, profile: Profile, n: int | None = None, verbose: bool = True) -> torch.Tensor:
-    """Features of ``n`` (default: the profile's ``fid_real``) training images, cached on disk.
+    """Features of ``n`` (default: the profile's ``fid_real``) training images, cached on disk
+    under the features' ``key``, so a retrained classifier never meets stale real features.
 
     The images are a fixed random choice from the whole training split (not the profile's subset).
     """
     from helpers.data import load_dataset
 
     n = n or profile.sample.fid_real
-    safe = "".join(c if c.isalnum() else "_" for c in features.name)
-    path = profile.artifacts / "fid" / f"real_{profile.dataset}_{profile.image_size}px_{safe}_{n}.pt"
+    path = profile.artifacts / "fid" / f"real_{profile.dataset}_{profile.image_size}px_{features.key}_{n}.pt"
     if path.is_file():
         return torch.load(path, weights_only=True)
     x, _ = load_dataset(profile.dataset, True, profile.image_size, subset=n, seed=profile.seed + 1).tensors()
@@ -259,8 +267,8 @@ def fid_kid(
     for metric in (fid, kid):
         metric.update(real.double(), real=True)
         metric.update(fake.double(), real=False)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # saves and restores the CPU generator, the one KID draws from
+        torch.random.default_generator.manual_seed(seed)  # (torch.manual_seed would reseed CUDA/MPS too)
         kid_mean, kid_std = kid.compute()
     return Quality(float(fid.compute()), float(kid_mean), float(kid_std), features, len(fake), len(real), kid_subset_size)
 

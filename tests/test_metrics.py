@@ -167,3 +167,24 @@ def test_x0_error_by_timestep_is_the_same_quantity_for_every_parameterisation():
         assert max(errors) < 1e-6, (prediction, errors)
     zero = M.x0_error_by_timestep(random_unet(), Diffusion.from_schedule("cosine", 50, prediction="x0"), x0, [10])
     assert zero[0] > 0.01
+
+
+def test_fid_kid_leaves_every_global_generator_alone(monkeypatch):
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(("cuda", seed)))
+    monkeypatch.setattr(torch.mps, "manual_seed", lambda seed: reseeded.append(("mps", seed)))
+    state = torch.get_rng_state()
+    fid_kid(gaussian(50), gaussian(50, seed=1), "toy", 20)
+    assert torch.equal(torch.get_rng_state(), state) and reseeded == []
+
+
+def test_real_features_are_cached_per_feature_network(data_env):
+    profile = dataclasses.replace(PROFILES["smoke"], sample=dataclasses.replace(PROFILES["smoke"].sample, fid_real=32))
+    torch.manual_seed(0)
+    a = ClassifierFeatures(Classifier(1, 16, width=4, feature_dim=8), "fashion_mnist")
+    b = ClassifierFeatures(Classifier(1, 16, width=4, feature_dim=8), "fashion_mnist")  # retrained: new weights
+    fa, fb = M.real_features(a, profile, verbose=False), M.real_features(b, profile, verbose=False)
+    assert a.name == b.name and a.key != b.key
+    assert not torch.allclose(fa, fb), "b must not be served a's cached features"
+    assert torch.equal(M.real_features(a, profile, verbose=False), fa)
+    assert len(list((profile.artifacts / "fid").iterdir())) == 2
