@@ -77,11 +77,13 @@ class Diffusion:
         self.alpha_bars_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bars[:-1]])
         self.sqrt_alpha_bars = self.alpha_bars.sqrt()
         self.sqrt_one_minus_alpha_bars = (1 - self.alpha_bars).sqrt()
+        self.sqrt_alphas, self.sqrt_betas = self.alphas.sqrt(), betas.sqrt()
         self.snr = self.alpha_bars / (1 - self.alpha_bars)  # SNR(t) = alpha_bar / (1 - alpha_bar)
         # q(x_{t-1} | x_t, x_0) = N(coef_x0 x_0 + coef_xt x_t, beta_tilde_t I)       (DDPM eq. 6, 7)
         self.posterior_variance = betas * (1 - self.alpha_bars_prev) / (1 - self.alpha_bars)
         self.posterior_mean_coef_x0 = betas * self.alpha_bars_prev.sqrt() / (1 - self.alpha_bars)
         self.posterior_mean_coef_xt = (1 - self.alpha_bars_prev) * self.alphas.sqrt() / (1 - self.alpha_bars)
+        self._device_tables: dict[tuple[int, torch.device], torch.Tensor] = {}
 
     @classmethod
     def from_schedule(cls, name: str, T: int = 1000, **kwargs: Any) -> Diffusion:
@@ -126,24 +128,36 @@ class Diffusion:
             raise TypeError(f"t must hold integer timesteps, got dtype {t.dtype}")
         if t.ndim > 1 or (t.ndim == 1 and t.shape[0] not in (1, batch)):
             raise ValueError(f"t must have shape [{batch}] (one timestep per image), got {tuple(t.shape)}")
-        t = t.cpu()
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.T):
+        # The range is checked where it is free: reading a device tensor's values would make the
+        # host wait for the device on every call (timesteps drawn on a GPU are valid by construction).
+        if t.device.type == "cpu" and t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.T):
             raise ValueError(f"timesteps must lie in 0..{self.T - 1}, got values {int(t.min())}..{int(t.max())}")
         return t
+
+    def _gather(self, table: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``table[t]`` on t's device: float64 from the table itself on the CPU; elsewhere from a
+        float32 copy of the table made once per device (converted on the CPU, then moved)."""
+        if t.device.type == "cpu":
+            return table[t]
+        key = (table.data_ptr(), t.device)
+        if key not in self._device_tables:
+            self._device_tables[key] = table.to(torch.float32).to(t.device)
+        return self._device_tables[key][t]
 
     def extract(self, table: torch.Tensor, t: torch.Tensor | int, x: torch.Tensor) -> torch.Tensor | float:
         """``table[t]`` as x's dtype on x's device, shaped [B, 1, 1, ...] to broadcast against x.
 
-        The gather happens on the CPU in float64; only the converted result moves to the device.
-        A Python int ``t`` (one timestep for the whole batch, as in the samplers) gives a Python
-        float: no tensor is made or moved at all.
+        Timesteps on the CPU gather from the float64 table there and move only the converted
+        result; timesteps on x's device gather from a float32 copy already there (no transfer,
+        no waiting). A Python int ``t`` (one timestep for the whole batch, as in the samplers)
+        gives a Python float: no tensor is made or moved at all.
         """
         if isinstance(t, int):
             if not 0 <= t < self.T:
                 raise ValueError(f"timesteps must lie in 0..{self.T - 1}, got {t}")
             return float(table[t])
         t = self._check_t(t, x.shape[0])
-        values = table[t].to(dtype=x.dtype).to(x.device)
+        values = self._gather(table, t).to(dtype=x.dtype).to(x.device)
         return values.reshape(-1, *([1] * (x.ndim - 1)))
 
     @staticmethod
@@ -163,7 +177,7 @@ class Diffusion:
     def q_step(self, x_prev: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """One step of the chain, x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps (DDPM eq. 2)."""
         self._check_same_shape(x_prev=x_prev, noise=noise)
-        return self.extract(self.alphas.sqrt(), t, x_prev) * x_prev + self.extract(self.betas.sqrt(), t, x_prev) * noise
+        return self.extract(self.sqrt_alphas, t, x_prev) * x_prev + self.extract(self.sqrt_betas, t, x_prev) * noise
 
     def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor | int, t: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance of q(x_{t-1} | x_t, x_0) (DDPM eq. 6-7).
@@ -228,7 +242,7 @@ class Diffusion:
     # ---- the training loss ---------------------------------------------------------------------
 
     def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
-        """Per-sample weight w(t) on the MSE of ``target`` (float32, on the CPU, shape [B]).
+        """Per-sample weight w(t) on the MSE of ``target`` (float32, on t's device, shape [B]).
 
         Every target's MSE is a multiple of the x_0 MSE: ||eps_hat - eps||^2 = SNR ||x0_hat - x0||^2,
         ||v_hat - v||^2 = (SNR + 1) ||x0_hat - x0||^2. A weighting fixes the factor c(t) in
@@ -238,8 +252,8 @@ class Diffusion:
         """
         t = self._check_t(t, len(t))
         if self.loss_weighting == "none":
-            return torch.ones(t.shape, dtype=torch.float32)
-        snr = self.snr[t]
+            return torch.ones(t.shape, dtype=torch.float32, device=t.device)
+        snr = self._gather(self.snr, t)
         c = snr if self.loss_weighting == "snr" else snr.clamp(max=self.min_snr_gamma)
         own = {"eps": snr, "x0": torch.ones_like(snr), "v": snr + 1}[self.prediction]
         return (c / own).float()
@@ -255,23 +269,22 @@ class Diffusion:
     ) -> torch.Tensor:
         """The training loss  E_{t, eps} w(t) || model(x_t, t) - target ||^2  (DDPM eq. 14 when w = 1).
 
-        Unless given, t ~ Uniform{0..T-1} is drawn from the global CPU generator (the tables live
-        there) and eps ~ N(0, I) from the global generator of x0's device. ``reduction="none"`` returns one loss per image (shape [B]), for the loss by
+        Unless given, t ~ Uniform{0..T-1} and eps ~ N(0, I) are drawn from the global generator of
+        x0's device. ``reduction="none"`` returns one loss per image (shape [B]), for the loss by
         timestep bucket; "mean" their average.
         """
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
         b = x0.shape[0]
-        if t is None:
-            t = torch.randint(0, self.T, (b,))
+        # t lives on x0's device from here on: the tables are gathered there, with no transfers
+        t = torch.randint(0, self.T, (b,), device=x0.device) if t is None else self._check_t(t, b).to(x0.device)
         if noise is None:
             noise = torch.randn_like(x0)
         x_t = self.q_sample(x0, t, noise)
-        t_model = t.to(x0.device)
-        out = model(x_t, t_model) if y is None else model(x_t, t_model, y)
+        out = model(x_t, t) if y is None else model(x_t, t, y)
         if out.shape != x0.shape:
             raise ValueError(f"the model returned shape {tuple(out.shape)}, but the images have {tuple(x0.shape)}")
         per_image = F.mse_loss(out.float(), self.target(x0, noise, t).float(), reduction="none").flatten(1).mean(1)
         if self.loss_weighting != "none":
-            per_image = per_image * self.loss_weight(t).to(per_image.device)
+            per_image = per_image * self.loss_weight(t)
         return per_image.mean() if reduction == "mean" else per_image

@@ -50,8 +50,9 @@ class EMA:
             return
         decay = self.current_decay()
         state = model.state_dict()
-        for name, shadow in self.shadow.items():
-            shadow.lerp_(state[name].detach().float(), 1 - decay)  # shadow + (1 - decay) (param - shadow)
+        names = list(self.shadow)
+        # shadow + (1 - decay) (param - shadow), for all tensors in one fused call
+        torch._foreach_lerp_([self.shadow[n] for n in names], [state[n].detach().float() for n in names], 1 - decay)
         self.num_updates += 1
 
     @torch.no_grad()
@@ -63,7 +64,8 @@ class EMA:
 
     def store(self, model: nn.Module) -> None:
         """Keep a copy of ``model``'s current weights, to ``restore`` after sampling with the EMA."""
-        self._stored = {name: model.state_dict()[name].detach().clone() for name in self.shadow}
+        state = model.state_dict()
+        self._stored = {name: state[name].detach().clone() for name in self.shadow}
 
     @torch.no_grad()
     def restore(self, model: nn.Module) -> None:

@@ -13,6 +13,7 @@ the same weights as N/2, save, load into fresh objects, N/2.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -26,16 +27,22 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from helpers.checkpoints import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from helpers.checkpoints import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from helpers.config import Profile
 from helpers.device import amp_dtype, cpu_generator
 from helpers.diffusion import Diffusion
 from helpers.ema import EMA
 from helpers.samplers import sample
 
-__all__ = ["TrainConfig", "Trainer", "N_BUCKETS"]
+__all__ = ["TrainConfig", "Trainer", "N_BUCKETS", "RESUMABLE_SETTINGS"]
 
 N_BUCKETS = 10  # loss by timestep bucket: t in [0, T/10), [T/10, 2T/10), ...
+
+# What a resumed run may change; every other setting must match the checkpoint's for the
+# continuation to be the same run (the data position, for one, counts batches of batch_size).
+RESUMABLE_SETTINGS = frozenset(
+    {"steps", "log_every", "sample_every", "grid_size", "grid_ddim_steps", "eval_every", "amp", "compile", "channels_last"}
+)
 
 
 @dataclass
@@ -86,6 +93,19 @@ class TrainConfig:
         if unknown:
             raise TypeError(f"unknown training settings: {', '.join(sorted(unknown))}")
         return cls(**{**base, **overrides})
+
+    def resume_conflicts(self, saved: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """{setting: (saved, now)} for settings outside ``RESUMABLE_SETTINGS`` that differ from a
+        checkpoint's ``train`` entry. Switching EMA on for a run saved without it is allowed."""
+        conflicts = {}
+        for name, now in asdict(self).items():
+            if name in RESUMABLE_SETTINGS or name not in saved:
+                continue
+            if name.startswith("ema_") and saved.get("ema_decay") is None:
+                continue
+            if saved[name] != now:
+                conflicts[name] = (saved[name], now)
+        return conflicts
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "adamw"):
@@ -142,7 +162,7 @@ class Trainer:
         self.forward = torch.compile(self.model) if config.compile else self.model
         self.amp = amp_dtype(self.device) if config.amp in (None, True) else None
         if config.amp and self.amp is None:
-            raise ValueError(f"mixed precision was asked for, but this course uses it only on CUDA, not {self.device.type}")
+            raise ValueError(f"bf16 autocast was asked for, but {self.device} has none (it needs a CUDA GPU of the Ampere generation or newer)")
 
         opt = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -174,12 +194,13 @@ class Trainer:
             x0 = x0.contiguous(memory_format=torch.channels_last)
         if self.num_classes is not None:
             # label dropout: each label becomes "no label" with probability p_uncond
-            drop = torch.rand(y.shape) < cfg.p_uncond
-            y = torch.where(drop, torch.full_like(y, self.num_classes), y).to(self.device)
+            y = y.to(self.device, non_blocking=True)
+            drop = torch.rand(y.shape, device=self.device) < cfg.p_uncond
+            y = torch.where(drop, torch.full_like(y, self.num_classes), y)
         else:
             y = None
-        t = torch.randint(0, d.T, (x0.shape[0],))
-        with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
+        t = torch.randint(0, d.T, (x0.shape[0],), device=self.device)
+        with torch.autocast(self.device.type, dtype=self.amp) if self.amp else contextlib.nullcontext():
             losses = d.loss(self.forward, x0, y, t=t, reduction="none")
         self.optimizer.zero_grad(set_to_none=True)
         losses.mean().backward()
@@ -190,7 +211,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)
         self.step += 1
-        return losses.detach(), t.to(self.device), grad_norm.detach()
+        return losses.detach(), t, grad_norm.detach()
 
     # ---- the loop --------------------------------------------------------------------------------
 
@@ -236,11 +257,12 @@ class Trainer:
                     bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}")
                     self._emit(row, callback)
                     window = _Window(self.device)
+                paused = time.perf_counter()
                 if cfg.sample_every and self.step % cfg.sample_every == 0:
                     self.sample_grid()
                 if cfg.eval_every and self.step % cfg.eval_every == 0:
                     self.evaluate(callback)
-                    window.t0 = time.perf_counter()  # keep evaluation time out of img/s
+                window.t0 += time.perf_counter() - paused  # keep sampling and evaluation out of img/s
                 if save_to is not None and (self.step == end or (save_every and self.step % save_every == 0)):
                     self.save(save_to, profile)
         finally:
@@ -248,7 +270,7 @@ class Trainer:
         return self
 
     def _log_row(self, window: _Window) -> dict[str, Any]:
-        sums, counts = window.bucket_sum.double().cpu(), window.bucket_count.cpu()
+        sums, counts = window.bucket_sum.cpu().double(), window.bucket_count.cpu()
         loss = float(sums.sum() / counts.sum())
         if not math.isfinite(loss):
             raise FloatingPointError(
@@ -363,7 +385,15 @@ class Trainer:
 
         The checkpoint must hold the same model configuration and prediction type.
         """
-        ckpt = load_checkpoint(path, self.device, model_config=dict(self.model.config), prediction=self.diffusion.prediction)
+        # Loaded to the CPU: load_state_dict moves what belongs on the device, and Adam's step counters
+        # stay CPU scalars (on a GPU they would cost a sync per parameter tensor every step).
+        ckpt = load_checkpoint(path, "cpu", model_config=dict(self.model.config), prediction=self.diffusion.prediction)
+        conflicts = self.config.resume_conflicts(ckpt.get("train", {}))
+        if conflicts:
+            detail = ", ".join(f"{k}={saved!r} (not {now!r})" for k, (saved, now) in conflicts.items())
+            raise CheckpointError(f"{path} was trained with {detail}; resume with the checkpoint's settings to continue the same run")
+        if ckpt["diffusion"] != self.diffusion.config():
+            raise CheckpointError(f"{path} was trained with the process {ckpt['diffusion']}, not {self.diffusion.config()}")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])

@@ -236,7 +236,9 @@ class UNet(nn.Module):
             raise ValueError(f"y must have shape [{x.shape[0]}] (one class id per image), got {tuple(y.shape)}")
         if y.dtype.is_floating_point:
             raise TypeError(f"y must hold integer class ids, got dtype {y.dtype}")
-        if not torch.compiler.is_compiling() and y.numel() and (int(y.min()) < 0 or int(y.max()) > self.num_classes):
+        # values are checked on the CPU only: reading them from a GPU would stall every forward pass
+        on_cpu = y.device.type == "cpu" and not torch.compiler.is_compiling()
+        if on_cpu and y.numel() and (int(y.min()) < 0 or int(y.max()) > self.num_classes):
             raise ValueError(
                 f"class ids must lie in 0..{self.num_classes - 1} (or {self.num_classes} for 'no label'), "
                 f"got {int(y.min())}..{int(y.max())}"

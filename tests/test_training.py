@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers.checkpoints import load_model
+from helpers.checkpoints import CheckpointError, load_model
 from helpers.data import ImageDataset
 from helpers.diffusion import Diffusion
 from helpers.training import N_BUCKETS, TrainConfig, Trainer
@@ -149,3 +149,43 @@ def test_evaluations_score_raw_and_ema_weights_into_the_log():
     assert [(r["fid_raw"], r["fid_ema"]) for r in evals] == [(1.0, 2.0), (3.0, 4.0)]
     assert not torch.equal(seen[2], seen[3]), "the EMA evaluation sees the averaged weights"
     assert torch.equal(seen[2], trainer.model.out[-1].weight), "and the raw weights are back afterwards"
+
+
+def test_resuming_with_different_settings_is_refused_but_switching_ema_on_is_allowed(tmp_path):
+    make_trainer(ema_decay=None).train(2).save(tmp_path / "c.pt")
+    with pytest.raises(CheckpointError, match=r"was trained with batch_size=8 \(not 4\), lr=0.001 \(not 0.01\)"):
+        make_trainer(ema_decay=None, batch_size=4, lr=0.01).load(tmp_path / "c.pt")
+    resumed = make_trainer(ema_decay=0.9, steps=50, log_every=5)
+    resumed.load(tmp_path / "c.pt")
+    assert resumed.step == 2 and resumed.ema is not None
+    for name, shadow in resumed.ema.shadow.items():
+        assert torch.equal(shadow, resumed.model.state_dict()[name]), "the average starts from the loaded weights"
+
+
+def test_checkpoints_load_to_the_cpu_so_adam_step_counters_stay_there(tmp_path, monkeypatch):
+    # On a GPU, Adam's step counters loaded onto the device cost a sync per parameter tensor per step.
+    import helpers.training as training
+
+    make_trainer().train(2).save(tmp_path / "c.pt")
+    seen = []
+    real = training.load_checkpoint
+    monkeypatch.setattr(training, "load_checkpoint", lambda path, map_location, **kw: seen.append(map_location) or real(path, map_location, **kw))
+    fresh = make_trainer()
+    fresh.load(tmp_path / "c.pt")
+    assert seen == ["cpu"]
+    assert all(float(s["step"]) == 2 for s in fresh.optimizer.state.values())
+
+
+@pytest.mark.parametrize("prediction,weighting", [("eps", "none"), ("v", "min_snr")])
+def test_a_training_step_never_waits_for_the_device(prediction, weighting):
+    # On the "meta" device any read of a value back to the host (.item(), .cpu(), bool(), a CPU
+    # index) raises, so a step that runs there keeps a GPU busy without syncs.
+    from helpers.training import _Window
+
+    d = Diffusion.from_schedule("cosine", 100, prediction=prediction, loss_weighting=weighting)
+    config = TrainConfig(steps=4, batch_size=8, lr=1e-3, ema_decay=0.9, p_uncond=0.5)
+    trainer = Trainer(UNet(**SMALL_UNET, num_classes=10), d, tiny_dataset(), config, device="meta", progress=False)
+    x0, y = next(iter(torch.utils.data.DataLoader(trainer.dataset, batch_size=8)))
+    losses, t, grad_norm = trainer.train_step(x0, y)
+    _Window(trainer.device).add(losses, t * N_BUCKETS // d.T, grad_norm)
+    assert losses.device.type == t.device.type == "meta"
