@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from helpers.checkpoints import load_model
+from helpers.checkpoints import CheckpointError, load_model
 from helpers.device import cpu_generator, describe, pick_device
 from helpers.samplers import SPACINGS, VARIANCES, sample
 from helpers.viz import save_grid
@@ -24,22 +24,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m helpers.sample",
         description="Draw images from a trained checkpoint and save them as one PNG grid.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint written by notebook 03/06/07/08 or python -m helpers.train")
-    p.add_argument("--n", type=int, default=64, help="number of images")
-    p.add_argument("--out", type=Path, default=Path("grid.png"), help="PNG file for the grid")
-    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm", help="ancestral DDPM (all T steps) or DDIM")
+    p.add_argument("--n", type=int, default=64, help="number of images (default: 64)")
+    p.add_argument("--out", type=Path, default=Path("grid.png"), help="PNG file for the grid (default: grid.png)")
+    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm", help="ancestral DDPM over all T steps, or DDIM (default: ddpm)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: T)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 DDPM-like")
-    p.add_argument("--spacing", choices=SPACINGS, default="leading", help="DDIM timestep grid")
-    p.add_argument("--variance", choices=VARIANCES, default="fixed_small", help="DDPM step variance: beta tilde (small) or beta (large)")
+    p.add_argument("--eta", type=float, default=None, help="DDIM noise: 0 deterministic, 1 DDPM-like (default: 0)")
+    p.add_argument("--spacing", choices=SPACINGS, default=None, help="DDIM timestep grid (default: leading)")
+    p.add_argument("--variance", choices=VARIANCES, default=None, help="DDPM step variance: beta tilde (fixed_small, the default) or beta (fixed_large)")
     p.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
-    p.add_argument("--class-id", type=int, default=None, help="class of every image (conditional models); -1 cycles through all classes")
-    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance scale s (1: plain conditional, 0: unconditional)")
+    p.add_argument("--class-id", type=int, default=None, help="class of every image, for conditional models; -1 cycles through all classes (default: unconditional)")
+    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance scale s: 1 plain conditional, 0 unconditional (default: 1)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
-    p.add_argument("--seed", type=int, default=0, help="seed of the CPU generator behind all noise (same images on any device)")
-    p.add_argument("--batch-size", type=int, default=256, help="images per sampling batch")
+    p.add_argument("--seed", type=int, default=0, help="seed of the CPU generator behind all noise, the same on any device (default: 0)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per sampling batch (default: 256)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     return p
 
@@ -49,8 +48,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.n < 1:
         print("error: --n must be at least 1", file=sys.stderr)
         return 2
+    ignored = [flag for flag, value, sampler in (("--steps", args.steps, "ddim"), ("--eta", args.eta, "ddim"),
+               ("--spacing", args.spacing, "ddim"), ("--variance", args.variance, "ddpm")) if value is not None and args.sampler != sampler]  # fmt: skip
+    if ignored:
+        print(f"error: {', '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect with --sampler {args.sampler}", file=sys.stderr)
+        return 2
     device = pick_device(args.device)
-    model, d, ckpt = load_model(args.checkpoint, device, ema=not args.raw)
+    try:
+        model, d, ckpt = load_model(args.checkpoint, device, ema=not args.raw)
+    except (FileNotFoundError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.class_id is not None and model.num_classes is None:
         print(f"error: --class-id given, but {args.checkpoint} holds an unconditional model", file=sys.stderr)
         return 2
@@ -63,10 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         y = None
         if args.class_id is not None:
             y = torch.arange(start, start + b) % model.num_classes if args.class_id < 0 else torch.full((b,), args.class_id)
-        x = sample(
-            model, d, (b, *shape), args.sampler, args.steps, args.eta, y=y, guidance_scale=args.guidance_scale,
-            generator=gen, clip_x0=not args.no_clip, variance=args.variance, spacing=args.spacing,
-        )  # fmt: skip
+        try:
+            x = sample(
+                model, d, (b, *shape), args.sampler, args.steps, args.eta or 0.0, y=y, guidance_scale=args.guidance_scale,
+                generator=gen, clip_x0=not args.no_clip, variance=args.variance or "fixed_small", spacing=args.spacing or "leading",
+            )  # fmt: skip
+        except ValueError as err:  # a class id out of range, guidance without labels, too many steps...
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         images.append(x.cpu())
     seconds = time.perf_counter() - t0
     save_grid(torch.cat(images), args.out)

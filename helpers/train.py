@@ -15,11 +15,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from helpers.checkpoints import load_checkpoint
+from helpers.checkpoints import CheckpointError, load_checkpoint
 from helpers.config import PROFILES, get_profile
 from helpers.device import describe, pick_device, seed_everything
 from helpers.diffusion import LOSS_WEIGHTINGS, PREDICTIONS, Diffusion
 from helpers.schedules import SCHEDULES
+
+# flags that set the model or the process: on --resume they come from the checkpoint
+MODEL_FLAGS = ("prediction", "schedule", "loss_weighting", "min_snr_gamma", "num_classes")
+# flags that set the optimisation: on --resume they come from the checkpoint, except RESUMABLE_SETTINGS
+TRAIN_FLAGS = ("steps", "batch_size", "lr", "warmup_steps", "grad_clip", "ema_decay", "p_uncond", "seed", "log_every", "sample_every", "eval_every")
 
 
 def default_checkpoint(prediction: str, num_classes: int | None) -> str:
@@ -32,107 +37,112 @@ def default_checkpoint(prediction: str, num_classes: int | None) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m helpers.train",
-        description="Train the course's U-Net under a profile; resumable, same checkpoints as the notebooks.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train the course's U-Net under a profile; resumable, same checkpoints as the notebooks. "
+        "Settings left out come from the profile (or, with --resume, from the checkpoint).",
     )
     p.add_argument("--profile", choices=list(PROFILES), default=None, help="scale of the run (default: $DIFFUSION_PROFILE, else full on CUDA and laptop elsewhere)")
     p.add_argument("--steps", type=int, default=None, help="train until this many optimiser steps in total (default: the profile's)")
     p.add_argument("--out", type=Path, default=None, help="checkpoint file (default: artifacts/<profile>/checkpoints/ with the notebooks' name for this kind of model)")
-    p.add_argument("--resume", action="store_true", help="continue from --out exactly (weights, optimiser with its learning rate, EMA, data position, RNG)")
-    p.add_argument("--save-every", type=int, default=5000, help="write the checkpoint every N steps (and at the end)")
+    p.add_argument("--resume", action="store_true", help="continue --out exactly (weights, optimiser, EMA, data position, RNG); its model and optimisation settings are kept, and a flag that contradicts them is an error")
+    p.add_argument("--save-every", type=int, default=5000, help="write the checkpoint every N steps, and at the end (default: 5000)")
     g = p.add_argument_group("model and objective")
-    g.add_argument("--prediction", choices=PREDICTIONS, default="eps", help="what the network predicts")
+    g.add_argument("--prediction", choices=PREDICTIONS, default=None, help="what the network predicts (default: eps)")
     g.add_argument("--schedule", choices=list(SCHEDULES), default=None, help="noise schedule (default: the profile's)")
-    g.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default="none", help="weight of the MSE per timestep (min_snr: Hang et al. 2023)")
-    g.add_argument("--min-snr-gamma", type=float, default=5.0, help="gamma of min-SNR weighting")
-    g.add_argument("--num-classes", type=int, default=None, help="train a class-conditional model with this many classes (10 for the datasets here)")
-    g.add_argument("--p-uncond", type=float, default=0.1, help="label dropout rate of a conditional model (for classifier-free guidance)")
+    g.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default=None, help="weight of the MSE per timestep; min_snr is Hang et al. 2023 (default: none)")
+    g.add_argument("--min-snr-gamma", type=float, default=None, help="gamma of min-SNR weighting (default: 5)")
+    g.add_argument("--num-classes", type=int, default=None, help="train a class-conditional model with this many classes, 10 for the datasets here (default: unconditional)")
+    g.add_argument("--p-uncond", type=float, default=None, help="label dropout rate of a conditional model, for classifier-free guidance (default: 0.1)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=None, help="images per step (default: the profile's)")
     g.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the profile's)")
     g.add_argument("--warmup-steps", type=int, default=None, help="linear LR warm-up steps (default: the profile's)")
-    g.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm to this (0: off; default: the profile's)")
-    g.add_argument("--ema-decay", type=float, default=None, help="EMA decay of the weights (0: no EMA; default: the profile's)")
-    g.add_argument("--seed", type=int, default=0, help="seed of weights, data order and noise")
+    g.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm to this, 0 for off (default: the profile's)")
+    g.add_argument("--ema-decay", type=float, default=None, help="EMA decay of the weights, 0 for no EMA (default: the profile's)")
+    g.add_argument("--seed", type=int, default=None, help="seed of weights, data order and noise (default: 0)")
     g = p.add_argument_group("logging and evaluation")
     g.add_argument("--log-every", type=int, default=None, help="steps per metrics-log row (default: the profile's)")
-    g.add_argument("--sample-every", type=int, default=None, help="steps between sample grids (0: none; default: the profile's)")
-    g.add_argument("--eval-every", type=int, default=None, help="steps between FID/KID evaluations of raw and EMA weights (0: none; default: the profile's)")
+    g.add_argument("--sample-every", type=int, default=None, help="steps between sample grids, 0 for none (default: the profile's)")
+    g.add_argument("--eval-every", type=int, default=None, help="steps between FID/KID evaluations of raw and EMA weights, 0 for none (default: the profile's)")
     g.add_argument("--fid-features", choices=("auto", "inception", "classifier"), default=None, help="features for FID/KID (default: the profile's)")
     g = p.add_argument_group("speed")
     g.add_argument("--device", default=None, help="cuda, mps or cpu (default: $DIFFUSION_DEVICE, else the best available)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     g.add_argument("--no-amp", action="store_true", help="train in float32 even on CUDA (default there: bf16 autocast)")
-    g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0: load in the main process; exact resume needs 0 with CIFAR-10's random flips)")
+    g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes; 0 loads in the main process, which exact resume needs with CIFAR-10's random flips (default: 0)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (for log files)")
     return p
 
 
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from helpers.data import profile_dataset
-    from helpers.training import TrainConfig, Trainer
+    from helpers.data import DatasetUnavailableError, profile_dataset
+    from helpers.training import RESUMABLE_SETTINGS, TrainConfig, Trainer
     from helpers.unet import UNet
 
     device = pick_device(args.device)
     profile = get_profile(args.profile, device)
-    out = args.out or profile.checkpoint(default_checkpoint(args.prediction, args.num_classes))
+    out = args.out or profile.checkpoint(default_checkpoint(args.prediction or "eps", args.num_classes))
     if args.resume and not out.is_file():
-        print(f"error: --resume, but there is no checkpoint at {out}", file=sys.stderr)
-        return 2
+        return _fail(f"--resume, but there is no checkpoint at {out}")
     if not args.resume and out.is_file():
-        print(f"error: {out} exists; pass --resume to continue it, or --out to write elsewhere", file=sys.stderr)
-        return 2
+        return _fail(f"{out} exists; pass --resume to continue it, or --out to write elsewhere")
 
-    overrides = {
-        k: v
-        for k, v in dict(
-            batch_size=args.batch_size,
-            lr=args.lr,
-            warmup_steps=args.warmup_steps,
-            grad_clip=args.grad_clip,
-            log_every=args.log_every,
-            sample_every=args.sample_every,
-            eval_every=args.eval_every,
-            steps=args.steps,
-        ).items()
-        if v is not None
-    }
-    if args.ema_decay is not None:
-        overrides["ema_decay"] = args.ema_decay or None
-    config = TrainConfig.from_profile(
-        profile, p_uncond=args.p_uncond, compile=args.compile, channels_last=args.channels_last,
-        amp=False if args.no_amp else None, seed=args.seed, **overrides,
-    )  # fmt: skip
+    given = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
+    if "ema_decay" in given:
+        given["ema_decay"] = given["ema_decay"] or None  # 0 switches EMA off
+    speed = dict(compile=args.compile, channels_last=args.channels_last, amp=False if args.no_amp else None)
+    if args.resume:
+        try:
+            ckpt = load_checkpoint(out)
+        except CheckpointError as err:
+            return _fail(str(err))
+        saved_diffusion, model_config = ckpt["diffusion"], ckpt["model_config"]
+        saved_model = {**saved_diffusion, "num_classes": model_config.get("num_classes")}
+        clash = [f"--{k.replace('_', '-')} {getattr(args, k)} (it has {saved_model[k]})" for k in MODEL_FLAGS
+                 if getattr(args, k) is not None and getattr(args, k) != saved_model[k]]  # fmt: skip
+        clash += [f"--{k.replace('_', '-')} {v} (it has {ckpt['train'][k]})" for k, v in given.items()
+                  if k not in RESUMABLE_SETTINGS and v != ckpt["train"][k]]  # fmt: skip
+        if clash:
+            return _fail(f"{out} cannot be resumed with {', '.join(clash)}; leave these flags out to keep its settings")
+        diffusion = Diffusion.from_config(saved_diffusion)
+        config = TrainConfig(**{**ckpt["train"], **given, **speed})
+    else:
+        model_config = {**profile.model, "num_classes": args.num_classes}
+        diffusion = Diffusion.from_schedule(
+            args.schedule or profile.schedule, profile.T, prediction=args.prediction or "eps",
+            loss_weighting=args.loss_weighting or "none",
+            min_snr_gamma=args.min_snr_gamma if args.min_snr_gamma is not None else 5.0,
+        )  # fmt: skip
+        config = TrainConfig.from_profile(profile, **{**given, **speed})
 
-    seed_everything(args.seed)
-    model_config = {**profile.model, "num_classes": args.num_classes}
-    diffusion = Diffusion.from_schedule(
-        args.schedule or profile.schedule, profile.T, prediction=args.prediction,
-        loss_weighting=args.loss_weighting, min_snr_gamma=args.min_snr_gamma,
-    )  # fmt: skip
-    if args.resume:  # the checkpoint's model and process win; flags that disagree are an error
-        ckpt = load_checkpoint(out, prediction=args.prediction)
-        model_config = ckpt["model_config"]
-        diffusion = Diffusion.from_config(ckpt["diffusion"])
+    seed_everything(config.seed)
     model = UNet(**model_config)
-
     evaluator = None
     if config.eval_every:
         from helpers.metrics import Evaluator, get_features
 
         evaluator = Evaluator.for_profile(profile, diffusion, get_features(profile, device, args.fid_features))
-    dataset = profile_dataset(profile)
-    log_dir = out.parent.parent / "logs" / out.stem
+    try:
+        dataset = profile_dataset(profile)
+    except DatasetUnavailableError as err:
+        return _fail(str(err))
     trainer = Trainer(
-        model, diffusion, dataset, config, device, out_dir=log_dir, evaluator=evaluator,
-        progress=not args.no_progress, num_workers=args.workers,
+        model, diffusion, dataset, config, device, out_dir=out.parent.parent / "logs" / out.stem,
+        evaluator=evaluator, progress=not args.no_progress, num_workers=args.workers,
     )  # fmt: skip
     if args.resume:
         trainer.load(out)
         print(f"resuming {out} at step {trainer.step}")
     print(f"profile {profile.name} on {describe(device)}: {sum(p.numel() for p in model.parameters()):,} parameters, {diffusion}")
+    if trainer.step >= config.steps:
+        print(f"{out} is already at step {trainer.step} (target {config.steps}); nothing to do")
+        return 0
     trainer.train(save_to=out, save_every=args.save_every, profile=profile.name)
     last = next((r for r in reversed(trainer.history) if "loss" in r), None)
     print(f"saved {out} at step {trainer.step}" + (f", loss {last['loss']:.4f}" if last else ""))

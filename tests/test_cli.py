@@ -22,15 +22,26 @@ def test_train_resume_and_sample_from_the_command_line(tmp_path, data_env, capsy
     assert train_cli.main(common + ["--steps", "4", "--save-every", "2", "--prediction", "v"]) == 0
     assert load_checkpoint(ckpt)["step"] == 4
     assert train_cli.main(common + ["--steps", "6"]) == 2, "refuses to overwrite without --resume"
-    assert train_cli.main(common + ["--steps", "6", "--resume", "--prediction", "v"]) == 0
+    assert train_cli.main(common + ["--steps", "6", "--resume", "--lr", "0.5"]) == 2
+    assert "cannot be resumed with --lr 0.5" in capsys.readouterr().err
+    assert train_cli.main(common + ["--steps", "6", "--resume", "--prediction", "eps"]) == 2
+    assert "--prediction eps (it has v)" in capsys.readouterr().err
+    assert train_cli.main(common + ["--steps", "6", "--resume"]) == 0, "settings come from the checkpoint"
     state = load_checkpoint(ckpt)
     assert state["step"] == 6 and state["diffusion"]["prediction"] == "v" and len(state["history"]) > 0
     assert "resuming" in capsys.readouterr().out
+    assert train_cli.main(common + ["--steps", "6", "--resume"]) == 0
+    assert "already at step 6" in capsys.readouterr().out
 
     out = tmp_path / "grid.png"
     assert sample_cli.main(["--checkpoint", str(ckpt), "--n", "4", "--sampler", "ddim", "--steps", "5", "--out", str(out)]) == 0
     assert out.read_bytes().startswith(b"\x89PNG")
     assert sample_cli.main(["--checkpoint", str(ckpt), "--class-id", "3", "--out", str(out)]) == 2
+    assert sample_cli.main(["--checkpoint", str(ckpt), "--eta", "1", "--out", str(out)]) == 2, "--eta needs --sampler ddim"
+    assert "--eta has no effect with --sampler ddpm" in capsys.readouterr().err
+    assert sample_cli.main(["--checkpoint", str(ckpt), "--guidance-scale", "3", "--out", str(out)]) == 2
+    assert "guidance_scale needs class ids" in capsys.readouterr().err
+    assert sample_cli.main(["--checkpoint", str(tmp_path / "missing.pt"), "--out", str(out)]) == 2
 
 
 def test_conditional_training_from_the_command_line_remembers_classes(tmp_path, data_env):
