@@ -25,7 +25,7 @@ import json
 import matplotlib.pyplot as plt
 import torch
 
-from helpers.checkpoints import require
+from helpers.checkpoints import load_model, require
 from helpers.config import setup
 from helpers.data import profile_dataset
 from helpers.diffusion import Diffusion
@@ -89,9 +89,8 @@ if ckpt_path.exists():
     trainer.load(ckpt_path)
     print(f"continuing {ckpt_path} from step {trainer.step}")
 trainer.train(callback=LiveLossPlot(f"conditional training loss [{profile.name}]"), save_to=ckpt_path, save_every=1000, profile=profile.name)
-model = trainer.model.eval()
-trainer.ema.copy_to(model)  # sample with the averaged weights (notebook 06)
-print(f"step {trainer.step}: saved {ckpt_path}")
+model, d, ckpt = load_model(ckpt_path, device)  # with the averaged (EMA) weights, as notebook 06 advises
+print(f"step {ckpt['step']}: saved {ckpt_path}; num_classes = {model.num_classes}, p_uncond = {ckpt['train']['p_uncond']}")
 
 # %% [markdown]
 # ## One row per class
