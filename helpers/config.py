@@ -135,7 +135,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "laptop": Profile(
         name="laptop",
-        description="Apple MPS or a CPU, about an hour: a small U-Net on all of Fashion-MNIST",
+        description="an Apple-silicon GPU or a fast CPU: a small U-Net on all of Fashion-MNIST at 32x32",
         dataset="fashion_mnist",
         image_size=32,
         channels=1,
