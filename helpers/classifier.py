@@ -85,7 +85,7 @@ def train_classifier(
     steps = epochs * (len(x) // batch_size)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    bar = tqdm(total=steps, desc="training the classifier", disable=not progress, leave=False)
+    bar = tqdm(total=steps, desc="training the classifier", disable=not progress, leave=False, mininterval=1.0)
     model.train()
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=gen)

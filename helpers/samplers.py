@@ -237,7 +237,7 @@ def sample(
     model.eval()
     rec_t, rec_x, rec_x0 = [], [], []
     try:
-        for i, t in enumerate(tqdm(grid, desc=f"{sampler} sampling", disable=not progress, leave=False)):
+        for i, t in enumerate(tqdm(grid, desc=f"{sampler} sampling", disable=not progress, leave=False, mininterval=1.0)):
             tt = torch.full((shape[0],), t, device=device, dtype=torch.long)
             out = guided_output(model, x, tt, y, guidance_scale, null_id).float()
             last = i == len(grid) - 1

@@ -245,7 +245,9 @@ class Trainer:
         end = self.step + steps
         window = _Window(self.device)
         self.model.train()
-        bar = tqdm(total=steps, desc="training", disable=not self.progress, leave=False)
+        # at most one refresh a second: in a notebook every refresh is a message to the front end,
+        # and a flood of them can overrun the kernel's output channel (nbval then loses the cell's end)
+        bar = tqdm(total=steps, desc="training", disable=not self.progress, leave=False, mininterval=1.0)
         try:
             while self.step < end:
                 x0, y = next(batches)
@@ -254,7 +256,7 @@ class Trainer:
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == end:
                     row = self._log_row(window)
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}")
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}", refresh=False)
                     self._emit(row, callback)
                     window = _Window(self.device)
                 paused = time.perf_counter()
