@@ -64,7 +64,8 @@ show_grid(x[:32], f"{profile.dataset}, first 32 images [{profile.name} profile]"
 #
 # So training never has to run the chain: it jumps straight to a random $t$. Here is DDPM's
 # linear schedule ($\beta$ from $10^{-4}$ to $0.02$ over $T = 1000$ steps) in three lines, then
-# the tested version.
+# the tested version. For other $T$ (the smoke profile trains with $T = 100$) the tested version
+# scales both ends by $1000/T$, so that $\bar\alpha$ at the last step stays close to DDPM's.
 
 # %%
 T = 1000
@@ -152,7 +153,7 @@ fig, axes = plt.subplots(1, len(steps), figsize=(12, 2.4))
 for ax, step in zip(axes, steps):
     x_t, ab = view.frame(step)
     show_grid(x_t[:4], f"t = {step}\n" + r"$\bar\alpha_t$" + f" = {ab:.3f}", nrow=2, ax=ax)
-fig.suptitle(f"q(x_t | x_0) under the linear schedule [{profile.name} profile]", y=1.12);
+fig.suptitle(f"q(x_t | x_0) under the linear schedule, T = {T} [{profile.name} profile data]", y=1.12);
 
 # %% [markdown]
 # ## Step by step equals the jump

@@ -70,7 +70,7 @@ fig.colorbar(im, ax=ax, label="value");
 # applies SiLU, dropout and a second convolution. The input is added back, through a 1×1
 # convolution when the channel count changes:
 #
-# $$h = \mathrm{conv}_2\big(\mathrm{drop}(\mathrm{SiLU}(\mathrm{GN}(\mathrm{conv}_1(\mathrm{SiLU}(\mathrm{GN}(x))) + W e))))\big),\qquad \mathrm{out} = \mathrm{skip}(x) + h.$$
+# $$h = \mathrm{conv}_2\big(\mathrm{drop}(\mathrm{SiLU}(\mathrm{GN}(\mathrm{conv}_1(\mathrm{SiLU}(\mathrm{GN}(x))) + W\,\mathrm{SiLU}(e)))))\big),\qquad \mathrm{out} = \mathrm{skip}(x) + h.$$
 #
 # GroupNorm (not BatchNorm) keeps each image independent of the others in its batch. The second
 # convolution starts at **zero**, so at initialisation every block is its skip path and the deep
@@ -99,7 +99,9 @@ assert torch.equal(block(x, emb), block.skip(x)), "zero-initialised conv2: the b
 # On the $HW$ positions of a feature map, after GroupNorm, 1×1 convolutions give queries, keys
 # and values, and
 #
-# $$\mathrm{out} = x + W_o\,\mathrm{softmax}\!\Big(\frac{QK^\top}{\sqrt d}\Big) V.$$
+# $$\mathrm{out} = x + W_o\,\mathrm{softmax}\!\Big(\frac{QK^\top}{\sqrt d}\Big) V,$$
+#
+# with $d$ the channels per attention head (here all $C = 64$ channels, one head).
 #
 # The tested block calls PyTorch's fused `scaled_dot_product_attention`; the explicit softmax
 # gives the same numbers.

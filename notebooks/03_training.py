@@ -82,8 +82,8 @@ assert torch.allclose(simple_loss(probe, x0, t, eps), d.loss(probe, x0, t=t, noi
 #
 # `Trainer` runs exactly that loss with Adam, a linear learning-rate warm-up, gradient clipping
 # at norm 1 (DDPM's settings), bf16 autocast on CUDA, a tqdm bar with loss and images per second,
-# a metrics log (`metrics.jsonl`), the loss by timestep bucket, and sample grids every few
-# hundred steps. It writes its checkpoint as it goes: if one from an earlier run exists, training
+# a metrics log (`metrics.jsonl`), the loss by timestep bucket, and a sample grid every
+# `sample_every` steps. It writes its checkpoint as it goes: if one from an earlier run exists, training
 # continues from it (delete the file to start over). Under the full profile, the command line
 # `python -m helpers.train --profile full` runs the same loop outside Jupyter.
 #
@@ -136,12 +136,14 @@ plot_bucket_losses(buckets, d.T, title=f"training loss by timestep bucket, {prof
 # %% [markdown]
 # ## Samples during training
 #
-# Every `sample_every` steps the trainer draws the same 16 noises through a short DDIM run
-# (notebook 05), so the grids differ only by training. Under the smoke profile they stay blurry
+# Every `sample_every` steps the trainer draws the same noises (`profile.sample.grid` of them)
+# through a short DDIM run (notebook 05), so the grids differ only by training. At most six are
+# shown, spread over the run. Under the smoke profile they stay blurry
 # blobs: a few hundred steps of a tiny model is a test run, not a generator.
 
 # %%
 grids = sorted((log_dir / "grids").glob("step_*.png"))
+grids = [grids[round(i)] for i in torch.linspace(0, len(grids) - 1, min(6, len(grids))).tolist()]
 fig, axes = plt.subplots(1, len(grids), figsize=(2.2 * len(grids), 2.6), squeeze=False)
 for ax, path in zip(axes[0], grids):
     ax.imshow(plt.imread(path), cmap="gray")

@@ -151,7 +151,10 @@ fig.suptitle(f"DDPM variants from the same noise [{profile.name} profile]", y=1.
 # ## A sample grid, its cost, and what this notebook leaves
 #
 # Milliseconds per image for the full $T$-step chain with fixed-small variance and clipping (the
-# defaults), and the memory it took. The grid is saved to `artifacts/<profile>/figures/`.
+# defaults), and a memory figure: CUDA's peak allocation during sampling, MPS's current
+# allocation, or on the CPU the process's peak resident memory since it started (an upper bound
+# that includes the data and everything before, not the sampler's own). The grid is saved to
+# `artifacts/<profile>/figures/`.
 
 # %%
 from helpers.bench import peak_memory_mb, reset_peak_memory, sync

@@ -194,7 +194,7 @@ for name, trainer in trainers.items():
     ax_x0.plot(probe_t, errors[name], "o-", label=name)
     evaluator = Evaluator.for_profile(profile, trainer.diffusion, features)
     scores[name] = evaluator.score(evaluator.images(trainer.model)[0])
-ax_loss.set(yscale="log", title="training loss by timestep, in each target's units", xlabel="timestep t (bucket centre)", ylabel="loss (last quarter of training)")
+ax_loss.set(yscale="log", title="training loss by timestep, in each target's units\n(min-SNR run: weighted)", xlabel="timestep t (bucket centre)", ylabel="loss (last quarter of training)")
 ax_x0.set(yscale="log", title=r"error of $\hat x_0$ on held-out images", xlabel="timestep t", ylabel=r"mean squared error of $\hat x_0$")
 ax_loss.legend()
 ax_x0.legend()
@@ -218,9 +218,9 @@ print("\n".join(lines))
 # above predicts the $\varepsilon$-model's error to blow up at the largest $t$, and the
 # $x_0$-model to be the weakest at small $t$, where it must redraw an almost clean image instead
 # of removing a little noise; $v$ should stay close to the better of the two at both ends. The
-# last lines say which model this run found best at each end. With a few hundred steps (smoke),
-# FID moves a lot between evaluations of a single run (see notebook 06's table), so read small
-# FID differences here with that spread in mind.
+# last lines say which model this run found best at each end. With `compare_steps` steps (150
+# under smoke), FID moves a lot between evaluations of a single run (see notebook 06's table),
+# so read small FID differences here with that spread in mind.
 
 # %% [markdown]
 # ## What this notebook leaves
