@@ -239,8 +239,11 @@ class Trainer:
             self.dataset, cfg.batch_size, shuffle=True, seed=cfg.seed, start=self.step,
             num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
         )  # fmt: skip
-        if self.step == 0:
-            self._rewrite_log()  # a fresh run starts a fresh log
+        if self.step == 0:  # a fresh run starts a fresh log, without an earlier run's grids
+            self._rewrite_log()
+            if self.out_dir is not None:
+                for old in (self.out_dir / "grids").glob("step_*.png"):
+                    old.unlink()
         batches = iter(loader)
         end = self.step + steps
         window = _Window(self.device)

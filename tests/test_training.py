@@ -55,6 +55,8 @@ def test_training_lowers_the_loss_and_logs_every_row(tmp_path, data_env):
         UNet(**p.model), Diffusion.from_schedule(p.schedule, p.T), profile_dataset(p),
         TrainConfig.from_profile(p, steps=60, sample_every=30, eval_every=0, log_every=10), out_dir=tmp_path, progress=False,
     )  # fmt: skip
+    (tmp_path / "grids").mkdir()
+    (tmp_path / "grids" / "step_0000999.png").write_bytes(b"an earlier run's grid")
     trainer.train()
     losses = [r["loss"] for r in trainer.history]
     assert losses[-1] < 0.6 * losses[0], losses
@@ -62,7 +64,8 @@ def test_training_lowers_the_loss_and_logs_every_row(tmp_path, data_env):
     assert [r["step"] for r in rows] == [10, 20, 30, 40, 50, 60]
     assert set(rows[0]) >= {"step", "loss", "loss_smooth", "grad_norm", "lr", "param_norm", "img_per_s", "loss_by_bucket"}
     assert len(rows[0]["loss_by_bucket"]) == N_BUCKETS
-    assert [s for s, _ in trainer.grids] == [30, 60] and (tmp_path / "grids" / "step_0000060.png").is_file()
+    assert [s for s, _ in trainer.grids] == [30, 60]
+    assert sorted(p.name for p in (tmp_path / "grids").iterdir()) == ["step_0000030.png", "step_0000060.png"]
     buckets = trainer.bucket_losses()
     # eps is hardest to see at small t (x_t is almost x_0) and easiest at large t (x_t is almost eps)
     assert buckets[0] > buckets[-1]
