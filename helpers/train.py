@@ -23,7 +23,8 @@ from helpers.schedules import SCHEDULES
 
 # flags that set the model or the process: on --resume they come from the checkpoint
 MODEL_FLAGS = ("prediction", "schedule", "loss_weighting", "min_snr_gamma", "num_classes")
-# flags that set the optimisation: on --resume they come from the checkpoint, except RESUMABLE_SETTINGS
+# flags that set the optimisation: on --resume they come from the checkpoint, and only those in
+# helpers.training.RESUMABLE_SETTINGS may change it
 TRAIN_FLAGS = ("steps", "batch_size", "lr", "warmup_steps", "grad_clip", "ema_decay", "p_uncond", "seed", "log_every", "sample_every", "eval_every")
 
 
@@ -82,7 +83,7 @@ def _fail(message: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from helpers.data import DatasetUnavailableError, profile_dataset
-    from helpers.training import RESUMABLE_SETTINGS, TrainConfig, Trainer
+    from helpers.training import TrainConfig, Trainer
     from helpers.unet import UNet
 
     device = pick_device(args.device)
@@ -106,12 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         saved_model = {**saved_diffusion, "num_classes": model_config.get("num_classes")}
         clash = [f"--{k.replace('_', '-')} {getattr(args, k)} (it has {saved_model[k]})" for k in MODEL_FLAGS
                  if getattr(args, k) is not None and getattr(args, k) != saved_model[k]]  # fmt: skip
-        clash += [f"--{k.replace('_', '-')} {v} (it has {ckpt['train'][k]})" for k, v in given.items()
-                  if k not in RESUMABLE_SETTINGS and v != ckpt["train"][k]]  # fmt: skip
+        config = TrainConfig(**{**ckpt["train"], **given, **speed})
+        # the same rule Trainer.load applies, reported here in terms of the flags
+        clash += [f"--{k.replace('_', '-')} {now} (it has {saved})" for k, (saved, now) in config.resume_conflicts(ckpt["train"]).items()]
         if clash:
             return _fail(f"{out} cannot be resumed with {', '.join(clash)}; leave these flags out to keep its settings")
         diffusion = Diffusion.from_config(saved_diffusion)
-        config = TrainConfig(**{**ckpt["train"], **given, **speed})
     else:
         model_config = {**profile.model, "num_classes": args.num_classes}
         diffusion = Diffusion.from_schedule(
