@@ -276,9 +276,9 @@ def fid_kid(
 class Evaluator:
     """FID/KID of a model's samples against cached real features: ``evaluator(model) -> dict``.
 
-    Samples ``n`` images with DDIM (``steps``, eta = 0) from a fixed seed, so that two models (or
-    raw and EMA weights) are compared on the same noise. A class-conditional model gets labels
-    0, 1, 2, ... in turn and ``guidance_scale``.
+    Samples ``n`` images with DDIM (``steps`` on the ``spacing`` grid, eta = 0) from a fixed seed,
+    so that two models (or raw and EMA weights) are compared on the same noise. A
+    class-conditional model gets labels 0, 1, 2, ... in turn and ``guidance_scale``.
     """
 
     def __init__(
@@ -292,9 +292,10 @@ class Evaluator:
         kid_subset_size: int,
         guidance_scale: float = 1.0,
         seed: int = 1234,
+        spacing: str = "leading",
     ) -> None:
         self.d, self.features, self.real = diffusion, features, real
-        self.n, self.steps, self.batch_size = n, min(steps, diffusion.T), batch_size
+        self.n, self.steps, self.batch_size, self.spacing = n, min(steps, diffusion.T), batch_size, spacing
         self.kid_subset_size, self.guidance_scale, self.seed = kid_subset_size, guidance_scale, seed
 
     @classmethod
@@ -316,7 +317,8 @@ class Evaluator:
         for start in range(0, self.n, self.batch_size):
             b = min(self.batch_size, self.n - start)
             y = (torch.arange(start, start + b) % num_classes) if num_classes is not None else None
-            xs.append(sample(model, self.d, (b, *shape), "ddim", self.steps, y=y, guidance_scale=scale, generator=gen, progress=False).cpu())
+            xs.append(sample(model, self.d, (b, *shape), "ddim", self.steps, y=y, guidance_scale=scale, generator=gen,
+                             progress=False, spacing=self.spacing).cpu())  # fmt: skip
             ys.append(y)
         return torch.cat(xs), (torch.cat(ys) if num_classes is not None else None)
 

@@ -175,11 +175,8 @@ print(f"for scale: two different noises at {step_counts[-1]} steps differ by {(o
 evaluator.steps = min(10, d.T)
 spacing_rows = {}
 for spacing in ("leading", "trailing", "linspace"):
-    imgs = torch.cat([
-        sample(model, d, (min(evaluator.batch_size, evaluator.n - i),) + x_T.shape[1:], "ddim", evaluator.steps, spacing=spacing,
-               generator=gen, progress=False).cpu()
-        for gen in [cpu_generator(evaluator.seed)] for i in range(0, evaluator.n, evaluator.batch_size)
-    ])
+    evaluator.spacing = spacing
+    imgs, _ = evaluator.images(model)
     spacing_rows[spacing] = (evaluator.score(imgs), imgs[:8])
 fig, axes = plt.subplots(3, 1, figsize=(8, 4))
 for ax, (spacing, (q, imgs)) in zip(axes, spacing_rows.items()):

@@ -128,6 +128,8 @@ def test_evaluator_scores_a_model_and_names_its_features_and_counts():
     assert row["features"] == feats.name and (row["n_fake"], row["n_real"], row["kid_subset_size"]) == (40, 64, 20)
     assert row["fid"] > 0
     assert ev(random_unet())["fid"] == row["fid"], "same model, same seed: same number"
+    ev.spacing = "trailing"  # 19, 12, 5 instead of 12, 6, 0
+    assert ev(random_unet())["fid"] != row["fid"]
 
 
 def test_pixel_diversity_and_classifier_scores():
