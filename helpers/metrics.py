@@ -5,11 +5,15 @@ and generated images,
 
     FID = ||mu_r - mu_g||^2 + Tr(S_r + S_g - 2 (S_r S_g)^{1/2}),
 
-and KID (Binkowski et al. 2018) an unbiased MMD^2 with the kernel (x.y / d + 1)^3, averaged over
-random subsets. Which features matters: Inception-v3's pool features (the published scale) where
+KID (Binkowski et al. 2018) an unbiased MMD^2 with the kernel (x.y / d + 1)^3, averaged over
+random subsets, and the Inception Score (Salimans et al. 2016) exp(E_x KL(p(y|x) || p(y))) of the
+same network's class predictions. Which features matters: Inception-v3's pool features (the published scale) where
 its weights can be had, else the penultimate layer of a classifier of the dataset
 (``helpers.classifier``); the two scales are not comparable, so every result names its features,
-its sample counts and its KID subset size.
+its sample counts and its KID subset size. Every score also carries its real-data floor: what
+held-out real images (the test split) score against the same reference set with the same
+features and counts, and its spread over disjoint held-out sets. A model cannot be told apart
+from real data below the floor, and a difference smaller than the spread is noise.
 
 Features are extracted here (real ones once, then cached under ``artifacts/<profile>/fid/``);
 torchmetrics' ``FrechetInceptionDistance`` and ``KernelInceptionDistance`` do the statistics.
@@ -29,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from helpers.checkpoints import atomic_torch_save
@@ -46,8 +51,12 @@ __all__ = [
     "get_features",
     "extract",
     "real_features",
+    "heldout_features",
+    "Floor",
+    "real_floor",
     "Quality",
     "fid_kid",
+    "inception_score",
     "Evaluator",
     "pixel_diversity",
     "classifier_scores",
@@ -69,6 +78,10 @@ class Features(nn.Module):
 
     def check(self, x: torch.Tensor) -> None:
         """Raise a clear error when images do not fit these features."""
+        raise NotImplementedError
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits [B, classes] of the same network, for the Inception Score."""
         raise NotImplementedError
 
     @property
@@ -94,7 +107,7 @@ class InceptionFeatures(Features):
         try:
             self.net = NoTrainInceptionV3(
                 name="inception-v3-compat",
-                features_list=[str(self.dim)],
+                features_list=[str(self.dim), "logits_unbiased"],
                 feature_extractor_weights_path=str(weights_path) if weights_path else None,
             )
         except Exception as err:
@@ -108,11 +121,20 @@ class InceptionFeatures(Features):
         if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise ValueError(f"Inception features need images [B, 1 or 3, H, W], got {tuple(x.shape)}")
 
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.check(x)
         u8 = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return self.net(u8.expand(-1, 3, -1, -1)).reshape(len(x), -1)
+        # torchmetrics' forward keeps only the first feature; its torch-fidelity forward returns all
+        pool, logits = self.net._torch_fidelity_forward(u8.expand(-1, 3, -1, -1))
+        return pool.reshape(len(x), -1), logits
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._both(x)[0]
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self._both(x)[1]
 
 
 class ClassifierFeatures(Features):
@@ -138,6 +160,11 @@ class ClassifierFeatures(Features):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check(x)
         return self.classifier.features(x)
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        self.check(x)
+        return self.classifier(x)
 
 
 def get_features(
@@ -175,11 +202,17 @@ def get_features(
 
 
 @torch.no_grad()
-def extract(features: Features, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 256) -> torch.Tensor:
-    """Features [N, dim] (float64, CPU) of images in [-1, 1]: a tensor, or an iterable of batches."""
+def extract(
+    features: Features, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 256, logits: bool = False
+) -> torch.Tensor:
+    """Features [N, dim] (float64, CPU) of images in [-1, 1]: a tensor, or an iterable of batches.
+
+    ``logits=True`` returns the network's class logits [N, classes] instead (for the Inception Score).
+    """
     device = next(features.parameters()).device
+    fn = features.logits if logits else features
     batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images
-    out = [features(b.to(device)).cpu().double() for b in batches]  # float64 only on the CPU (MPS has none)
+    out = [fn(b.to(device)).cpu().double() for b in batches]  # float64 only on the CPU (MPS has none)
     if not out:
         raise ValueError("no images to extract features from")
     return torch.cat(out)
@@ -207,6 +240,62 @@ def real_features(features: Features, profile: Profile, n: int | None = None, ve
     return feats
 
 
+def heldout_features(features: Features, profile: Profile, verbose: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, logits) of the test split, in a fixed random order; cached like ``real_features``.
+
+    These images never enter training or the reference set, so they measure the floor.
+    """
+    from helpers.data import load_dataset
+
+    path = profile.artifacts / "fid" / f"heldout_{profile.dataset}_{profile.image_size}px_{features.key}.pt"
+    if path.is_file():
+        saved = torch.load(path, weights_only=True)
+        return saved["features"], saved["logits"]
+    x, _ = load_dataset(profile.dataset, False, profile.image_size).tensors()
+    x = x[torch.randperm(len(x), generator=cpu_generator(profile.seed + 2))]
+    saved = {"features": extract(features, x), "logits": extract(features, x, logits=True)}
+    atomic_torch_save(saved, path)
+    if verbose:
+        print(f"cached {features.name} features of {len(x)} held-out test images in {path}")
+    return saved["features"], saved["logits"]
+
+
+@dataclass
+class Floor:
+    """What real data scores: held-out real images against the same reference set, with the same
+    features and counts, averaged over ``sets`` disjoint held-out sets (``fid_std``: their spread)."""
+
+    fid: float
+    fid_std: float
+    kid: float
+    inception_score: float
+    sets: int
+
+    def __str__(self) -> str:
+        return f"FID {self.fid:.3f} ± {self.fid_std:.3f}, KID {self.kid:.4f}, IS {self.inception_score:.2f} (mean ± std over {self.sets} held-out sets)"
+
+
+def real_floor(
+    features: Features, profile: Profile, real: torch.Tensor, n: int, kid_subset_size: int, max_sets: int = 5, verbose: bool = True
+) -> Floor:
+    """The real-data floor for ``n`` generated images against ``real`` reference features.
+
+    Splits the held-out test images into up to ``max_sets`` disjoint sets of ``n`` and scores each
+    as if it were a model's samples.
+    """
+    feats, logits = heldout_features(features, profile, verbose)
+    sets = min(max_sets, len(feats) // n)
+    if sets < 1:
+        raise ValueError(f"the floor needs {n} held-out images, but the test split has {len(feats)}; score fewer samples")
+    scores = [fid_kid(real, feats[i * n : (i + 1) * n], features.name, kid_subset_size) for i in range(sets)]
+    is_ = [inception_score(logits[i * n : (i + 1) * n])[0] for i in range(sets)]
+    fids = torch.tensor([q.fid for q in scores], dtype=torch.float64)
+    return Floor(
+        fid=float(fids.mean()), fid_std=float(fids.std()) if sets > 1 else float("nan"),
+        kid=sum(q.kid for q in scores) / sets, inception_score=sum(is_) / sets, sets=sets,
+    )  # fmt: skip
+
+
 @dataclass
 class Quality:
     """FID and KID with what they were computed from."""
@@ -218,10 +307,16 @@ class Quality:
     n_fake: int
     n_real: int
     kid_subset_size: int
+    inception_score: float | None = None
+    floor: Floor | None = None
 
     def __str__(self) -> str:
+        f = self.floor
+        fid = f"FID {self.fid:.3f}" + (f" (real-data floor {f.fid:.3f} ± {f.fid_std:.3f})" if f else "")
+        kid = f"KID {self.kid:.4f} ± {self.kid_std:.4f}" + (f" (floor {f.kid:.4f})" if f else "")
+        is_ = "" if self.inception_score is None else f", IS {self.inception_score:.2f}" + (f" (real data {f.inception_score:.2f})" if f else "")
         return (
-            f"FID {self.fid:.3f}, KID {self.kid:.4f} ± {self.kid_std:.4f} ({self.features} features; "
+            f"{fid}, {kid}{is_} ({self.features} features; "
             f"{self.n_fake} generated vs {self.n_real} real images; KID subsets of {self.kid_subset_size})"
         )
 
@@ -273,6 +368,21 @@ def fid_kid(
     return Quality(float(fid.compute()), float(kid_mean), float(kid_std), features, len(fake), len(real), kid_subset_size)
 
 
+def inception_score(logits: torch.Tensor, splits: int = 10, seed: int = 0) -> tuple[float, float]:
+    """Inception Score exp(E_x KL(p(y|x) || p(y))) of class logits [N, classes] (Salimans et al.
+    2016, through torchmetrics): mean and std over ``splits`` random splits, drawn from ``seed``."""
+    if logits.ndim != 2 or len(logits) < splits:
+        raise ValueError(f"the Inception Score needs logits [N, classes] with N >= splits = {splits}, got {tuple(logits.shape)}")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*will save all extracted features")
+        metric = InceptionScore(feature=nn.Identity(), splits=splits)
+    metric.update(logits.double())
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
+        mean, std = metric.compute()
+    return float(mean), float(std)
+
+
 class Evaluator:
     """FID/KID of a model's samples against cached real features: ``evaluator(model) -> dict``.
 
@@ -293,18 +403,23 @@ class Evaluator:
         guidance_scale: float = 1.0,
         seed: int = 1234,
         spacing: str = "leading",
+        floor: Floor | None = None,
     ) -> None:
-        self.d, self.features, self.real = diffusion, features, real
+        self.d, self.features, self.real, self.floor = diffusion, features, real, floor
         self.n, self.steps, self.batch_size, self.spacing = n, min(steps, diffusion.T), batch_size, spacing
         self.kid_subset_size, self.guidance_scale, self.seed = kid_subset_size, guidance_scale, seed
 
     @classmethod
     def for_profile(cls, profile: Profile, diffusion: Diffusion, features: Features, **overrides: Any) -> Evaluator:
-        """The profile's evaluation settings (sample count, DDIM steps, KID subset size)."""
+        """The profile's evaluation settings (sample count, DDIM steps, KID subset size), with the
+        real-data floor at the same counts."""
         s = profile.sample
         kw = dict(n=s.fid_samples, steps=s.ddim_steps, batch_size=s.batch_size, kid_subset_size=s.kid_subset_size)
         kw.update(overrides)
-        return cls(diffusion, features, real_features(features, profile), **kw)
+        real = real_features(features, profile)
+        if "floor" not in kw:
+            kw["floor"] = real_floor(features, profile, real, kw["n"], kw["kid_subset_size"])
+        return cls(diffusion, features, real, **kw)
 
     @torch.no_grad()
     def images(self, model: nn.Module, guidance_scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -323,12 +438,20 @@ class Evaluator:
         return torch.cat(xs), (torch.cat(ys) if num_classes is not None else None)
 
     def score(self, images: torch.Tensor) -> Quality:
-        """FID/KID of ``images`` (in [-1, 1]) against the real features."""
-        return fid_kid(self.real, extract(self.features, images), self.features.name, self.kid_subset_size)
+        """FID/KID/IS of ``images`` (in [-1, 1]) against the real features, with the floor."""
+        q = fid_kid(self.real, extract(self.features, images), self.features.name, self.kid_subset_size)
+        splits = min(10, len(images))
+        q.inception_score = inception_score(extract(self.features, images, logits=True), splits)[0]
+        q.floor = self.floor
+        return q
 
     def __call__(self, model: nn.Module) -> dict[str, Any]:
         q = self.score(self.images(model)[0])
-        return {"fid": q.fid, "kid": q.kid, "features": q.features, "n_fake": q.n_fake, "n_real": q.n_real, "kid_subset_size": q.kid_subset_size}
+        row = {"fid": q.fid, "kid": q.kid, "is": q.inception_score, "features": q.features, "n_fake": q.n_fake,
+               "n_real": q.n_real, "kid_subset_size": q.kid_subset_size}  # fmt: skip
+        if q.floor is not None:
+            row.update(fid_floor=q.floor.fid, fid_floor_std=q.floor.fid_std, kid_floor=q.floor.kid, is_floor=q.floor.inception_score)
+        return row
 
 
 def pixel_diversity(x: torch.Tensor) -> float:

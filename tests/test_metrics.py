@@ -190,3 +190,46 @@ def test_real_features_are_cached_per_feature_network(data_env):
     assert not torch.allclose(fa, fb), "b must not be served a's cached features"
     assert torch.equal(M.real_features(a, profile, verbose=False), fa)
     assert len(list((profile.artifacts / "fid").iterdir())) == 2
+
+
+def test_inception_score_counts_confidently_predicted_equally_used_classes():
+    # IS = exp(E KL(p(y|x) || p(y))): one-hot predictions spread evenly over K classes give
+    # exp(log K) = K; the same prediction for every image gives p(y|x) = p(y), so exp(0) = 1.
+    k = 4
+    confident = 50.0 * torch.nn.functional.one_hot(torch.arange(400) % k, 10).double()
+    assert M.inception_score(confident, splits=1)[0] == pytest.approx(k, rel=1e-6)
+    assert M.inception_score(confident[:1].repeat(400, 1), splits=1)[0] == pytest.approx(1.0, abs=1e-9)
+    uncertain = torch.zeros(400, 10, dtype=torch.float64)  # uniform p(y|x): nothing is recognised
+    assert M.inception_score(uncertain, splits=4)[0] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_real_floor_sits_far_below_a_damaged_copy_of_the_same_images(data_env):
+    smoke = PROFILES["smoke"]
+    profile = dataclasses.replace(smoke, sample=dataclasses.replace(smoke.sample, fid_real=512))
+    torch.manual_seed(0)
+    feats = ClassifierFeatures(Classifier(1, 16, width=4, feature_dim=8), "fashion_mnist")
+    real = M.real_features(feats, profile, verbose=False)
+    floor = M.real_floor(feats, profile, real, n=200, kid_subset_size=100, verbose=False)
+    assert floor.sets == 5 and floor.fid_std > 0
+    heldout, _ = M.heldout_features(feats, profile, verbose=False)
+    assert len(heldout) == 10_000, "the floor draws on the whole test split"
+    # the same held-out images, blurred by noise, score far above the floor
+    from helpers.data import load_dataset
+
+    x, _ = load_dataset("fashion_mnist", False, 16).tensors()
+    noisy = M.extract(feats, (x[:200] + 0.5 * torch.randn_like(x[:200])).clamp(-1, 1))
+    damaged = fid_kid(real, noisy, feats.name, 100)
+    assert damaged.fid > floor.fid + 5 * floor.fid_std
+    q = dataclasses.replace(damaged, floor=floor)
+    assert f"real-data floor {floor.fid:.3f}" in str(q)
+
+
+def test_evaluator_rows_carry_the_floor_and_the_inception_score():
+    torch.manual_seed(0)
+    feats = ClassifierFeatures(Classifier(1, 16, width=4, feature_dim=8), "fashion_mnist")
+    real = M.extract(feats, torch.rand(64, 1, 16, 16) * 2 - 1)
+    floor = M.Floor(fid=1.5, fid_std=0.1, kid=0.001, inception_score=3.0, sets=2)
+    ev = Evaluator(Diffusion.from_schedule("linear", 20), feats, real, n=40, steps=3, batch_size=16, kid_subset_size=20, floor=floor)
+    row = ev(random_unet())
+    assert (row["fid_floor"], row["fid_floor_std"], row["is_floor"]) == (1.5, 0.1, 3.0)
+    assert 1.0 <= row["is"] <= 10.0, "an Inception Score lies between 1 and the number of classes"
