@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from helpers.diffusion import Diffusion
+
 __all__ = [
     "TrainSettings",
     "SampleSettings",
@@ -45,6 +47,7 @@ class TrainSettings:
     eval_every: int  # 0: no FID/KID during training
     compare_steps: int  # per model, where a notebook trains several to compare them (07)
     ema_warmup: bool = True  # decay grows as (1 + n) / (10 + n) up to ema_decay (helpers.ema)
+    channels_last: bool = False  # memory format of the U-Net (faster convolutions on CPUs and recent GPUs)
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,14 @@ class Profile:
     sample: SampleSettings
     classifier_epochs: int  # the feature/score classifier behind offline FID (helpers.classifier)
     classifier_width: int
+    prediction: str = "eps"  # what the network predicts (helpers.diffusion)
+    loss_weighting: str = "none"
     seed: int = 0
+
+    def diffusion(self, **overrides: Any) -> Diffusion:
+        """The profile's process: its schedule, T, prediction and loss weighting (``overrides`` on top)."""
+        kw = dict(prediction=self.prediction, loss_weighting=self.loss_weighting)
+        return Diffusion.from_schedule(overrides.pop("schedule", self.schedule), self.T, **{**kw, **overrides})
 
     @property
     def artifacts(self) -> Path:
@@ -135,46 +145,48 @@ PROFILES: dict[str, Profile] = {
     ),
     "laptop": Profile(
         name="laptop",
-        description="an Apple-silicon GPU or a fast CPU: a small U-Net on all of Fashion-MNIST at 32x32",
+        description="a 2-core CPU upward: a 1.1M-parameter U-Net on all of Fashion-MNIST at 28x28, min-SNR-5 weighting, notebook 03 in about 17 minutes (docs/laptop-recipe.md)",
         dataset="fashion_mnist",
-        image_size=32,
+        image_size=28,
         channels=1,
         subset=None,
         schedule="linear",
         T=1000,
         model=dict(
-            image_size=32,
+            image_size=28,
             in_channels=1,
             ch=32,
             ch_mult=(1, 2, 2),
-            num_res_blocks=2,
-            attn_resolutions=(8,),
-            dropout=0.1,
+            num_res_blocks=1,
+            attn_resolutions=(7,),
+            dropout=0.0,
             norm_groups=8,
         ),
         train=TrainSettings(
-            steps=20_000,
-            batch_size=128,
-            lr=5e-4,
-            warmup_steps=500,
+            steps=2_400,
+            batch_size=64,
+            lr=2e-3,
+            warmup_steps=200,
             grad_clip=1.0,
             ema_decay=0.999,
             log_every=50,
-            sample_every=2_000,
-            eval_every=5_000,
-            compare_steps=10_000,
+            sample_every=400,
+            eval_every=0,
+            compare_steps=400,
+            channels_last=True,
         ),
         sample=SampleSettings(
             grid=64,
-            batch_size=256,
+            batch_size=250,
             ddim_steps=50,
-            fid_samples=2_000,
+            fid_samples=500,
             fid_real=10_000,
-            kid_subset_size=500,
+            kid_subset_size=250,
             fid_features="classifier",
         ),
-        classifier_epochs=5,
+        classifier_epochs=3,
         classifier_width=32,
+        loss_weighting="min_snr",
     ),
     "full": Profile(
         name="full",

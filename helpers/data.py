@@ -121,10 +121,14 @@ class ImageDataset(Dataset):
 
 
 def prepare_images(images: torch.Tensor, image_size: int) -> torch.Tensor:
-    """uint8 [N, C, h, w] -> uint8 [N, C, image_size, image_size]: 28x28 zero-padded to 32x32, then resized.
+    """uint8 [N, C, h, w] -> uint8 [N, C, image_size, image_size].
 
-    Resizing is bilinear with antialiasing, on tensors (torchvision.transforms.functional).
+    Images already of side ``image_size`` are kept as they are (Fashion-MNIST at 28 px, unpadded).
+    Otherwise 28x28 images are zero-padded to 32x32 first, then everything is resized bilinearly
+    with antialiasing, on tensors (torchvision.transforms.functional).
     """
+    if images.shape[-1] == image_size:
+        return images
     if images.shape[-1] == 28:
         images = TF.pad(images, [2])  # 28x28 -> 32x32 with black borders, so the U-Net halves evenly
     if images.shape[-1] != image_size:

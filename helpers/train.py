@@ -47,9 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue --out exactly (weights, optimiser, EMA, data position, RNG); its model and optimisation settings are kept, and a flag that contradicts them is an error")
     p.add_argument("--save-every", type=int, default=5000, help="write the checkpoint every N steps, and at the end (default: 5000)")
     g = p.add_argument_group("model and objective")
-    g.add_argument("--prediction", choices=PREDICTIONS, default=None, help="what the network predicts (default: eps)")
+    g.add_argument("--prediction", choices=PREDICTIONS, default=None, help="what the network predicts (default: the profile's)")
     g.add_argument("--schedule", choices=list(SCHEDULES), default=None, help="noise schedule (default: the profile's)")
-    g.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default=None, help="weight of the MSE per timestep; min_snr is Hang et al. 2023 (default: none)")
+    g.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default=None, help="weight of the MSE per timestep; min_snr is Hang et al. 2023 (default: the profile's)")
     g.add_argument("--min-snr-gamma", type=float, default=None, help="gamma of min-SNR weighting (default: 5)")
     g.add_argument("--num-classes", type=int, default=None, help="train a class-conditional model with this many classes, 10 for the datasets here (default: unconditional)")
     g.add_argument("--p-uncond", type=float, default=None, help="label dropout rate of a conditional model, for classifier-free guidance (default: 0.1)")
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("speed")
     g.add_argument("--device", default=None, help="cuda, mps or cpu (default: $DIFFUSION_DEVICE, else the best available)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="channels_last memory format (default: the profile's)")
     g.add_argument("--no-amp", action="store_true", help="train in float32 even on CUDA (default there: bf16 autocast)")
     g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes; 0 loads in the main process, which exact resume needs with CIFAR-10's random flips (default: 0)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (for log files)")
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = pick_device(args.device)
     profile = get_profile(args.profile, device)
-    out = args.out or profile.checkpoint(default_checkpoint(args.prediction or "eps", args.num_classes))
+    out = args.out or profile.checkpoint(default_checkpoint(args.prediction or profile.prediction, args.num_classes))
     if args.resume and not out.is_file():
         return _fail(f"--resume, but there is no checkpoint at {out}")
     if not args.resume and out.is_file():
@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     given = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
     if "ema_decay" in given:
         given["ema_decay"] = given["ema_decay"] or None  # 0 switches EMA off
-    speed = dict(compile=args.compile, channels_last=args.channels_last, amp=False if args.no_amp else None)
+    speed = dict(compile=args.compile, amp=False if args.no_amp else None)
+    if args.channels_last is not None:
+        speed["channels_last"] = args.channels_last
     if args.resume:
         try:
             ckpt = load_checkpoint(out)
@@ -115,11 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         diffusion = Diffusion.from_config(saved_diffusion)
     else:
         model_config = {**profile.model, "num_classes": args.num_classes}
-        diffusion = Diffusion.from_schedule(
-            args.schedule or profile.schedule, profile.T, prediction=args.prediction or "eps",
-            loss_weighting=args.loss_weighting or "none",
-            min_snr_gamma=args.min_snr_gamma if args.min_snr_gamma is not None else 5.0,
-        )  # fmt: skip
+        given_model = {k: getattr(args, k) for k in ("schedule", "prediction", "loss_weighting", "min_snr_gamma") if getattr(args, k) is not None}
+        diffusion = profile.diffusion(**given_model)
         config = TrainConfig.from_profile(profile, **{**given, **speed})
 
     seed_everything(config.seed)

@@ -87,6 +87,7 @@ class TrainConfig:
             grid_size=profile.sample.grid,
             grid_ddim_steps=profile.sample.ddim_steps,
             eval_every=p.eval_every,
+            channels_last=p.channels_last,
             seed=profile.seed,
         )
         unknown = set(overrides) - {f.name for f in fields(cls)}
