@@ -1,18 +1,25 @@
-"""Benchmarks: training img/s and peak memory, sampling img/s and the sampler's own overhead.
+"""Benchmarks: training speed, sampling speed, and sample quality at equal minutes.
 
     python -m helpers.bench train [--profile full] [--steps 20] [--reference diffusers]
     python -m helpers.bench sample [--profile full] [--n 64]
+    python -m helpers.bench quality --minutes 10 20 [--fid-n 1000] [--dims 64,matched]
 
 ``train`` times optimiser steps of the profile's U-Net at its batch size: eager vs
 ``torch.compile``, float32 vs bf16 autocast where the device has it, and (with ``--reference
 diffusers``, if diffusers is installed) diffusers' ``UNet2DModel`` of the same widths.
 ``sample`` times DDPM over all T steps and DDIM-50, and how much of the time is spent outside
-the network (the sampler's overhead).
+the network (the sampler's overhead). ``quality`` trains the profile's recipe (the same profile
+object and ``Trainer`` as notebook 03) and lucidrains' denoising-diffusion-pytorch at its own
+defaults (``helpers.reference``) for the same wall-clock minutes on the same device and data, then
+samples each with its default fast sampler (DDIM) at the same number of network evaluations and
+prints FID/KID/IS beside the real-data floor.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import platform
 import resource
 import sys
@@ -29,7 +36,7 @@ from helpers.device import amp_dtype, cpu_generator, describe, pick_device
 from helpers.diffusion import Diffusion
 from helpers.unet import UNet
 
-__all__ = ["sync", "peak_memory_mb", "reset_peak_memory", "bench_train", "bench_sample", "sampler_overhead"]
+__all__ = ["sync", "peak_memory_mb", "reset_peak_memory", "bench_train", "bench_sample", "sampler_overhead", "bench_quality"]
 
 
 def sync(device: torch.device) -> None:
@@ -114,6 +121,8 @@ def bench_train(
     d = Diffusion.from_schedule(profile.schedule, profile.T)
     bs = profile.train.batch_size
     x0 = torch.randn(bs, profile.channels, profile.image_size, profile.image_size, device=device)
+    if profile.train.channels_last:
+        x0 = x0.contiguous(memory_format=torch.channels_last)
     precisions = [("fp32", None)] + ([("bf16", amp_dtype(device))] if amp_dtype(device) else [])
     models: list[tuple[str, Callable[[], nn.Module]]] = [("ours", lambda: UNet(**profile.model))]
     if reference:
@@ -124,6 +133,8 @@ def bench_train(
             for precision, amp in precisions:
                 torch.manual_seed(0)
                 model = build().to(device)
+                if profile.train.channels_last:
+                    model = model.to(memory_format=torch.channels_last)
                 forward = torch.compile(model) if mode == "compile" else model
                 reset_peak_memory(device)
                 seconds = _time(_train_step_fn(model, d, x0, amp, forward), device, steps, warmup)
@@ -179,6 +190,87 @@ def bench_sample(profile: Profile, device: torch.device, n: int = 64) -> list[di
     return rows
 
 
+def bench_quality(
+    profile: Profile, device: torch.device, minutes: list[float], n: int, lucidrains_dims: list[int], nfe: int,
+    chunk: int = 10, seed: int = 0,
+) -> list[dict[str, Any]]:
+    """FID/KID/IS at each of ``minutes`` (training wall-clock) for our recipe and lucidrains' at each dim.
+
+    Each system trains once, for ``max(minutes)``; at every mark the clock stops, its EMA model
+    samples ``n`` images with DDIM (eta = 0) in ``nfe`` network evaluations, and they are scored.
+    Both libraries keep a constant learning rate after warm-up, so the model at a mark is the model
+    a run of exactly that many minutes ends with. Ours samples on the trailing grid (it starts at
+    t = T-1, as lucidrains' DDIM grid does).
+    """
+    from helpers.data import profile_dataset
+    from helpers.ema import EMA
+    from helpers.metrics import Evaluator, get_features, real_features, real_floor
+    from helpers.reference import LucidrainsRun
+    from helpers.training import TrainConfig, Trainer
+
+    features = get_features(profile, device)
+    real = real_features(features, profile)
+    kid_subset = min(profile.sample.kid_subset_size, n)
+    floor = real_floor(features, profile, real, n, kid_subset)
+    print(f"real-data floor for {n} images ({features.name} features): {floor}")
+    d = profile.diffusion()
+    evaluator = Evaluator(d, features, real, n, nfe, profile.sample.batch_size, kid_subset, floor=floor, spacing="trailing")
+    data = profile_dataset(profile)
+    marks = sorted(minutes)
+    side = profile.image_size
+
+    def ours() -> tuple[int, Callable[[], int], Callable[[], torch.Tensor]]:
+        torch.manual_seed(seed)
+        trainer = Trainer(UNet(**profile.model), d, data, TrainConfig.from_profile(profile, sample_every=0, eval_every=0), device, progress=False)
+
+        def sample_ema() -> torch.Tensor:
+            with trainer.ema.averaged(trainer.model) if isinstance(trainer.ema, EMA) else contextlib.nullcontext():
+                return evaluator.images(trainer.model)[0]
+
+        return sum(p.numel() for p in trainer.model.parameters()), lambda: trainer.train(chunk).step, sample_ema
+
+    def theirs(dim: int) -> Callable[[], tuple[int, Callable[[], int], Callable[[], torch.Tensor]]]:
+        def build() -> tuple[int, Callable[[], int], Callable[[], torch.Tensor]]:
+            run = LucidrainsRun(dim, profile.channels, 8 * math.ceil(side / 8), nfe, device, seed)
+            x, _ = data.tensors()
+            order = torch.Generator().manual_seed(seed)
+            steps = 0
+
+            def train_chunk() -> int:
+                nonlocal steps
+                for _ in range(chunk):
+                    run.step(x[torch.randint(len(x), (run.batch_size,), generator=order)])
+                    steps += 1
+                return steps
+
+            return run.params, train_chunk, lambda: run.sample(n, side, profile.sample.batch_size)
+
+        return build
+
+    systems = [("ours (profile recipe)", ours)] + [(f"lucidrains dim={dim}", theirs(dim)) for dim in lucidrains_dims]
+    rows = []
+    for name, build in systems:
+        params, train_chunk, sample_fn = build()
+        print(f"{name}: {params:,} parameters, training for {marks[-1]:g} minutes", flush=True)
+        trained, steps = 0.0, 0
+        for mark in marks:
+            bar_start = time.perf_counter()
+            while trained + (time.perf_counter() - bar_start) < 60 * mark:
+                steps = train_chunk()
+            sync(device)
+            trained += time.perf_counter() - bar_start
+            t0 = time.perf_counter()
+            images = sample_fn()
+            sample_s = time.perf_counter() - t0
+            q = evaluator.score(images)
+            row = {"system": name, "params": params, "minutes": mark, "steps": steps, "ms_per_step": 1000 * trained / steps,
+                   "nfe": nfe, "samples_per_s": n / sample_s, "fid": q.fid, "fid_floor": floor.fid,
+                   "kid": q.kid, "is": q.inception_score, "is_floor": floor.inception_score}  # fmt: skip
+            print(_table([row], list(row)), flush=True)
+            rows.append(row)
+    return rows
+
+
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     def fmt(v: Any) -> str:
         if isinstance(v, float):
@@ -194,7 +286,7 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m helpers.bench", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("what", choices=("train", "sample"), help="what to time")
+    p.add_argument("what", choices=("train", "sample", "quality"), help="what to measure")
     p.add_argument("--profile", choices=list(PROFILES), default=None, help="model and batch size of this profile (default: $DIFFUSION_PROFILE, else by device)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--steps", type=int, default=20, help="timed training steps per variant")
@@ -203,7 +295,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=64, help="images per sampling batch")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     p.add_argument("--reference", choices=("diffusers",), default=None, help="also time diffusers' UNet2DModel of the same widths (needs diffusers)")
+    g = p.add_argument_group("quality")
+    g.add_argument("--minutes", type=float, nargs="+", default=[10.0, 20.0], help="training minutes per system; one run per system, scored at each mark")
+    g.add_argument("--fid-n", type=int, default=1000, help="generated images per score (the floor uses as many held-out real ones)")
+    g.add_argument("--dims", default="64,matched", help="lucidrains U-Net widths, comma-separated; 'matched' is the one closest to ours in parameters")
+    g.add_argument("--nfe", type=int, default=None, help="network evaluations (DDIM steps) per sample, the same for every system (default: the profile's ddim_steps)")
     args = p.parse_args(argv)
+    if any(m <= 0 for m in args.minutes):
+        p.error(f"--minutes must be positive, got {args.minutes}")
     device = pick_device(args.device)
     profile = get_profile(args.profile, device)
     if args.batch_size:
@@ -212,6 +311,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "train":
         rows = bench_train(profile, device, args.steps, args.warmup, not args.no_compile, args.reference == "diffusers")
         print(_table(rows, ["model", "params", "mode", "precision", "batch", "img_per_s", "ms_per_step", "memory_mb", "memory"]))
+    elif args.what == "quality":
+        from helpers.reference import matched_dim, require_lucidrains
+
+        try:
+            require_lucidrains()
+        except RuntimeError as err:
+            p.error(str(err))
+        ours = sum(q.numel() for q in UNet(**profile.model).parameters())
+        dims = list(dict.fromkeys(matched_dim(ours, profile.channels) if v == "matched" else int(v) for v in args.dims.split(",")))
+        rows = bench_quality(profile, device, args.minutes, args.fid_n, dims, args.nfe or profile.sample.ddim_steps)
+        print(f"\n{_table(rows, list(rows[0]))}")
     else:
         rows = bench_sample(profile, device, args.n)
         for r in rows:

@@ -1,30 +1,61 @@
 import dataclasses
-import time
 
+import pytest
 import torch
 
+import helpers.bench as bench_mod
 import helpers.samplers as S
 from helpers.bench import bench_sample, bench_train, peak_memory_mb, sampler_overhead
 from helpers.config import PROFILES
 from helpers.diffusion import Diffusion
 
-from conftest import random_unet
 
 
-def test_sampler_overhead_sees_time_spent_outside_the_network(monkeypatch):
-    d = Diffusion.from_schedule("linear", 20)
-    model = random_unet()
-    fast = sampler_overhead(model, d, (2, 1, 16, 16), "ddim", 10, torch.device("cpu"))
-    assert fast["total_s"] > 0 and fast["forward_s"] > 0
+def test_sampler_overhead_is_the_share_of_time_spent_outside_the_network(monkeypatch):
+    # A fake clock instead of a timing assertion: each network call costs 1 s and each sampler
+    # step 0.25 s of it, so 10 DDIM steps take 12.5 s of which 2.5 s (20%) are the sampler's.
+    clock = [0.0]
+    monkeypatch.setattr(bench_mod.time, "perf_counter", lambda: clock[0])
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, t):
+            clock[0] += 1.0
+            return torch.zeros_like(x)
+
     real = S.ddim_step
 
-    def slow_step(*args, **kwargs):
-        time.sleep(0.02)
+    def step(*args, **kwargs):
+        clock[0] += 0.25
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(S, "ddim_step", slow_step)
-    slow = sampler_overhead(model, d, (2, 1, 16, 16), "ddim", 10, torch.device("cpu"))
-    assert slow["overhead"] > 0.3 > fast["overhead"]
+    monkeypatch.setattr(S, "ddim_step", step)
+    r = sampler_overhead(Net(), Diffusion.from_schedule("linear", 20), (2, 1, 16, 16), "ddim", 10, torch.device("cpu"))
+    assert (r["total_s"], r["forward_s"]) == (12.5, 10.0) and r["overhead"] == pytest.approx(0.2)
+
+
+def test_quality_benchmark_without_the_reference_library_says_how_to_install_it(monkeypatch, capsys):
+    import helpers.reference as reference
+
+    def missing():
+        raise RuntimeError(f"the side-by-side benchmark needs lucidrains' library (dev-only): {reference.INSTALL}")
+
+    monkeypatch.setattr(reference, "require_lucidrains", missing)
+    with pytest.raises(SystemExit) as exit_:
+        bench_mod.main(["quality", "--profile", "smoke"])
+    assert exit_.value.code == 2 and "pip install denoising-diffusion-pytorch ema-pytorch" in capsys.readouterr().err
+
+
+def test_lucidrains_width_matched_to_our_parameter_count():
+    pytest.importorskip("denoising_diffusion_pytorch")
+    from helpers.reference import lucidrains_params, matched_dim
+
+    dim = matched_dim(1_000_000)
+    gaps = {d: abs(lucidrains_params(d) - 1_000_000) for d in (dim - 4, dim, dim + 4) if d >= 4}
+    assert min(gaps, key=gaps.get) == dim
 
 
 def test_benchmarks_report_throughput_and_memory():
