@@ -1,8 +1,13 @@
-"""Sample a grid of images from a checkpoint.
+"""Sample images from a checkpoint: a PNG grid, an .npz of raw images, or a folder of PNGs.
 
     python -m helpers.sample --checkpoint artifacts/full/checkpoints/03_ddpm_eps.pt --n 64 --out grid.png
-    python -m helpers.sample --checkpoint ... --sampler ddim --steps 50
-    python -m helpers.sample --checkpoint artifacts/laptop/checkpoints/08_cfg.pt --class-id 3 --guidance-scale 3
+    python -m helpers.sample --checkpoint pretrained/03_ddpm_eps.pt --sampler ddim --steps 50
+    python -m helpers.sample --checkpoint pretrained/08_cfg.pt --class-id -1 --guidance-scale 3 --n 10000 --out samples.npz
+    python -m helpers.sample --checkpoint pretrained/03_ddpm_eps.pt --n 10000 --out samples/
+
+``.npz`` holds ``arr_0``, uint8 [N, H, W, C], and for a conditional model ``arr_1``, the labels:
+the layout guided-diffusion's evaluation suite reads. A folder gets one PNG per image, as
+clean-fid and torch-fidelity read them.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from helpers.checkpoints import CheckpointError, load_model
 from helpers.device import cpu_generator, describe, pick_device
@@ -20,14 +27,34 @@ from helpers.samplers import SPACINGS, VARIANCES, sample
 from helpers.viz import save_grid
 
 
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Images in [-1, 1], [N, C, H, W] -> uint8 [N, H, W, C] (round to nearest)."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def write_images(x: torch.Tensor, labels: torch.Tensor | None, out: Path) -> Path:
+    """``out``: an .npz (``arr_0`` images, ``arr_1`` labels), a folder of PNGs, or a PNG grid."""
+    if out.suffix == ".npz":
+        arrays = {"arr_0": to_uint8(x)} | ({"arr_1": labels.numpy()} if labels is not None else {})
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(out, **arrays)
+        return out
+    if out.suffix == "" or str(out).endswith("/") or out.is_dir():
+        out.mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(to_uint8(x)):
+            Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(out / f"{i:06d}.png")
+        return out
+    return save_grid(x, out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m helpers.sample",
-        description="Draw images from a trained checkpoint and save them as one PNG grid.",
+        description="Draw images from a trained checkpoint; save a PNG grid, an .npz of uint8 images, or one PNG per image in a folder.",
     )
     p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint written by notebook 03/06/07/08 or python -m helpers.train")
     p.add_argument("--n", type=int, default=64, help="number of images (default: 64)")
-    p.add_argument("--out", type=Path, default=Path("grid.png"), help="PNG file for the grid (default: grid.png)")
+    p.add_argument("--out", type=Path, default=Path("grid.png"), help="a .png grid, an .npz (arr_0 uint8 NxHxWxC, arr_1 labels), or a folder (ending in / or without a suffix) for one PNG per image (default: grid.png)")
     p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm", help="ancestral DDPM over all T steps, or DDIM (default: ddpm)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: T)")
     p.add_argument("--eta", type=float, default=None, help="DDIM noise: 0 deterministic, 1 DDPM-like (default: 0)")
@@ -81,7 +108,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         images.append(x.cpu())
     seconds = time.perf_counter() - t0
-    save_grid(torch.cat(images), args.out)
+    x = torch.cat(images)
+    labels = None
+    if args.class_id is not None:
+        labels = torch.arange(args.n) % model.num_classes if args.class_id < 0 else torch.full((args.n,), args.class_id)
+    write_images(x, labels, args.out)
     weights = "raw" if args.raw or ckpt.get("ema") is None else "EMA"
     print(f"{args.n} images ({weights} weights, step {ckpt['step']}, {args.sampler}) on {describe(device)} in {seconds:.1f} s -> {args.out}")
     return 0

@@ -1,4 +1,6 @@
+import numpy as np
 import pytest
+from PIL import Image
 
 from helpers import sample as sample_cli
 from helpers import train as train_cli
@@ -54,3 +56,13 @@ def test_conditional_training_from_the_command_line_remembers_classes(tmp_path, 
     out = tmp_path / "g.png"
     assert sample_cli.main(["--checkpoint", str(ckpt), "--n", "2", "--sampler", "ddim", "--steps", "2", "--class-id", "-1", "--guidance-scale", "3", "--out", str(out)]) == 0
     assert out.read_bytes().startswith(b"\x89PNG")
+
+    # raw images for outside evaluation: guided-diffusion's .npz layout, and a folder of PNGs
+    base = ["--checkpoint", str(ckpt), "--n", "3", "--sampler", "ddim", "--steps", "2", "--class-id", "-1"]
+    assert sample_cli.main(base + ["--out", str(tmp_path / "s.npz")]) == 0
+    saved = np.load(tmp_path / "s.npz")
+    assert saved["arr_0"].dtype == np.uint8 and saved["arr_0"].shape == (3, 16, 16, 1)
+    assert saved["arr_1"].tolist() == [0, 1, 2]
+    assert sample_cli.main(base + ["--out", str(tmp_path / "pngs")]) == 0
+    pngs = sorted((tmp_path / "pngs").glob("*.png"))
+    assert len(pngs) == 3 and np.array_equal(np.asarray(Image.open(pngs[1])), saved["arr_0"][1, ..., 0]), "same seed, same image"
