@@ -389,7 +389,9 @@ class Trainer:
     def load(self, path: str | Path) -> dict[str, Any]:
         """Continue from ``path``: weights, optimiser, schedule, EMA, step, logs and RNG states.
 
-        The checkpoint must hold the same model configuration and prediction type.
+        The checkpoint must hold the same model configuration and prediction type. A shipped model
+        (``helpers.pretrained``: weights only) is a warm start instead: its weights, step and log,
+        with a fresh optimiser.
         """
         # Loaded to the CPU: load_state_dict moves what belongs on the device, and Adam's step counters
         # stay CPU scalars (on a GPU they would cost a sync per parameter tensor every step).
@@ -400,6 +402,14 @@ class Trainer:
             raise CheckpointError(f"{path} was trained with {detail}; resume with the checkpoint's settings to continue the same run")
         if ckpt["diffusion"] != self.diffusion.config():
             raise CheckpointError(f"{path} was trained with the process {ckpt['diffusion']}, not {self.diffusion.config()}")
+        if ckpt.get("optimizer") is None:  # a shipped model (helpers.pretrained): weights, no optimiser or RNG states
+            self.model.load_state_dict(ckpt["model"])
+            if self.ema is not None:
+                self.ema = EMA(self.model, self.config.ema_decay, self.config.ema_warmup, self.config.ema_update_every)
+            self.step, self.history = ckpt["step"], list(ckpt.get("history", []))
+            self._rewrite_log()
+            print(f"{path} holds weights only: training continues from them with a fresh optimiser (and its warm-up)")
+            return ckpt
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])

@@ -192,3 +192,21 @@ def test_a_training_step_never_waits_for_the_device(prediction, weighting):
     losses, t, grad_norm = trainer.train_step(x0, y)
     _Window(trainer.device).add(losses, t * N_BUCKETS // d.T, grad_norm)
     assert losses.device.type == t.device.type == "meta"
+
+
+def test_a_shipped_model_is_a_warm_start_from_its_ema_weights(tmp_path, capsys):
+    from helpers.pretrained import card, export
+
+    trainer = make_trainer().train(3)
+    trainer.save(tmp_path / "full.pt", profile="test")
+    slim = export(tmp_path / "full.pt", tmp_path / "slim.pt", {"minutes": 1.0, "machine": "test"})
+    assert card(slim)["step"] == 3 and card(slim)["minutes"] == 1.0
+    assert slim.stat().st_size < (tmp_path / "full.pt").stat().st_size / 2, "no optimiser state, no second copy of the weights"
+    model, _, _ = load_model(slim)
+    for name, shadow in trainer.ema.shadow.items():
+        assert torch.equal(model.state_dict()[name], shadow), "the shipped weights are the EMA weights"
+    warm = make_trainer(seed=1)
+    warm.load(slim)
+    assert "weights only" in capsys.readouterr().out
+    assert warm.step == 3 and all(torch.equal(a, b) for a, b in zip(warm.model.state_dict().values(), model.state_dict().values()))
+    assert warm.train(2).step == 5

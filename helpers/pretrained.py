@@ -1,0 +1,79 @@
+"""The laptop profile's trained models, shipped in ``pretrained/`` so that a reader on a slow
+machine can run the later notebooks (and ``python -m helpers.sample``) without training first.
+
+Each model is a small checkpoint in the course's format (the EMA weights as ``model``, no
+optimiser state; loads with ``weights_only=True``) beside a JSON card: what it is, the recipe,
+steps, minutes and machine it took, and its FID with the real-data floor. Notebooks ask for
+their inputs through ``helpers.checkpoints.require``, which falls back to these under the laptop
+profile only; smoke runs always train their own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from helpers.checkpoints import load_checkpoint, save_checkpoint
+from helpers.config import PROFILES, repo_root
+
+__all__ = ["pretrained_dir", "shipped_for", "card", "export"]
+
+
+def pretrained_dir() -> Path:
+    """``<repo>/pretrained``."""
+    return repo_root() / "pretrained"
+
+
+def shipped_for(path: str | Path) -> Path | None:
+    """The shipped stand-in for the laptop checkpoint ``path``, or None (another profile, or none shipped)."""
+    path = Path(path)
+    if path.resolve() != PROFILES["laptop"].checkpoint(path.name).resolve():
+        return None
+    shipped = pretrained_dir() / path.name
+    return shipped if shipped.is_file() else None
+
+
+def card(path: str | Path) -> dict[str, Any]:
+    """The JSON card beside a shipped file (``<name>.json``)."""
+    return json.loads(Path(path).with_suffix(".json").read_text())
+
+
+def export(checkpoint: str | Path, out: str | Path, info: dict[str, Any]) -> Path:
+    """Write ``checkpoint``'s model, with its EMA weights where it has them, as a shipped file
+    ``out`` plus its card (``info`` and the step, recipe and process from the checkpoint)."""
+    ckpt = load_checkpoint(checkpoint)
+    weights = dict(ckpt["model"])
+    if ckpt.get("ema") is not None:
+        weights.update({k: v.to(weights[k].dtype) for k, v in ckpt["ema"]["shadow"].items()})
+    slim = {k: ckpt[k] for k in ("model_config", "diffusion", "step", "train", "profile")}
+    out = save_checkpoint(out, {**slim, "model": {k: v.contiguous() for k, v in weights.items()}, "ema": None, "history": ckpt.get("history", [])})
+    meta = {**info, "step": ckpt["step"], "model_config": ckpt["model_config"], "diffusion": ckpt["diffusion"], "train": ckpt["train"]}
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=list) + "\n")
+    return out
+
+
+def measure(path: str | Path, guidance_scale: float | None = None, device: str = "cpu") -> dict[str, Any]:
+    """What a card records and the regression tests check: the laptop Evaluator's FID/KID/IS of the
+    model at ``path`` (its ``fid_samples`` DDIM samples from a fixed seed, classifier features) with
+    the real-data floor; for a conditional model also the classifier's accuracy on the asked-for
+    classes at ``guidance_scale``."""
+    from helpers.checkpoints import load_model
+    from helpers.classifier import load_or_train_classifier
+    from helpers.metrics import Evaluator, classifier_scores, get_features
+
+    profile = PROFILES["laptop"]
+    model, d, _ = load_model(path, device)
+    evaluator = Evaluator.for_profile(profile, d, get_features(profile, device, verbose=False))
+    images, labels = evaluator.images(model, guidance_scale)
+    q = evaluator.score(images)
+    out: dict[str, Any] = {
+        "fid": q.fid, "kid": q.kid, "inception_score": q.inception_score, "fid_floor": q.floor.fid,
+        "fid_floor_std": q.floor.fid_std, "samples": q.n_fake, "real": q.n_real, "features": q.features,
+        "sampler": f"DDIM-{evaluator.steps} ({evaluator.spacing}), seed {evaluator.seed}",
+    }  # fmt: skip
+    if labels is not None:
+        classifier, _ = load_or_train_classifier(profile, device, progress=False)
+        out.update(guidance_scale=evaluator.guidance_scale if guidance_scale is None else guidance_scale,
+                   class_accuracy=classifier_scores(classifier, images, labels)["accuracy"])  # fmt: skip
+    return out
