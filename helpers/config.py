@@ -145,7 +145,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "laptop": Profile(
         name="laptop",
-        description="a 2-core CPU upward: a 1.1M-parameter U-Net on all of Fashion-MNIST at 28x28, min-SNR-5 weighting, notebook 03 in about 17 minutes (docs/laptop-recipe.md)",
+        description="a 2-core CPU upward: a 1.1M-parameter U-Net on all of Fashion-MNIST at 28x28, min-SNR-5 weighting, notebook 03 in about 19 minutes (docs/laptop-recipe.md)",
         dataset="fashion_mnist",
         image_size=28,
         channels=1,

@@ -32,13 +32,12 @@ import torch
 from helpers.checkpoints import require
 from helpers.config import setup
 from helpers.data import profile_dataset
-from helpers.diffusion import Diffusion
 from helpers.unet import UNet
 
 device, profile = setup(seed=0)
 model_config = json.loads(require(profile.checkpoint("02_unet_config.json"), "02_unet").read_text())
 data = profile_dataset(profile)
-d = Diffusion.from_schedule(profile.schedule, profile.T)
+d = profile.diffusion()
 print(f"{len(data)} training images; {d}")
 
 # %% [markdown]
@@ -61,6 +60,12 @@ print(f"{len(data)} training images; {d}")
 # DDPM drops the weight and draws $t$ uniformly: the **simple loss** (eq. 14), which samples better,
 #
 # $$L_\text{simple} = \mathbb E_{x_0,\ t \sim U\{0..T-1\},\ \varepsilon \sim \mathcal N(0, I)}\ \big\|\varepsilon - \varepsilon_\theta(x_t, t)\big\|^2.$$
+#
+# A profile may weight the timesteps differently. The laptop recipe multiplies each image's loss
+# by $w(t) = \min(\mathrm{SNR}(t), 5)/\mathrm{SNR}(t)$ (min-SNR-5, Hang et al. 2023), which
+# gives the nearly clean timesteps less say and trained a better model in the same minutes
+# (`docs/laptop-recipe.md`); notebook 07 derives it. `profile.diffusion()` builds the process
+# with the profile's weighting; the check below is the unweighted loss.
 
 # %%
 def simple_loss(model, x0, t, eps):
@@ -69,13 +74,16 @@ def simple_loss(model, x0, t, eps):
     return ((model(x_t, t.to(x0.device)) - eps) ** 2).mean()
 
 
+from helpers.diffusion import Diffusion
+
+plain = Diffusion.from_schedule(profile.schedule, profile.T)  # w(t) = 1
 torch.manual_seed(0)
 probe = UNet(**model_config).to(device)
 torch.nn.init.normal_(probe.out[-1].weight, std=0.1)  # an untrained model outputs zeros; make it say something
 x0 = data.tensors()[0][:16].to(device)
 t = torch.randint(0, d.T, (16,))
 eps = torch.randn_like(x0)
-assert torch.allclose(simple_loss(probe, x0, t, eps), d.loss(probe, x0, t=t, noise=eps), rtol=1e-5)
+assert torch.allclose(simple_loss(probe, x0, t, eps), plain.loss(probe, x0, t=t, noise=eps), rtol=1e-5)
 
 # %% [markdown]
 # ## Train
@@ -83,11 +91,11 @@ assert torch.allclose(simple_loss(probe, x0, t, eps), d.loss(probe, x0, t=t, noi
 # `Trainer` runs exactly that loss with Adam, a linear learning-rate warm-up, gradient clipping
 # at norm 1 (DDPM's settings), bf16 autocast on CUDA, a tqdm bar with loss and images per second,
 # a metrics log (`metrics.jsonl`), the loss by timestep bucket, and a sample grid every
-# `sample_every` steps. It writes its checkpoint as it goes: if one from an earlier run exists, training
-# continues from it (delete the file to start over). Under the full profile, the command line
-# `python -m helpers.train --profile full` runs the same loop outside Jupyter.
-#
-# EMA of the weights and FID during training arrive in notebook 06; here they are off.
+# `sample_every` steps. It also keeps an exponential moving average (EMA) of the weights, which
+# samples better than the last weights; notebook 06 explains it. It writes its checkpoint as it
+# goes: if one from an earlier run exists, training continues from it (delete the file to start
+# over). The command line `python -m helpers.train --profile <name>` runs the same recipe
+# outside Jupyter; `docs/laptop-recipe.md` shows how the laptop one was chosen.
 
 # %% tags=["nbval-ignore-output"]
 from helpers.training import TrainConfig, Trainer
@@ -95,7 +103,7 @@ from helpers.viz import LiveLossPlot
 
 ckpt_path = profile.checkpoint("03_ddpm_eps.pt")
 log_dir = profile.artifacts / "logs" / "03_ddpm_eps"
-config = TrainConfig.from_profile(profile, ema_decay=None, eval_every=0)
+config = TrainConfig.from_profile(profile, eval_every=0)  # FID during training is notebook 06's
 torch.manual_seed(0)
 trainer = Trainer(UNet(**model_config), d, data, config, device, out_dir=log_dir)
 if ckpt_path.exists():
@@ -109,12 +117,15 @@ print(f"step {trainer.step}: saved {ckpt_path}")
 #
 # Each point is the mean loss over one logging window (`log_every` steps); the smoothed line is
 # its exponential moving average. At initialisation the model outputs zero, so the loss starts
-# at $\mathbb E\|\varepsilon\|^2 / \dim = 1$.
+# at $\mathbb E_t[w(t)]\;\mathbb E\|\varepsilon\|^2 / \dim = \mathbb E_t[w(t)]$: 1 for the plain loss, less
+# with min-SNR weighting (printed). The first point averages the first `log_every` steps, by
+# the end of which the loss has already fallen.
 
 # %%
 from helpers.viz import plot_bucket_losses, plot_loss_curve
 
 first, last = trainer.history[0], trainer.history[-1]
+print(f"E_t[w(t)] = {d.loss_weight(torch.arange(d.T)).mean():.3f} ({d.loss_weighting} weighting)")
 print(f"loss {first['loss']:.3f} at step {first['step']} -> {last['loss']:.3f} at step {last['step']}; "
       f"{last['img_per_s']:.0f} images/s at the end on {device.type}")
 plot_loss_curve(trainer.history, title=f"training loss, {profile.name} profile");
@@ -139,7 +150,9 @@ plot_bucket_losses(buckets, d.T, title=f"training loss by timestep bucket, {prof
 # Every `sample_every` steps the trainer draws the same noises (`profile.sample.grid` of them)
 # through a short DDIM run (notebook 05), so the grids differ only by training. At most six are
 # shown, spread over the run. Under the smoke profile they stay blurry
-# blobs: a few hundred steps of a tiny model is a test run, not a generator.
+# blobs: a few hundred steps of a tiny model is a test run, not a generator. Under the laptop
+# profile the first grid, after 400 steps, already shows shoes, trousers, tops and bags with
+# ragged textures, and the later ones sharpen them.
 
 # %%
 grids = sorted((log_dir / "grids").glob("step_*.png"))

@@ -188,11 +188,12 @@ test_images = profile_dataset(profile, train=False).tensors()[0][:512]
 probe_t = [int((i + 0.5) * profile.T / 10) for i in range(10)]
 fig, (ax_loss, ax_x0) = plt.subplots(1, 2, figsize=(11, 3.6))
 scores, errors = {}, {}
+evaluator = Evaluator.for_profile(profile, next(iter(trainers.values())).diffusion, features)
 for name, trainer in trainers.items():
     ax_loss.plot(probe_t, trainer.bucket_losses(since=trainer.step * 3 // 4), "o-", label=name)
     errors[name] = x0_error_by_timestep(trainer.model, trainer.diffusion, test_images, probe_t)
     ax_x0.plot(probe_t, errors[name], "o-", label=name)
-    evaluator = Evaluator.for_profile(profile, trainer.diffusion, features)
+    evaluator.d = trainer.diffusion
     scores[name] = evaluator.score(evaluator.images(trainer.model)[0])
 ax_loss.set(yscale="log", title="training loss by timestep, in each target's units\n(min-SNR run: weighted)", xlabel="timestep t (bucket centre)", ylabel="loss (last quarter of training)")
 ax_x0.set(yscale="log", title=r"error of $\hat x_0$ on held-out images", xlabel="timestep t", ylabel=r"mean squared error of $\hat x_0$")
@@ -202,6 +203,7 @@ fig.suptitle(f"{profile.train.compare_steps} steps each, cosine schedule [{profi
 
 q = next(iter(scores.values()))
 lines = [f"FID/KID: {q.n_fake} DDIM-{profile.sample.ddim_steps} samples each vs {q.n_real} real images, {q.features} features, KID subsets of {q.kid_subset_size}",
+         f"real-data floor at these counts: {q.floor}",
          f"{'model':<14} {'FID':>8} {'KID':>8}   x0 error at t = {probe_t[0]}, {probe_t[4]}, {probe_t[-1]}"]
 for name in trainers:
     e = errors[name]
