@@ -20,7 +20,7 @@ def test_the_laptop_recipe_has_the_measured_parameter_count():
     params = sum(p.numel() for p in UNet(**profile.model).parameters())
     assert params == LAPTOP_PARAMS
     doc = (repo_root() / "docs" / "laptop-recipe.md").read_text()
-    chosen = re.search(r"chosen recipe: .*?([\d,]+) parameters", doc)
+    chosen = re.search(r"chosen recipe: .*?([\d,]+) parameters", doc, re.S)
     assert chosen and int(chosen.group(1).replace(",", "")) == params, "docs/laptop-recipe.md describes another model"
 
 
