@@ -1,0 +1,37 @@
+"""Quality regression: the shipped laptop models, sampled with the samplers and schedules of
+today's code, must still score what their cards recorded. A broken sampler coefficient, schedule
+or U-Net change sends these numbers far off."""
+
+import pytest
+
+from helpers.checkpoints import require
+from helpers.config import PROFILES
+from helpers.pretrained import card, measure, pretrained_dir
+
+
+def test_the_shipped_eps_model_still_scores_its_recorded_fid(data_env):
+    path = pretrained_dir() / "03_ddpm_eps.pt"
+    recorded = card(path)["quality"]
+    now = measure(path)
+    assert now["samples"] == recorded["samples"] and now["features"] == recorded["features"]
+    # same seed, classifier and sampler: on the CPU the same number up to float noise; allow the
+    # larger of 10% and three floor spreads
+    bound = recorded["fid"] + max(0.1 * recorded["fid"], 3 * recorded["fid_floor_std"])
+    assert now["fid"] <= bound, f"FID {now['fid']:.1f} is above the bound {bound:.1f} (recorded {recorded['fid']:.1f})"
+
+
+def test_the_shipped_conditional_model_draws_the_asked_for_class(data_env):
+    path = pretrained_dir() / "08_cfg.pt"
+    recorded = card(path)["quality"]
+    now = measure(path, guidance_scale=recorded["guidance_scale"])
+    assert now["class_accuracy"] >= recorded["class_accuracy"] - 0.05
+    assert now["class_accuracy"] > 0.5, "most samples must look like the class asked for"
+
+
+def test_laptop_notebooks_fall_back_to_the_shipped_models_and_say_so(capsys):
+    laptop = PROFILES["laptop"]
+    path = require(laptop.checkpoint("03_ddpm_eps.pt"), "03_training")  # artifacts/ is empty in tests
+    assert path == pretrained_dir() / "03_ddpm_eps.pt"
+    assert "using the shipped pretrained/03_ddpm_eps.pt (notebook 03_training makes it in about" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="run notebook 03_training first"):
+        require(PROFILES["smoke"].checkpoint("03_ddpm_eps.pt"), "03_training")
