@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from helpers.checkpoints import load_checkpoint, save_checkpoint
+from helpers.checkpoints import load_model, save_checkpoint
 from helpers.config import PROFILES, repo_root
 
 __all__ = ["pretrained_dir", "shipped_for", "card", "export"]
@@ -42,12 +42,10 @@ def card(path: str | Path) -> dict[str, Any]:
 def export(checkpoint: str | Path, out: str | Path, info: dict[str, Any]) -> Path:
     """Write ``checkpoint``'s model, with its EMA weights where it has them, as a shipped file
     ``out`` plus its card (``info`` and the step, recipe and process from the checkpoint)."""
-    ckpt = load_checkpoint(checkpoint)
-    weights = dict(ckpt["model"])
-    if ckpt.get("ema") is not None:
-        weights.update({k: v.to(weights[k].dtype) for k, v in ckpt["ema"]["shadow"].items()})
+    model, _, ckpt = load_model(checkpoint)  # with the EMA weights copied in where there are any
+    weights = {k: v.contiguous() for k, v in model.state_dict().items()}
     slim = {k: ckpt[k] for k in ("model_config", "diffusion", "step", "train", "profile")}
-    out = save_checkpoint(out, {**slim, "model": {k: v.contiguous() for k, v in weights.items()}, "ema": None, "history": ckpt.get("history", [])})
+    out = save_checkpoint(out, {**slim, "model": weights, "ema": None, "history": ckpt.get("history", [])})
     meta = {**info, "step": ckpt["step"], "model_config": ckpt["model_config"], "diffusion": ckpt["diffusion"], "train": ckpt["train"]}
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=list) + "\n")
     return out
@@ -58,7 +56,6 @@ def measure(path: str | Path, guidance_scale: float | None = None, device: str =
     model at ``path`` (its ``fid_samples`` DDIM samples from a fixed seed, classifier features) with
     the real-data floor; for a conditional model also the classifier's accuracy on the asked-for
     classes at ``guidance_scale``."""
-    from helpers.checkpoints import load_model
     from helpers.classifier import load_or_train_classifier
     from helpers.metrics import Evaluator, classifier_scores, get_features
 
