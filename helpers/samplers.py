@@ -12,6 +12,8 @@ Timesteps in the step functions are Python ints: one timestep for the whole batc
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -118,11 +120,24 @@ def ddim_timesteps(T: int, steps: int, spacing: str = "leading") -> list[int]:
     leading:  k * (T // steps) for k = steps-1..0            (T=1000, 50 steps: 980, 960, ..., 0)
     trailing: round(T - k * T / steps) - 1 for k = 0..steps-1 (T=1000, 10 steps: 999, 899, ..., 99)
     linspace: round(linspace(0, T - 1, steps)), reversed      (T=1000, 10 steps: 999, 888, ..., 0)
+
+    Leading starts at (steps - 1) * (T // steps), far below T - 1 when ``steps`` does not divide T
+    (T=1000, 600 steps: t = 599, where the image still carries signal): it warns when it starts
+    below T - ceil(T / steps). Trailing and linspace always start at T - 1 (Lin et al. 2024 show
+    why a sampler should). The sampling loop steps from each entry to the next one and from the
+    last to alpha_bar = 1; diffusers' DDIMScheduler steps to t - T // steps instead, which leaves
+    the grid for linspace and for step counts that do not divide T.
     """
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}; choose {', '.join(SPACINGS)}")
     if not isinstance(steps, int) or not 1 <= steps <= T:
         raise ValueError(f"steps must be an integer in 1..{T} (the T of the process), got {steps!r}")
+    if spacing == "leading" and (steps - 1) * (T // steps) < T - math.ceil(T / steps):
+        warnings.warn(
+            f"the leading grid of {steps} steps starts at t = {(steps - 1) * (T // steps)}, not near T - 1 = {T - 1}, "
+            f"so the sampler treats pure noise as a partly denoised image; use spacing='trailing'",
+            stacklevel=2,
+        )
     # numpy, as diffusers computes them: torch's arange/linspace land on .5 where numpy lands just
     # below, and round to a different timestep there (e.g. trailing, T = 100, 24 steps)
     if spacing == "leading":
