@@ -39,8 +39,9 @@ class Diffusion:
         betas: float tensor [T] of variances beta_t in (0, 1).
         prediction: what the network outputs: "eps", "x0" or "v".
         loss_weighting: "none" (plain MSE on the target), "snr" (weight making every target's loss
-            equal SNR(t) ||x0_hat - x0||^2, the eps loss) or "min_snr" (weight making it
-            min(SNR(t), gamma) ||x0_hat - x0||^2, Hang et al. 2023).
+            equal SNR(t) ||x0_hat - x0||^2, Ho et al.'s eps loss written for any target, so for the
+            eps objective it is "none") or "min_snr" (weight making it min(SNR(t), gamma)
+            ||x0_hat - x0||^2, Hang et al. 2023).
         min_snr_gamma: gamma of "min_snr".
         schedule: name of the schedule the betas came from (kept for checkpoints; informative).
     """
@@ -229,8 +230,9 @@ class Diffusion:
         a, s = self.extract(self.sqrt_alpha_bars, t, x_t), self.extract(self.sqrt_one_minus_alpha_bars, t, x_t)
         return (x_t - a * x0) / s
 
-    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        """What the network learns to output at (x_0, eps, t): eps, x_0 or v = sqrt(ab) eps - sqrt(1-ab) x_0."""
+    def target(self, x0: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor) -> torch.Tensor:
+        """What the network learns to output at (x_0, t, eps), the arguments of ``q_sample``:
+        eps, x_0 or v = sqrt(ab) eps - sqrt(1-ab) x_0."""
         self._check_same_shape(x0=x0, noise=noise)
         if self.prediction == "eps":
             return noise
@@ -284,7 +286,7 @@ class Diffusion:
         out = model(x_t, t) if y is None else model(x_t, t, y)
         if out.shape != x0.shape:
             raise ValueError(f"the model returned shape {tuple(out.shape)}, but the images have {tuple(x0.shape)}")
-        per_image = F.mse_loss(out.float(), self.target(x0, noise, t).float(), reduction="none").flatten(1).mean(1)
+        per_image = F.mse_loss(out.float(), self.target(x0, t, noise).float(), reduction="none").flatten(1).mean(1)
         if self.loss_weighting != "none":
             per_image = per_image * self.loss_weight(t)
         return per_image.mean() if reduction == "mean" else per_image

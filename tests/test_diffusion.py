@@ -34,10 +34,14 @@ def test_q_sample_has_the_closed_form_moments():
 
 
 def test_iterating_one_step_kernels_equals_the_one_shot_jump_exactly_in_moments(d):
-    # Propagating N(m, v) through x_t = sqrt(alpha_t) x_{t-1} + sqrt(beta_t) eps gives the one-shot moments.
-    m, v = torch.tensor(0.7, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64)
+    # q_step is affine in (x, eps): propagating N(m, v) through it step by step must give the
+    # one-shot moments of q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, 1 - alpha_bar_t).
+    m, v = torch.tensor([0.7], dtype=torch.float64), torch.tensor([0.0], dtype=torch.float64)
+    zero, one = torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
     for t in range(T):
-        m, v = d.alphas[t].sqrt() * m, d.alphas[t] * v + d.betas[t]
+        tt = torch.tensor([t])
+        gain, noise_scale = d.q_step(one, tt, zero), d.q_step(zero, tt, one)
+        m, v = d.q_step(m, tt, zero), gain**2 * v + noise_scale**2
         assert m.item() == pytest.approx(d.sqrt_alpha_bars[t].item() * 0.7, rel=1e-9, abs=1e-12)
         assert v.item() == pytest.approx(1 - d.alpha_bars[t].item(), rel=1e-9)
 
@@ -87,7 +91,7 @@ def test_round_trips_between_eps_x0_and_v(d, prediction):
     eps = torch.randn_like(x0)
     t = _t(0, 1, 250, 500, 900, 999)
     x_t = d.q_sample(x0, t, eps)
-    out = d.target(x0, eps, t)
+    out = d.target(x0, t, eps)
     assert torch.allclose(d.predict_x0(x_t, t, out), x0, atol=1e-9)
     assert torch.allclose(d.predict_eps(x_t, t, out), eps, atol=1e-9 if prediction != "x0" else 1e-6)
     assert torch.allclose(d.eps_from_x0(x_t, t, x0), eps, atol=1e-6)
@@ -97,7 +101,7 @@ def test_v_is_the_rotation_of_eps_and_x0_and_its_ends():
     d = Diffusion.from_schedule("cosine", T, prediction="v")
     x0, eps = torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64)
     t = _t(0, T - 1)
-    v = d.target(x0, eps, t)
+    v = d.target(x0, t, eps)
     a, s = d.sqrt_alpha_bars[t][:, None], d.sqrt_one_minus_alpha_bars[t][:, None]
     assert torch.allclose(v, a * eps - s * x0)
     assert torch.allclose(a**2 + s**2, torch.ones_like(a))  # (a, s) is a point on the unit circle
@@ -164,7 +168,7 @@ def test_no_float64_reaches_the_device_in_forward_process_or_loss(prediction, we
     with _Float64OnDevice() as mode:
         x_t = d.q_sample(x0, t, torch.empty_like(x0))
         mean, var = d.q_posterior(x0, x_t, t)
-        outs = [x_t, mean, var, d.predict_x0(x_t, t, x0), d.predict_eps(x_t, t, x0), d.target(x0, x0, t)]
+        outs = [x_t, mean, var, d.predict_x0(x_t, t, x0), d.predict_eps(x_t, t, x0), d.target(x0, t, x0)]
         outs.append(d.loss(model, x0))
     assert mode.offenders == [], f"float64 reached the device in: {mode.offenders}"
     assert all(o.dtype == torch.float32 and o.device == dev for o in outs)

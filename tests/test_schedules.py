@@ -55,13 +55,24 @@ def test_unknown_schedule_and_bad_T_are_clear_errors():
         make_betas("linear", 1)
 
 
-def test_published_ddpm_posterior_variance_at_t_487():
-    # beta_tilde_487 of the linear schedule, T = 1000: 0.00979 (to the 5 decimals published)
-    d = Diffusion(make_betas("linear", 1000))
-    assert d.posterior_variance[487].item() == pytest.approx(0.00979, abs=5e-6)
+def test_linear_schedule_and_posterior_variance_against_plain_python():
+    """DDPM's schedule (Ho et al. 2020, section 4: beta from 1e-4 to 0.02 in T = 1000 linear steps)
+    and beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t (their eq. 7), computed
+    with Python floats, one step at a time."""
+    T = 1000
+    betas = [1e-4 + (0.02 - 1e-4) * t / (T - 1) for t in range(T)]
+    alpha_bars, running = [], 1.0
+    for b in betas:
+        running *= 1 - b
+        alpha_bars.append(running)
+    tilde = [(1 - alpha_bars[t - 1]) / (1 - alpha_bars[t]) * betas[t] for t in range(1, T)]
+    d = Diffusion(make_betas("linear", T))
+    assert torch.allclose(d.betas, torch.tensor(betas, dtype=torch.float64), rtol=1e-12)
+    assert torch.allclose(d.posterior_variance[1:], torch.tensor(tilde, dtype=torch.float64), rtol=1e-9)
 
 
-def test_snr_is_alpha_bar_over_one_minus_alpha_bar_and_decreasing():
-    d = Diffusion.from_schedule("cosine", 1000)
-    assert torch.allclose(d.snr, d.alpha_bars / (1 - d.alpha_bars))
+@pytest.mark.parametrize("name", ["linear", "cosine", "sigmoid"])
+def test_snr_falls_from_clean_to_pure_noise(name):
+    d = Diffusion.from_schedule(name, 1000)
     assert bool((d.snr[1:] < d.snr[:-1]).all())
+    assert d.snr[0] > 1e3 and d.snr[-1] < 1e-3, "t = 0 is almost the image, t = T - 1 almost pure noise"
