@@ -4,9 +4,10 @@
     python -m helpers.bench sample [--profile full] [--n 64]
     python -m helpers.bench quality --minutes 10 20 [--fid-n 1000] [--dims 64,matched]
 
-``train`` times optimiser steps of the profile's U-Net at its batch size: eager vs
-``torch.compile``, float32 vs bf16 autocast where the device has it, and (with ``--reference
-diffusers``, if diffusers is installed) diffusers' ``UNet2DModel`` of the same widths.
+``train`` times ``Trainer.train_step`` (the step notebook 03 takes) on the profile's U-Net and
+batch size: eager vs ``torch.compile``, float32 vs bf16 autocast where the device has it, and
+(with ``--reference diffusers``, if diffusers is installed) diffusers' ``UNet2DModel`` of the
+same widths in the same step.
 ``sample`` times DDPM over all T steps and DDIM-50, and how much of the time is spent outside
 the network (the sampler's overhead). ``quality`` trains the profile's recipe (the same profile
 object and ``Trainer`` as notebook 03) and lucidrains' denoising-diffusion-pytorch at its own
@@ -63,20 +64,7 @@ def peak_memory_mb(device: torch.device) -> tuple[float, str]:
     return kb / 1024, "process peak RSS"
 
 
-def _train_step_fn(model: nn.Module, d: Diffusion, x0: torch.Tensor, amp: torch.dtype | None, forward: Callable) -> Callable[[], None]:
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-
-    def step() -> None:
-        with torch.autocast(x0.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-            loss = d.loss(forward, x0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
-
-
-def _time(fn: Callable[[], None], device: torch.device, steps: int, warmup: int) -> float:
+def _time(fn: Callable[[], Any], device: torch.device, steps: int, warmup: int) -> float:
     for _ in range(warmup):
         fn()
     sync(device)
@@ -117,13 +105,22 @@ class _Diffusers(nn.Module):
 def bench_train(
     profile: Profile, device: torch.device, steps: int = 20, warmup: int = 5, compile_: bool = True, reference: bool = False
 ) -> list[dict[str, Any]]:
-    """Training img/s and peak memory of the profile's model for each variant that runs here."""
-    d = Diffusion.from_schedule(profile.schedule, profile.T)
+    """Training img/s and peak memory of the profile's model for each variant that runs here.
+
+    Each variant runs ``Trainer.train_step``, the step notebook 03 and the training CLI take (loss,
+    backward, gradient clipping, Adam, warm-up, EMA, label dropout where the model is conditional),
+    on one fixed batch: data loading is not timed.
+    """
+    from helpers.training import TrainConfig, Trainer
+
+    d = profile.diffusion()
     bs = profile.train.batch_size
-    x0 = torch.randn(bs, profile.channels, profile.image_size, profile.image_size, device=device)
-    if profile.train.channels_last:
-        x0 = x0.contiguous(memory_format=torch.channels_last)
-    precisions = [("fp32", None)] + ([("bf16", amp_dtype(device))] if amp_dtype(device) else [])
+    gen = cpu_generator(0)
+    x0 = torch.rand(bs, profile.channels, profile.image_size, profile.image_size, generator=gen) * 2 - 1
+    y = torch.randint(0, 10, (bs,), generator=gen)
+    batch = torch.utils.data.TensorDataset(x0, y)
+    x0, y = x0.to(device), y.to(device)  # already where the step needs them: no copy is timed
+    precisions = [("fp32", False)] + ([("bf16", True)] if amp_dtype(device) else [])
     models: list[tuple[str, Callable[[], nn.Module]]] = [("ours", lambda: UNet(**profile.model))]
     if reference:
         models.append(("diffusers UNet2DModel", lambda: _Diffusers(_reference_unet(profile))))
@@ -132,14 +129,12 @@ def bench_train(
         for mode in ["eager"] + (["compile"] if compile_ else []):
             for precision, amp in precisions:
                 torch.manual_seed(0)
-                model = build().to(device)
-                if profile.train.channels_last:
-                    model = model.to(memory_format=torch.channels_last)
-                forward = torch.compile(model) if mode == "compile" else model
+                config = TrainConfig.from_profile(profile, amp=amp, compile=mode == "compile", sample_every=0, eval_every=0)
+                trainer = Trainer(build(), d, batch, config, device, progress=False)
                 reset_peak_memory(device)
-                seconds = _time(_train_step_fn(model, d, x0, amp, forward), device, steps, warmup)
+                seconds = _time(lambda: trainer.train_step(x0, y), device, steps, warmup)
                 mem, what = peak_memory_mb(device)
-                params = sum(p.numel() for p in model.parameters())
+                params = sum(p.numel() for p in trainer.model.parameters())
                 rows.append({"model": name, "params": params, "mode": mode, "precision": precision, "batch": bs,
                              "img_per_s": bs / seconds, "ms_per_step": 1000 * seconds, "memory_mb": mem, "memory": what})  # fmt: skip
     return rows
@@ -203,8 +198,8 @@ def bench_quality(
     t = T-1, as lucidrains' DDIM grid does).
     """
     from helpers.data import profile_dataset
-    from helpers.ema import EMA
-    from helpers.metrics import Evaluator, get_features, real_features, real_floor
+    from helpers.evaluation import Evaluator
+    from helpers.metrics import get_features, real_features, real_floor
     from helpers.reference import LucidrainsRun
     from helpers.training import TrainConfig, Trainer
 
@@ -224,7 +219,7 @@ def bench_quality(
         trainer = Trainer(UNet(**profile.model), d, data, TrainConfig.from_profile(profile, sample_every=0, eval_every=0), device, progress=False)
 
         def sample_ema() -> torch.Tensor:
-            with trainer.ema.averaged(trainer.model) if isinstance(trainer.ema, EMA) else contextlib.nullcontext():
+            with trainer.ema.averaged(trainer.model) if trainer.ema is not None else contextlib.nullcontext():
                 return evaluator.images(trainer.model)[0]
 
         return sum(p.numel() for p in trainer.model.parameters()), lambda: trainer.train(chunk).step, sample_ema

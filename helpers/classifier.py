@@ -21,7 +21,7 @@ from helpers.checkpoints import CheckpointError, atomic_torch_save
 from helpers.config import Profile
 from helpers.pretrained import pretrained_dir
 
-__all__ = ["Classifier", "train_classifier", "load_or_train_classifier", "accuracy"]
+__all__ = ["Classifier", "train_classifier", "load_or_train_classifier", "accuracy", "classifier_scores"]
 
 
 class Classifier(nn.Module):
@@ -148,3 +148,16 @@ def load_or_train_classifier(profile: Profile, device: torch.device | str = "cpu
 
 def _cache_path(profile: Profile) -> Path:
     return profile.artifacts / "classifier" / f"{profile.dataset}_{profile.image_size}px_w{profile.classifier_width}.pt"
+
+
+@torch.no_grad()
+def classifier_scores(classifier: Classifier, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> dict[str, float]:
+    """How class-like samples are: accuracy of the classifier against the intended labels ``y``,
+    and its mean softmax probability of the intended class (confidence)."""
+    classifier.eval()
+    device = next(classifier.parameters()).device
+    probs = torch.cat([classifier(b.to(device)).softmax(-1).cpu() for b in x.split(batch_size)])
+    return {
+        "accuracy": float((probs.argmax(1) == y).float().mean()),
+        "confidence": float(probs[torch.arange(len(y)), y].mean()),
+    }

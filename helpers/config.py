@@ -11,7 +11,7 @@ overwrites a real one.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,8 @@ import torch
 from helpers.diffusion import Diffusion
 
 __all__ = [
-    "TrainSettings",
+    "TrainConfig",
+    "RESUMABLE_SETTINGS",
     "SampleSettings",
     "Profile",
     "PROFILES",
@@ -32,29 +33,81 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class TrainSettings:
-    """Optimisation settings (DDPM, Ho et al. 2020, appendix B, for the full profile)."""
+# What a resumed run may change; every other setting must match the checkpoint's for the
+# continuation to be the same run (the data position, for one, counts batches of batch_size).
+RESUMABLE_SETTINGS = frozenset(
+    {"steps", "log_every", "sample_every", "grid_size", "grid_ddim_steps", "eval_every", "amp", "compile", "channels_last"}
+)
 
-    steps: int
-    batch_size: int
-    lr: float
-    warmup_steps: int
-    grad_clip: float
-    ema_decay: float
-    log_every: int
-    sample_every: int
-    eval_every: int  # 0: no FID/KID during training
-    compare_steps: int  # per model, where a notebook trains several to compare them (07)
-    ema_warmup: bool = True  # decay grows as (1 + n) / (10 + n) up to ema_decay (helpers.ema)
-    channels_last: bool = False  # memory format of the U-Net (faster convolutions on CPUs and recent GPUs)
+
+def _setting(default: Any = MISSING, *, help: str, group: str = "optimisation", **meta: Any) -> Any:
+    """A TrainConfig field; ``help`` and ``group`` become its flag in ``python -m helpers.train``."""
+    return field(default=default, metadata={"help": help, "group": group, **meta})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run, in one place: each profile holds one (``profile.train``), the
+    ``Trainer`` takes one, checkpoints store one, and ``python -m helpers.train`` makes a flag of
+    every field (its help text is in the field's metadata). DDPM's values (Ho et al. 2020,
+    appendix B) are the full profile's."""
+
+    steps: int = _setting(help="train until this many optimiser steps in total")
+    batch_size: int = _setting(help="images per step")
+    lr: float = _setting(help="peak learning rate")
+    warmup_steps: int = _setting(0, help="linear learning-rate warm-up steps, then constant")
+    grad_clip: float | None = _setting(1.0, help="clip the gradient norm to this, 0 for off")
+    optimizer: str = _setting("adam", help="adam (as DDPM) or adamw", choices=("adam", "adamw"))
+    weight_decay: float = _setting(0.0, help="weight decay (with adamw)")
+    ema_decay: float | None = _setting(None, help="EMA decay of the weights; None (0 on the command line) for no EMA")
+    ema_warmup: bool = _setting(True, help="EMA decay grows as (1 + n) / (10 + n) up to ema_decay (helpers.ema)")
+    ema_update_every: int = _setting(1, help="average the weights every N optimiser steps")
+    p_uncond: float = _setting(0.1, help="label dropout rate of a conditional model, for classifier-free guidance")
+    seed: int = _setting(0, help="seed of weights, data order and noise")
+    log_every: int = _setting(50, help="steps per metrics-log row", group="logging and evaluation")
+    sample_every: int = _setting(0, help="steps between sample grids, 0 for none", group="logging and evaluation")
+    grid_size: int = _setting(16, help="images per sample grid (also the notebooks' grids)", group="logging and evaluation")
+    grid_ddim_steps: int = _setting(20, help="DDIM steps of the sample grids", group="logging and evaluation")
+    eval_every: int = _setting(0, help="steps between FID/KID of raw and EMA weights, 0 for none", group="logging and evaluation")
+    amp: bool | None = _setting(None, help="bf16 autocast; None: wherever the device has it (CUDA)", group="speed")
+    compile: bool = _setting(False, help="torch.compile the model", group="speed")
+    channels_last: bool = _setting(False, help="channels_last memory format of the U-Net", group="speed")
+
+    @classmethod
+    def from_profile(cls, profile: Profile, **overrides: Any) -> TrainConfig:
+        """The profile's training settings, with ``overrides`` on top."""
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown training settings: {', '.join(sorted(unknown))}")
+        return replace(profile.train, **overrides)
+
+    def resume_conflicts(self, saved: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """{setting: (saved, now)} for settings outside ``RESUMABLE_SETTINGS`` that differ from a
+        checkpoint's ``train`` entry. Switching EMA on for a run saved without it is allowed."""
+        conflicts = {}
+        for name, now in asdict(self).items():
+            if name in RESUMABLE_SETTINGS or name not in saved:
+                continue
+            if name.startswith("ema_") and saved.get("ema_decay") is None:
+                continue
+            if saved[name] != now:
+                conflicts[name] = (saved[name], now)
+        return conflicts
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose adam or adamw")
+        if not 0 <= self.p_uncond < 1:
+            raise ValueError(f"p_uncond must lie in [0, 1), got {self.p_uncond}")
+        for name in ("steps", "batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
 class SampleSettings:
     """Sampling and evaluation settings."""
 
-    grid: int  # images in a sample grid
     batch_size: int  # images per sampling batch
     ddim_steps: int
     fid_samples: int  # generated images per FID/KID evaluation
@@ -76,13 +129,18 @@ class Profile:
     schedule: str
     T: int
     model: dict[str, Any]
-    train: TrainSettings
+    train: TrainConfig
     sample: SampleSettings
     classifier_epochs: int  # the feature/score classifier behind offline FID (helpers.classifier)
     classifier_width: int
+    compare_steps: int  # per model, where a notebook trains several to compare them (06, 07)
     prediction: str = "eps"  # what the network predicts (helpers.diffusion)
     loss_weighting: str = "none"
-    seed: int = 0
+
+    @property
+    def seed(self) -> int:
+        """The training seed (``train.seed``), also behind the data subset and the FID image choices."""
+        return self.train.seed
 
     def diffusion(self, **overrides: Any) -> Diffusion:
         """The profile's process: its schedule, T, prediction and loss weighting (``overrides`` on top)."""
@@ -119,7 +177,7 @@ PROFILES: dict[str, Profile] = {
             dropout=0.0,
             norm_groups=8,
         ),
-        train=TrainSettings(
+        train=TrainConfig(
             steps=200,
             batch_size=32,
             lr=1e-3,
@@ -129,10 +187,10 @@ PROFILES: dict[str, Profile] = {
             log_every=10,
             sample_every=50,
             eval_every=50,
-            compare_steps=150,
+            grid_size=16,
+            grid_ddim_steps=20,
         ),
         sample=SampleSettings(
-            grid=16,
             batch_size=128,
             ddim_steps=20,
             fid_samples=256,
@@ -142,6 +200,7 @@ PROFILES: dict[str, Profile] = {
         ),
         classifier_epochs=1,
         classifier_width=16,
+        compare_steps=150,
     ),
     "laptop": Profile(
         name="laptop",
@@ -162,7 +221,7 @@ PROFILES: dict[str, Profile] = {
             dropout=0.0,
             norm_groups=8,
         ),
-        train=TrainSettings(
+        train=TrainConfig(
             steps=2_400,
             batch_size=64,
             lr=2e-3,
@@ -172,11 +231,11 @@ PROFILES: dict[str, Profile] = {
             log_every=50,
             sample_every=400,
             eval_every=0,
-            compare_steps=400,
+            grid_size=64,
+            grid_ddim_steps=50,
             channels_last=True,
         ),
         sample=SampleSettings(
-            grid=64,
             batch_size=250,
             ddim_steps=50,
             fid_samples=500,
@@ -186,6 +245,7 @@ PROFILES: dict[str, Profile] = {
         ),
         classifier_epochs=3,
         classifier_width=32,
+        compare_steps=400,
         loss_weighting="min_snr",
     ),
     "full": Profile(
@@ -207,7 +267,7 @@ PROFILES: dict[str, Profile] = {
             dropout=0.1,
             norm_groups=32,
         ),
-        train=TrainSettings(
+        train=TrainConfig(
             steps=800_000,
             batch_size=128,
             lr=2e-4,
@@ -217,10 +277,10 @@ PROFILES: dict[str, Profile] = {
             log_every=100,
             sample_every=10_000,
             eval_every=50_000,
-            compare_steps=100_000,
+            grid_size=64,
+            grid_ddim_steps=100,
         ),
         sample=SampleSettings(
-            grid=64,
             batch_size=500,
             ddim_steps=100,
             fid_samples=10_000,
@@ -230,6 +290,7 @@ PROFILES: dict[str, Profile] = {
         ),
         classifier_epochs=15,
         classifier_width=64,
+        compare_steps=100_000,
     ),
 }
 

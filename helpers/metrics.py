@@ -1,4 +1,4 @@
-"""Sample quality as numbers: FID and KID through torchmetrics, plus cheap signals.
+"""Sample quality as numbers: FID, KID and the Inception Score of image features, with the real-data floor.
 
 FID (Heusel et al. 2017) is the Fréchet distance between Gaussians fitted to features of real
 and generated images,
@@ -26,9 +26,8 @@ import os
 import sys
 import warnings
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -40,8 +39,6 @@ from helpers.checkpoints import atomic_torch_save
 from helpers.classifier import Classifier, load_or_train_classifier
 from helpers.config import Profile
 from helpers.device import cpu_generator
-from helpers.diffusion import Diffusion
-from helpers.samplers import sample
 
 __all__ = [
     "Features",
@@ -50,6 +47,7 @@ __all__ = [
     "InceptionUnavailableError",
     "get_features",
     "extract",
+    "extract_both",
     "real_features",
     "heldout_features",
     "Floor",
@@ -57,10 +55,6 @@ __all__ = [
     "Quality",
     "fid_kid",
     "inception_score",
-    "Evaluator",
-    "pixel_diversity",
-    "classifier_scores",
-    "x0_error_by_timestep",
 ]
 
 
@@ -68,9 +62,17 @@ class InceptionUnavailableError(RuntimeError):
     """Inception-v3's weights are neither on disk nor downloadable."""
 
 
+def weights_digest(module: nn.Module) -> str:
+    """The first 12 hex digits of a SHA-1 over a module's weights: changes with any weight."""
+    h = hashlib.sha1()
+    for value in module.state_dict().values():
+        h.update(value.detach().cpu().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
 class Features(nn.Module):
     """Images in [-1, 1] -> feature vectors [B, dim]. ``name`` says which features they are;
-    ``key`` identifies the exact network (for caches)."""
+    ``key`` identifies the exact network, weights included (for caches)."""
 
     name: str
     key: str
@@ -80,13 +82,14 @@ class Features(nn.Module):
         """Raise a clear error when images do not fit these features."""
         raise NotImplementedError
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits [B, classes] of the same network, for the Inception Score."""
+    def both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features [B, dim], class logits [B, classes]) from one pass of the network; the
+        logits are for the Inception Score."""
         raise NotImplementedError
 
-    @property
-    def num_features(self) -> int:  # what torchmetrics looks for on a custom feature module
-        return self.dim
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.both(x)[0]
 
 
 class InceptionFeatures(Features):
@@ -97,7 +100,7 @@ class InceptionFeatures(Features):
     torch hub cache, or given as ``weights_path``.
     """
 
-    name = key = "inception-v3"
+    name = "inception-v3"
     dim = 2048
 
     def __init__(self, weights_path: str | Path | None = None) -> None:
@@ -116,25 +119,19 @@ class InceptionFeatures(Features):
                 f"Inception-v3 weights could not be loaded from {where} ({type(err).__name__}); set "
                 f"DIFFUSION_FID_WEIGHTS to a local copy of torch-fidelity's weights-inception-2015-12-05-6726825d.pth"
             ) from err
+        self.key = f"inception-v3_{weights_digest(self.net)}"  # another weights file never meets these caches
 
     def check(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise ValueError(f"Inception features need images [B, 1 or 3, H, W], got {tuple(x.shape)}")
 
-    def _both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @torch.no_grad()
+    def both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.check(x)
         u8 = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         # torchmetrics' forward keeps only the first feature; its torch-fidelity forward returns all
         pool, logits = self.net._torch_fidelity_forward(u8.expand(-1, 3, -1, -1))
         return pool.reshape(len(x), -1), logits
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._both(x)[0]
-
-    @torch.no_grad()
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self._both(x)[1]
 
 
 class ClassifierFeatures(Features):
@@ -144,11 +141,8 @@ class ClassifierFeatures(Features):
         super().__init__()
         self.classifier = classifier.eval()
         self.name = f"classifier ({dataset}, {classifier.config['image_size']}px)"
-        weights = hashlib.sha1()
-        for value in classifier.state_dict().values():
-            weights.update(value.detach().cpu().numpy().tobytes())
         c = classifier.config
-        self.key = f"classifier_{dataset}_{c['image_size']}px_w{c['width']}_d{c['feature_dim']}_{weights.hexdigest()[:12]}"
+        self.key = f"classifier_{dataset}_{c['image_size']}px_w{c['width']}_d{c['feature_dim']}_{weights_digest(classifier)}"
         self.dim = classifier.feature_dim
         self.shape = (classifier.config["in_channels"], classifier.config["image_size"], classifier.config["image_size"])
 
@@ -157,14 +151,10 @@ class ClassifierFeatures(Features):
             raise ValueError(f"these classifier features need images [B, {', '.join(map(str, self.shape))}], got {tuple(x.shape)}")
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.check(x)
-        return self.classifier.features(x)
-
-    @torch.no_grad()
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        self.check(x)
-        return self.classifier(x)
+        feats = self.classifier.features(x)
+        return feats, self.classifier.head(feats)
 
 
 def get_features(
@@ -201,21 +191,31 @@ def get_features(
     return ClassifierFeatures(classifier, profile.dataset).to(device)
 
 
-@torch.no_grad()
-def extract(
-    features: Features, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 256, logits: bool = False
-) -> torch.Tensor:
-    """Features [N, dim] (float64, CPU) of images in [-1, 1]: a tensor, or an iterable of batches.
+def _batches(images: torch.Tensor | Iterable[torch.Tensor], batch_size: int) -> Iterable[torch.Tensor]:
+    return images.split(batch_size) if isinstance(images, torch.Tensor) else images
 
-    ``logits=True`` returns the network's class logits [N, classes] instead (for the Inception Score).
-    """
+
+@torch.no_grad()
+def extract(features: Features, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 256) -> torch.Tensor:
+    """Features [N, dim] (float64, CPU) of images in [-1, 1]: a tensor, or an iterable of batches."""
+    return extract_both(features, images, batch_size)[0]
+
+
+@torch.no_grad()
+def extract_both(
+    features: Features, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features [N, dim], class logits [N, classes]) of images in [-1, 1], float64 on the CPU,
+    from one pass of the network per batch."""
     device = next(features.parameters()).device
-    fn = features.logits if logits else features
-    batches = images.split(batch_size) if isinstance(images, torch.Tensor) else images
-    out = [fn(b.to(device)).cpu().double() for b in batches]  # float64 only on the CPU (MPS has none)
-    if not out:
+    feats, logits = [], []
+    for b in _batches(images, batch_size):
+        f, l = features.both(b.to(device))
+        feats.append(f.cpu().double())  # float64 only on the CPU (MPS has none)
+        logits.append(l.cpu().double())
+    if not feats:
         raise ValueError("no images to extract features from")
-    return torch.cat(out)
+    return torch.cat(feats), torch.cat(logits)
 
 
 def real_features(features: Features, profile: Profile, n: int | None = None, verbose: bool = True) -> torch.Tensor:
@@ -226,11 +226,11 @@ def real_features(features: Features, profile: Profile, n: int | None = None, ve
     """
     from helpers.data import load_dataset
 
-    n = n or profile.sample.fid_real
-    path = profile.artifacts / "fid" / f"real_{profile.dataset}_{profile.image_size}px_{features.key}_{n}.pt"
+    n, seed = n or profile.sample.fid_real, profile.seed + 1
+    path = profile.artifacts / "fid" / f"real_{profile.dataset}_{profile.image_size}px_{features.key}_{n}_seed{seed}.pt"
     if path.is_file():
         return torch.load(path, weights_only=True)
-    x, _ = load_dataset(profile.dataset, True, profile.image_size, subset=n, seed=profile.seed + 1).tensors()
+    x, _ = load_dataset(profile.dataset, True, profile.image_size, subset=n, seed=seed).tensors()
     if len(x) < n:
         raise ValueError(f"the training set has {len(x)} images, fewer than the {n} asked for")
     feats = extract(features, x)
@@ -247,13 +247,15 @@ def heldout_features(features: Features, profile: Profile, verbose: bool = True)
     """
     from helpers.data import load_dataset
 
-    path = profile.artifacts / "fid" / f"heldout_{profile.dataset}_{profile.image_size}px_{features.key}.pt"
+    seed = profile.seed + 2
+    path = profile.artifacts / "fid" / f"heldout_{profile.dataset}_{profile.image_size}px_{features.key}_seed{seed}.pt"
     if path.is_file():
         saved = torch.load(path, weights_only=True)
         return saved["features"], saved["logits"]
     x, _ = load_dataset(profile.dataset, False, profile.image_size).tensors()
-    x = x[torch.randperm(len(x), generator=cpu_generator(profile.seed + 2))]
-    saved = {"features": extract(features, x), "logits": extract(features, x, logits=True)}
+    x = x[torch.randperm(len(x), generator=cpu_generator(seed))]
+    feats, logits = extract_both(features, x)
+    saved = {"features": feats, "logits": logits}
     atomic_torch_save(saved, path)
     if verbose:
         print(f"cached {features.name} features of {len(x)} held-out test images in {path}")
@@ -320,9 +322,6 @@ class Quality:
             f"{self.n_fake} generated vs {self.n_real} real images; KID subsets of {self.kid_subset_size})"
         )
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 class _Precomputed(nn.Identity):
     """Lets torchmetrics take feature vectors that were extracted already."""
@@ -381,119 +380,3 @@ def inception_score(logits: torch.Tensor, splits: int = 10, seed: int = 0) -> tu
         torch.random.default_generator.manual_seed(seed)
         mean, std = metric.compute()
     return float(mean), float(std)
-
-
-class Evaluator:
-    """FID/KID of a model's samples against cached real features: ``evaluator(model) -> dict``.
-
-    Samples ``n`` images with DDIM (``steps`` on the ``spacing`` grid, eta = 0) from a fixed seed,
-    so that two models (or raw and EMA weights) are compared on the same noise. A
-    class-conditional model gets labels 0, 1, 2, ... in turn and ``guidance_scale``.
-    """
-
-    def __init__(
-        self,
-        diffusion: Diffusion,
-        features: Features,
-        real: torch.Tensor,
-        n: int,
-        steps: int,
-        batch_size: int,
-        kid_subset_size: int,
-        guidance_scale: float = 1.0,
-        seed: int = 1234,
-        spacing: str = "leading",
-        floor: Floor | None = None,
-    ) -> None:
-        self.d, self.features, self.real, self.floor = diffusion, features, real, floor
-        self.n, self.steps, self.batch_size, self.spacing = n, min(steps, diffusion.T), batch_size, spacing
-        self.kid_subset_size, self.guidance_scale, self.seed = kid_subset_size, guidance_scale, seed
-
-    @classmethod
-    def for_profile(cls, profile: Profile, diffusion: Diffusion, features: Features, **overrides: Any) -> Evaluator:
-        """The profile's evaluation settings (sample count, DDIM steps, KID subset size), with the
-        real-data floor at the same counts."""
-        s = profile.sample
-        kw = dict(n=s.fid_samples, steps=s.ddim_steps, batch_size=s.batch_size, kid_subset_size=s.kid_subset_size)
-        kw.update(overrides)
-        real = real_features(features, profile)
-        if "floor" not in kw:
-            kw["floor"] = real_floor(features, profile, real, kw["n"], kw["kid_subset_size"])
-        return cls(diffusion, features, real, **kw)
-
-    @torch.no_grad()
-    def images(self, model: nn.Module, guidance_scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(samples [n, C, H, W] on the CPU, their labels or None)."""
-        gen = cpu_generator(self.seed)
-        num_classes = getattr(model, "num_classes", None)
-        shape = (model.in_channels, model.image_size, model.image_size)
-        scale = self.guidance_scale if guidance_scale is None else guidance_scale
-        xs, ys = [], []
-        for start in range(0, self.n, self.batch_size):
-            b = min(self.batch_size, self.n - start)
-            y = (torch.arange(start, start + b) % num_classes) if num_classes is not None else None
-            xs.append(sample(model, self.d, (b, *shape), "ddim", self.steps, y=y, guidance_scale=scale, generator=gen,
-                             progress=False, spacing=self.spacing).cpu())  # fmt: skip
-            ys.append(y)
-        return torch.cat(xs), (torch.cat(ys) if num_classes is not None else None)
-
-    def score(self, images: torch.Tensor) -> Quality:
-        """FID/KID/IS of ``images`` (in [-1, 1]) against the real features, with the floor."""
-        q = fid_kid(self.real, extract(self.features, images), self.features.name, self.kid_subset_size)
-        splits = min(10, len(images))
-        q.inception_score = inception_score(extract(self.features, images, logits=True), splits)[0]
-        q.floor = self.floor
-        return q
-
-    def __call__(self, model: nn.Module) -> dict[str, Any]:
-        q = self.score(self.images(model)[0])
-        row = {"fid": q.fid, "kid": q.kid, "is": q.inception_score, "features": q.features, "n_fake": q.n_fake,
-               "n_real": q.n_real, "kid_subset_size": q.kid_subset_size}  # fmt: skip
-        if q.floor is not None:
-            row.update(fid_floor=q.floor.fid, fid_floor_std=q.floor.fid_std, kid_floor=q.floor.kid, is_floor=q.floor.inception_score)
-        return row
-
-
-def pixel_diversity(x: torch.Tensor) -> float:
-    """Mean over pixels of the variance across the batch: 0 when every image is the same."""
-    if len(x) < 2:
-        raise ValueError("diversity needs at least 2 images")
-    return float(x.float().var(dim=0).mean())
-
-
-@torch.no_grad()
-def classifier_scores(classifier: Classifier, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> dict[str, float]:
-    """How class-like samples are: accuracy of the classifier against the intended labels ``y``,
-    and its mean softmax probability of the intended class (confidence)."""
-    classifier.eval()
-    device = next(classifier.parameters()).device
-    probs = torch.cat([classifier(b.to(device)).softmax(-1).cpu() for b in x.split(batch_size)])
-    return {
-        "accuracy": float((probs.argmax(1) == y).float().mean()),
-        "confidence": float(probs[torch.arange(len(y)), y].mean()),
-    }
-
-
-@torch.no_grad()
-def x0_error_by_timestep(
-    model: nn.Module, d: Diffusion, x0: torch.Tensor, timesteps: list[int], seed: int = 0, batch_size: int = 256
-) -> list[float]:
-    """Mean squared error of the predicted x_0 at each timestep, on images ``x0`` in [-1, 1].
-
-    The same quantity for every parameterisation (eps, x0 or v), so models trained on different
-    targets can be compared on one axis; each t uses the same noise (from ``seed``).
-    """
-    model.eval()
-    device = next(model.parameters()).device
-    errors = []
-    for t in timesteps:
-        noise = torch.randn(x0.shape, generator=cpu_generator(seed), dtype=x0.dtype)
-        total = 0.0
-        for xb, nb in zip(x0.split(batch_size), noise.split(batch_size)):
-            xb, nb = xb.to(device), nb.to(device)
-            tt = torch.full((len(xb),), t, dtype=torch.long)
-            x_t = d.q_sample(xb, tt, nb)
-            x0_hat = d.predict_x0(x_t, tt, model(x_t, tt.to(device)).float())
-            total += float(((x0_hat - xb) ** 2).sum())
-        errors.append(total / x0.numel())
-    return errors

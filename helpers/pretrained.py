@@ -56,8 +56,9 @@ def measure(path: str | Path, guidance_scale: float | None = None, device: str =
     model at ``path`` (its ``fid_samples`` DDIM samples from a fixed seed, classifier features) with
     the real-data floor; for a conditional model also the classifier's accuracy on the asked-for
     classes at ``guidance_scale``."""
-    from helpers.classifier import load_or_train_classifier
-    from helpers.metrics import Evaluator, classifier_scores, get_features
+    from helpers.classifier import classifier_scores, load_or_train_classifier
+    from helpers.evaluation import Evaluator
+    from helpers.metrics import get_features
 
     profile = PROFILES["laptop"]
     model, d, _ = load_model(path, device)

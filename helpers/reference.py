@@ -89,7 +89,7 @@ class LucidrainsRun:
         self.opt.step()
         self.opt.zero_grad()
         self.ema.update()
-        return float(loss)
+        return float(loss.detach())
 
     @torch.no_grad()
     def sample(self, n: int, side: int, batch_size: int = 250) -> torch.Tensor:

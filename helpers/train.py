@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from helpers.checkpoints import CheckpointError, load_checkpoint
-from helpers.config import PROFILES, get_profile
+from helpers.config import PROFILES, TrainConfig, get_profile
 from helpers.device import describe, pick_device, seed_everything
 from helpers.diffusion import LOSS_WEIGHTINGS, PREDICTIONS, Diffusion
 from helpers.schedules import SCHEDULES
 
 # flags that set the model or the process: on --resume they come from the checkpoint
 MODEL_FLAGS = ("prediction", "schedule", "loss_weighting", "min_snr_gamma", "num_classes")
-# flags that set the optimisation: on --resume they come from the checkpoint, and only those in
-# helpers.training.RESUMABLE_SETTINGS may change it
-TRAIN_FLAGS = ("steps", "batch_size", "lr", "warmup_steps", "grad_clip", "ema_decay", "p_uncond", "seed", "log_every", "sample_every", "eval_every")
+# every field of TrainConfig is a flag (its help and group in the field's metadata); on --resume
+# they come from the checkpoint, and only RESUMABLE_SETTINGS may differ from it
+TRAIN_FLAGS = tuple(f.name for f in fields(TrainConfig))
+_TYPES = {"int": int, "float": float, "float | None": float, "str": str}
 
 
 def default_checkpoint(prediction: str, num_classes: int | None) -> str:
@@ -42,7 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
         "Settings left out come from the profile (or, with --resume, from the checkpoint).",
     )
     p.add_argument("--profile", choices=list(PROFILES), default=None, help="scale of the run (default: $DIFFUSION_PROFILE, else full on CUDA and laptop elsewhere)")
-    p.add_argument("--steps", type=int, default=None, help="train until this many optimiser steps in total (default: the profile's)")
     p.add_argument("--out", type=Path, default=None, help="checkpoint file (default: artifacts/<profile>/checkpoints/ with the notebooks' name for this kind of model)")
     p.add_argument("--resume", action="store_true", help="continue --out exactly (weights, optimiser, EMA, data position, RNG); its model and optimisation settings are kept, and a flag that contradicts them is an error")
     p.add_argument("--save-every", type=int, default=5000, help="write the checkpoint every N steps, and at the end (default: 5000)")
@@ -52,24 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default=None, help="weight of the MSE per timestep; min_snr is Hang et al. 2023 (default: the profile's)")
     g.add_argument("--min-snr-gamma", type=float, default=None, help="gamma of min-SNR weighting (default: 5)")
     g.add_argument("--num-classes", type=int, default=None, help="train a class-conditional model with this many classes, 10 for the datasets here (default: unconditional)")
-    g.add_argument("--p-uncond", type=float, default=None, help="label dropout rate of a conditional model, for classifier-free guidance (default: 0.1)")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--batch-size", type=int, default=None, help="images per step (default: the profile's)")
-    g.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the profile's)")
-    g.add_argument("--warmup-steps", type=int, default=None, help="linear LR warm-up steps (default: the profile's)")
-    g.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm to this, 0 for off (default: the profile's)")
-    g.add_argument("--ema-decay", type=float, default=None, help="EMA decay of the weights, 0 for no EMA (default: the profile's)")
-    g.add_argument("--seed", type=int, default=None, help="seed of weights, data order and noise (default: 0)")
-    g = p.add_argument_group("logging and evaluation")
-    g.add_argument("--log-every", type=int, default=None, help="steps per metrics-log row (default: the profile's)")
-    g.add_argument("--sample-every", type=int, default=None, help="steps between sample grids, 0 for none (default: the profile's)")
-    g.add_argument("--eval-every", type=int, default=None, help="steps between FID/KID evaluations of raw and EMA weights, 0 for none (default: the profile's)")
+    groups = {name: p.add_argument_group(name) for name in ("optimisation", "logging and evaluation", "speed")}
+    for f in fields(TrainConfig):  # the training settings, straight from their one definition
+        kw: dict = {"default": None, "help": f"{f.metadata['help']} (default: the profile's)"}
+        if f.type in ("bool", "bool | None"):
+            kw["action"] = argparse.BooleanOptionalAction
+        elif f.type in _TYPES:
+            kw.update(type=_TYPES[f.type], choices=f.metadata.get("choices"))
+        else:
+            raise TypeError(f"TrainConfig.{f.name} has the type {f.type}, which has no command-line form here")
+        groups[f.metadata["group"]].add_argument(f"--{f.name.replace('_', '-')}", **kw)
+    g = groups["logging and evaluation"]
     g.add_argument("--fid-features", choices=("auto", "inception", "classifier"), default=None, help="features for FID/KID (default: the profile's)")
-    g = p.add_argument_group("speed")
+    g = groups["speed"]
     g.add_argument("--device", default=None, help="cuda, mps or cpu (default: $DIFFUSION_DEVICE, else the best available)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="channels_last memory format (default: the profile's)")
-    g.add_argument("--no-amp", action="store_true", help="train in float32 even on CUDA (default there: bf16 autocast)")
     g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes; 0 loads in the main process, which exact resume needs with CIFAR-10's random flips (default: 0)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (for log files)")
     return p
@@ -83,7 +80,7 @@ def _fail(message: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from helpers.data import DatasetUnavailableError, profile_dataset
-    from helpers.training import TrainConfig, Trainer
+    from helpers.training import Trainer
     from helpers.unet import UNet
 
     device = pick_device(args.device)
@@ -97,9 +94,6 @@ def main(argv: list[str] | None = None) -> int:
     given = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
     if "ema_decay" in given:
         given["ema_decay"] = given["ema_decay"] or None  # 0 switches EMA off
-    speed = dict(compile=args.compile, amp=False if args.no_amp else None)
-    if args.channels_last is not None:
-        speed["channels_last"] = args.channels_last
     if args.resume:
         try:
             ckpt = load_checkpoint(out)
@@ -109,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         saved_model = {**saved_diffusion, "num_classes": model_config.get("num_classes")}
         clash = [f"--{k.replace('_', '-')} {getattr(args, k)} (it has {saved_model[k]})" for k in MODEL_FLAGS
                  if getattr(args, k) is not None and getattr(args, k) != saved_model[k]]  # fmt: skip
-        config = TrainConfig(**{**ckpt["train"], **given, **speed})
+        config = TrainConfig(**{**ckpt["train"], **given})
         # the same rule Trainer.load applies, reported here in terms of the flags
         clash += [f"--{k.replace('_', '-')} {now} (it has {saved})" for k, (saved, now) in config.resume_conflicts(ckpt["train"]).items()]
         if clash:
@@ -119,13 +113,14 @@ def main(argv: list[str] | None = None) -> int:
         model_config = {**profile.model, "num_classes": args.num_classes}
         given_model = {k: getattr(args, k) for k in ("schedule", "prediction", "loss_weighting", "min_snr_gamma") if getattr(args, k) is not None}
         diffusion = profile.diffusion(**given_model)
-        config = TrainConfig.from_profile(profile, **{**given, **speed})
+        config = TrainConfig.from_profile(profile, **given)
 
     seed_everything(config.seed)
     model = UNet(**model_config)
     evaluator = None
     if config.eval_every:
-        from helpers.metrics import Evaluator, get_features
+        from helpers.evaluation import Evaluator
+        from helpers.metrics import get_features
 
         evaluator = Evaluator.for_profile(profile, diffusion, get_features(profile, device, args.fid_features))
     try:

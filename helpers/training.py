@@ -6,19 +6,18 @@ steps of
     x_0 ~ data,  t ~ U{0..T-1},  eps ~ N(0, I),  loss = w(t) || model(x_t, t) - target ||^2
 
 with gradient clipping, bf16 autocast on CUDA, optional ``torch.compile`` and channels_last, a
-tqdm bar (loss, img/s), a metrics log (JSON lines), the loss by timestep bucket, sample grids and
-FID/KID evaluations every N steps. ``save``/``load`` make resuming exact: N steps straight give
+tqdm bar (loss, img/s), a metrics log (``helpers.train_log``: JSON lines, the loss by timestep
+bucket), sample grids and FID/KID evaluations every N steps. ``save``/``load`` make resuming exact: N steps straight give
 the same weights as N/2, save, load into fresh objects, N/2.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,94 +27,14 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from helpers.checkpoints import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from helpers.config import Profile
+from helpers.config import TrainConfig
 from helpers.device import amp_dtype, cpu_generator
 from helpers.diffusion import Diffusion
 from helpers.ema import EMA
 from helpers.samplers import sample
+from helpers.train_log import N_BUCKETS, TrainLog, Window
 
-__all__ = ["TrainConfig", "Trainer", "N_BUCKETS", "RESUMABLE_SETTINGS"]
-
-N_BUCKETS = 10  # loss by timestep bucket: t in [0, T/10), [T/10, 2T/10), ...
-
-# What a resumed run may change; every other setting must match the checkpoint's for the
-# continuation to be the same run (the data position, for one, counts batches of batch_size).
-RESUMABLE_SETTINGS = frozenset(
-    {"steps", "log_every", "sample_every", "grid_size", "grid_ddim_steps", "eval_every", "amp", "compile", "channels_last"}
-)
-
-
-@dataclass
-class TrainConfig:
-    """Settings of one training run (``from_profile`` fills them from a profile)."""
-
-    steps: int
-    batch_size: int
-    lr: float
-    warmup_steps: int = 0
-    grad_clip: float | None = 1.0
-    optimizer: str = "adam"  # "adam" (as DDPM) or "adamw"
-    weight_decay: float = 0.0
-    ema_decay: float | None = None  # None: no EMA
-    ema_warmup: bool = True
-    ema_update_every: int = 1
-    p_uncond: float = 0.1  # label dropout for class-conditional models (classifier-free guidance)
-    log_every: int = 50
-    sample_every: int = 0  # 0: no sample grids during training
-    grid_size: int = 16
-    grid_ddim_steps: int = 20
-    eval_every: int = 0  # 0: no FID/KID during training (needs an evaluator)
-    amp: bool | None = None  # None: bf16 autocast where the device supports it (CUDA)
-    compile: bool = False
-    channels_last: bool = False
-    seed: int = 0
-
-    @classmethod
-    def from_profile(cls, profile: Profile, **overrides: Any) -> TrainConfig:
-        """The profile's training settings, with ``overrides`` on top."""
-        p = profile.train
-        base = dict(
-            steps=p.steps,
-            batch_size=p.batch_size,
-            lr=p.lr,
-            warmup_steps=p.warmup_steps,
-            grad_clip=p.grad_clip,
-            ema_decay=p.ema_decay,
-            ema_warmup=p.ema_warmup,
-            log_every=p.log_every,
-            sample_every=p.sample_every,
-            grid_size=profile.sample.grid,
-            grid_ddim_steps=profile.sample.ddim_steps,
-            eval_every=p.eval_every,
-            channels_last=p.channels_last,
-            seed=profile.seed,
-        )
-        unknown = set(overrides) - {f.name for f in fields(cls)}
-        if unknown:
-            raise TypeError(f"unknown training settings: {', '.join(sorted(unknown))}")
-        return cls(**{**base, **overrides})
-
-    def resume_conflicts(self, saved: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-        """{setting: (saved, now)} for settings outside ``RESUMABLE_SETTINGS`` that differ from a
-        checkpoint's ``train`` entry. Switching EMA on for a run saved without it is allowed."""
-        conflicts = {}
-        for name, now in asdict(self).items():
-            if name in RESUMABLE_SETTINGS or name not in saved:
-                continue
-            if name.startswith("ema_") and saved.get("ema_decay") is None:
-                continue
-            if saved[name] != now:
-                conflicts[name] = (saved[name], now)
-        return conflicts
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in ("adam", "adamw"):
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose adam or adamw")
-        if not 0 <= self.p_uncond < 1:
-            raise ValueError(f"p_uncond must lie in [0, 1), got {self.p_uncond}")
-        for name in ("steps", "batch_size", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+__all__ = ["TrainConfig", "Trainer"]  # TrainConfig is defined in helpers.config, with the profiles
 
 
 class Trainer:
@@ -177,9 +96,13 @@ class Trainer:
         self.num_classes: int | None = getattr(model, "num_classes", None)
 
         self.step = 0
-        self.history: list[dict[str, Any]] = []  # one row per log_every steps (and per evaluation)
+        self.log = TrainLog(self.out_dir)  # the metrics rows (helpers.train_log)
         self.grids: list[tuple[int, torch.Tensor]] = []  # (step, images) sample grids of this session
-        self._smooth: float | None = None
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The metrics rows so far: one per ``log_every`` steps and one per evaluation."""
+        return self.log.rows
 
     # ---- one step --------------------------------------------------------------------------------
 
@@ -241,13 +164,13 @@ class Trainer:
             num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
         )  # fmt: skip
         if self.step == 0:  # a fresh run starts a fresh log, without an earlier run's grids
-            self._rewrite_log()
+            self.log.restore(self.log.rows)
             if self.out_dir is not None:
                 for old in (self.out_dir / "grids").glob("step_*.png"):
                     old.unlink()
         batches = iter(loader)
         end = self.step + steps
-        window = _Window(self.device)
+        window = Window(self.device)
         self.model.train()
         # at most one refresh a second: in a notebook every refresh is a message to the front end,
         # and a flood of them can overrun the kernel's output channel (nbval then loses the cell's end)
@@ -259,10 +182,10 @@ class Trainer:
                 window.add(losses, t * N_BUCKETS // self.diffusion.T, grad_norm)
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == end:
-                    row = self._log_row(window)
+                    row = self.log.summarise(window, self.step, self.scheduler.get_last_lr()[0], self.model, cfg.batch_size)
                     bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}", refresh=False)
                     self._emit(row, callback)
-                    window = _Window(self.device)
+                    window = Window(self.device)
                 paused = time.perf_counter()
                 if cfg.sample_every and self.step % cfg.sample_every == 0:
                     self.sample_grid()
@@ -275,55 +198,10 @@ class Trainer:
             bar.close()
         return self
 
-    def _log_row(self, window: _Window) -> dict[str, Any]:
-        sums, counts = window.bucket_sum.cpu().double(), window.bucket_count.cpu()
-        loss = float(sums.sum() / counts.sum())
-        if not math.isfinite(loss):
-            raise FloatingPointError(
-                f"the loss became {loss} within the {window.n} steps up to step {self.step}, so training stopped; "
-                f"lower the learning rate (now {self.scheduler.get_last_lr()[0]:.2e}) or keep gradient clipping on"
-            )
-        self._smooth = loss if self._smooth is None else 0.9 * self._smooth + 0.1 * loss
-        elapsed = time.perf_counter() - window.t0
-        with torch.no_grad():
-            param_norm = float(torch.linalg.vector_norm(torch.stack([p.norm() for p in self.model.parameters()])))
-        return {
-            "step": self.step,
-            "loss": loss,
-            "loss_smooth": self._smooth,
-            "grad_norm": float(window.grad_norm),
-            "lr": self.scheduler.get_last_lr()[0],
-            "param_norm": param_norm,
-            "img_per_s": window.n * self.config.batch_size / max(elapsed, 1e-9),
-            "loss_by_bucket": [float(s / c) if c else None for s, c in zip(sums, counts)],
-        }
-
     def _emit(self, row: dict[str, Any], callback: Callable[[Trainer, dict[str, Any]], None] | None) -> None:
-        self.history.append(row)
-        if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.out_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+        self.log.append(row)
         if callback is not None:
             callback(self, row)
-
-    def _rewrite_log(self) -> None:
-        """Make ``metrics.jsonl`` hold exactly ``history`` (after a load, rows past the checkpoint go)."""
-        if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.history))
-
-    def bucket_losses(self, since: int = 0) -> list[float | None]:
-        """Training loss per timestep bucket, the mean over the log rows after step ``since``.
-
-        Bucket i holds t in [i T/10, (i+1) T/10); None where no image fell in it.
-        """
-        rows = [r["loss_by_bucket"] for r in self.history if "loss_by_bucket" in r and r["step"] > since]
-        means = []
-        for i in range(N_BUCKETS):
-            values = [r[i] for r in rows if r[i] is not None]
-            means.append(sum(values) / len(values) if values else None)
-        return means
 
     # ---- sample grids and evaluation ---------------------------------------------------------------
 
@@ -376,7 +254,7 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "step": self.step,
             "train": asdict(self.config),
-            "history": self.history,
+            "history": self.log.rows,
             "rng": rng_state(),
             "profile": profile,
             "extra": extra or {},
@@ -406,8 +284,8 @@ class Trainer:
             self.model.load_state_dict(ckpt["model"])
             if self.ema is not None:
                 self.ema = EMA(self.model, self.config.ema_decay, self.config.ema_warmup, self.config.ema_update_every)
-            self.step, self.history = ckpt["step"], list(ckpt.get("history", []))
-            self._rewrite_log()
+            self.step = ckpt["step"]
+            self.log.restore(ckpt.get("history", []))
             print(f"{path} holds weights only: training continues from them with a fresh optimiser (and its warm-up)")
             return ckpt
         self.model.load_state_dict(ckpt["model"])
@@ -420,26 +298,6 @@ class Trainer:
             else:
                 self.ema.load_state_dict(ckpt["ema"])
         self.step = ckpt["step"]
-        self.history = list(ckpt.get("history", []))
-        smooth = [r["loss_smooth"] for r in self.history if "loss_smooth" in r]
-        self._smooth = smooth[-1] if smooth else None
+        self.log.restore(ckpt.get("history", []))
         set_rng_state(ckpt["rng"])
-        self._rewrite_log()
         return ckpt
-
-
-class _Window:
-    """Sums over the steps since the last log row, kept on the device (no per-step sync)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.bucket_sum = torch.zeros(N_BUCKETS, device=device)
-        self.bucket_count = torch.zeros(N_BUCKETS, device=device, dtype=torch.long)
-        self.grad_norm = torch.zeros((), device=device)
-        self.n = 0
-        self.t0 = time.perf_counter()
-
-    def add(self, losses: torch.Tensor, buckets: torch.Tensor, grad_norm: torch.Tensor) -> None:
-        self.bucket_sum.index_add_(0, buckets, losses.float())
-        self.bucket_count.index_add_(0, buckets, torch.ones_like(buckets))
-        self.grad_norm = grad_norm
-        self.n += 1

@@ -139,7 +139,7 @@ plot_loss_curve(trainer.history, title=f"training loss, {profile.name} profile")
 # told apart from texture; at large $t$, $x_t$ is nearly $\varepsilon$ itself.
 
 # %%
-buckets = trainer.bucket_losses(since=trainer.step * 3 // 4)
+buckets = trainer.log.bucket_losses(since=trainer.step * 3 // 4)
 print("bucket:  " + "  ".join(f"{i * d.T // 10:>4}+" for i in range(10)))
 print("loss:    " + "  ".join(f"{v:5.3f}" for v in buckets))
 plot_bucket_losses(buckets, d.T, title=f"training loss by timestep bucket, {profile.name} profile");
@@ -147,7 +147,7 @@ plot_bucket_losses(buckets, d.T, title=f"training loss by timestep bucket, {prof
 # %% [markdown]
 # ## Samples during training
 #
-# Every `sample_every` steps the trainer draws the same noises (`profile.sample.grid` of them)
+# Every `sample_every` steps the trainer draws the same noises (`grid_size` of them)
 # through a short DDIM run (notebook 05), so the grids differ only by training. At most six are
 # shown, spread over the run. Under the smoke profile they stay blurry
 # blobs: a few hundred steps of a tiny model is a test run, not a generator. Under the laptop

@@ -35,8 +35,8 @@ from helpers.device import cpu_generator
 device, profile = setup(seed=0)
 model, d, ckpt = load_model(require(profile.checkpoint("03_ddpm_eps.pt"), "03_training"), device)
 print(f"model after {ckpt['step']} training steps; {d}")
-shape = (profile.sample.grid, profile.channels, profile.image_size, profile.image_size)
-few = (min(16, profile.sample.grid), *shape[1:])  # every full chain costs T network calls: study 16 images, grid the rest
+shape = (profile.train.grid_size, profile.channels, profile.image_size, profile.image_size)
+few = (min(16, profile.train.grid_size), *shape[1:])  # every full chain costs T network calls: study 16 images, grid the rest
 
 # %% [markdown]
 # ## The posterior $q(x_{t-1} \mid x_t, x_0)$

@@ -146,7 +146,8 @@ ax.legend();
 # below carries its feature type and sample counts.
 
 # %% tags=["nbval-ignore-output"]
-from helpers.metrics import Evaluator, get_features
+from helpers.evaluation import Evaluator
+from helpers.metrics import get_features
 
 features = get_features(profile, device)
 
@@ -168,7 +169,7 @@ from helpers.diffusion import Diffusion
 
 d = Diffusion.from_config(base["diffusion"])
 evaluator = Evaluator.for_profile(profile, d, features)
-config = TrainConfig.from_profile(profile, steps=base["step"] + profile.train.compare_steps, eval_every=max(1, profile.train.compare_steps // 3))
+config = TrainConfig.from_profile(profile, steps=base["step"] + profile.compare_steps, eval_every=max(1, profile.compare_steps // 3))
 trainer = Trainer(UNet(**base["model_config"]), d, profile_dataset(profile), config, device, out_dir=profile.artifacts / "logs" / "06_ddpm_ema", evaluator=evaluator)
 trainer.load(ckpt_path if ckpt_path.exists() else source)
 print(f"starting at step {trainer.step} with EMA decay {trainer.ema.decay} (warm-up: {trainer.ema.warmup})")
@@ -217,7 +218,7 @@ fresh = Trainer(UNet(**base["model_config"]), d, profile_dataset(profile),
 no_warmup = EMA(fresh.model, decay=0.999, warmup=False)
 fresh.train(callback=lambda trainer, row: no_warmup.update(trainer.model))
 
-shape = (profile.sample.grid, profile.channels, profile.image_size, profile.image_size)
+shape = (profile.train.grid_size, profile.channels, profile.image_size, profile.image_size)
 grids = {"raw weights": sample(fresh.model, d, shape, "ddim", profile.sample.ddim_steps, generator=cpu_generator(0), progress=False)}
 with fresh.ema.averaged(fresh.model):
     grids["EMA 0.999 with warm-up"] = sample(fresh.model, d, shape, "ddim", profile.sample.ddim_steps, generator=cpu_generator(0), progress=False)

@@ -80,7 +80,7 @@ t = torch.tensor([0, 300, 700, 999])
 cos, sin = d_v.sqrt_alpha_bars[t].float().view(-1, 1, 1, 1), d_v.sqrt_one_minus_alpha_bars[t].float().view(-1, 1, 1, 1)
 x_t = cos * x0 + sin * eps
 v = cos * eps - sin * x0
-assert torch.allclose(d_v.target(x0, eps, t), v, atol=1e-6)
+assert torch.allclose(d_v.target(x0, t, eps), v, atol=1e-6)
 assert torch.allclose(d_v.predict_x0(x_t, t, v), cos * x_t - sin * v, atol=1e-6) and torch.allclose(cos * x_t - sin * v, x0, atol=1e-5)
 assert torch.allclose(d_v.predict_eps(x_t, t, v), sin * x_t + cos * v, atol=1e-6) and torch.allclose(sin * x_t + cos * v, eps, atol=1e-5)
 
@@ -168,7 +168,8 @@ for prediction, err in errors.items():
 import json
 
 from helpers.data import profile_dataset
-from helpers.metrics import Evaluator, get_features, x0_error_by_timestep
+from helpers.evaluation import Evaluator, x0_error_by_timestep
+from helpers.metrics import get_features
 from helpers.training import TrainConfig, Trainer
 from helpers.unet import UNet
 
@@ -180,7 +181,7 @@ trainers = {}
 for name, (prediction, weighting) in runs.items():
     d = Diffusion.from_schedule("cosine", profile.T, prediction=prediction, loss_weighting=weighting)
     torch.manual_seed(0)
-    config = TrainConfig.from_profile(profile, steps=profile.train.compare_steps, ema_decay=None, eval_every=0, sample_every=0)
+    config = TrainConfig.from_profile(profile, steps=profile.compare_steps, ema_decay=None, eval_every=0, sample_every=0)
     trainers[name] = Trainer(UNet(**model_config), d, data, config, device).train()
 
 # %%
@@ -190,7 +191,7 @@ fig, (ax_loss, ax_x0) = plt.subplots(1, 2, figsize=(11, 3.6))
 scores, errors = {}, {}
 evaluator = Evaluator.for_profile(profile, next(iter(trainers.values())).diffusion, features)
 for name, trainer in trainers.items():
-    ax_loss.plot(probe_t, trainer.bucket_losses(since=trainer.step * 3 // 4), "o-", label=name)
+    ax_loss.plot(probe_t, trainer.log.bucket_losses(since=trainer.step * 3 // 4), "o-", label=name)
     errors[name] = x0_error_by_timestep(trainer.model, trainer.diffusion, test_images, probe_t)
     ax_x0.plot(probe_t, errors[name], "o-", label=name)
     evaluator.d = trainer.diffusion
@@ -199,7 +200,7 @@ ax_loss.set(yscale="log", title="training loss by timestep, in each target's uni
 ax_x0.set(yscale="log", title=r"error of $\hat x_0$ on held-out images", xlabel="timestep t", ylabel=r"mean squared error of $\hat x_0$")
 ax_loss.legend()
 ax_x0.legend()
-fig.suptitle(f"{profile.train.compare_steps} steps each, cosine schedule [{profile.name} profile]", y=1.03)
+fig.suptitle(f"{profile.compare_steps} steps each, cosine schedule [{profile.name} profile]", y=1.03)
 
 q = next(iter(scores.values()))
 lines = [f"FID/KID: {q.n_fake} DDIM-{profile.sample.ddim_steps} samples each vs {q.n_real} real images, {q.features} features, KID subsets of {q.kid_subset_size}",

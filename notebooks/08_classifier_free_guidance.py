@@ -155,8 +155,9 @@ slider_widget(view.render, SelectionSlider(options=scales, value=1.0, descriptio
 # class (pixel variance across the samples of one class, averaged over classes).
 
 # %% tags=["nbval-ignore-output"]
-from helpers.classifier import load_or_train_classifier
-from helpers.metrics import ClassifierFeatures, Evaluator, classifier_scores, get_features, pixel_diversity
+from helpers.classifier import classifier_scores, load_or_train_classifier
+from helpers.evaluation import Evaluator, pixel_diversity
+from helpers.metrics import get_features
 
 classifier, info = load_or_train_classifier(profile, device)
 features = get_features(profile, device)

@@ -58,13 +58,32 @@ def test_lucidrains_width_matched_to_our_parameter_count():
     assert min(gaps, key=gaps.get) == dim
 
 
-def test_benchmarks_report_throughput_and_memory():
+def test_bench_train_times_the_trainers_own_step_on_the_profile_recipe(monkeypatch):
+    from helpers.training import Trainer
+
     smoke = PROFILES["smoke"]
     profile = dataclasses.replace(smoke, T=20, train=dataclasses.replace(smoke.train, batch_size=4))
-    rows = bench_train(profile, torch.device("cpu"), steps=1, warmup=1, compile_=False)
+    configs = []
+    real_step = Trainer.train_step
+
+    def spy(self, x0, y):
+        configs.append(self.config)
+        return real_step(self, x0, y)
+
+    ticks = iter(range(100))
+    monkeypatch.setattr(Trainer, "train_step", spy)
+    monkeypatch.setattr(bench_mod.time, "perf_counter", lambda: float(next(ticks)))  # the timed loop spans 1 s
+    rows = bench_train(profile, torch.device("cpu"), steps=2, warmup=1, compile_=False)
     assert [(r["model"], r["mode"], r["precision"]) for r in rows] == [("ours", "eager", "fp32")]
-    assert rows[0]["img_per_s"] > 0 and rows[0]["params"] == 280_177
-    samplers = [r["sampler"] for r in bench_sample(profile, torch.device("cpu"), n=2)]
-    assert samplers == ["DDPM-20", "DDIM-20"]
+    assert (rows[0]["ms_per_step"], rows[0]["img_per_s"]) == (500.0, 8.0)
+    assert len(configs) == 3, "one warm-up step and two timed ones, all through the Trainer"
+    recipe = profile.train
+    assert (configs[0].lr, configs[0].grad_clip, configs[0].ema_decay) == (recipe.lr, recipe.grad_clip, recipe.ema_decay)
+
+
+def test_bench_sample_runs_both_samplers():
+    smoke = PROFILES["smoke"]
+    profile = dataclasses.replace(smoke, T=20)
+    assert [r["sampler"] for r in bench_sample(profile, torch.device("cpu"), n=2)] == ["DDPM-20", "DDIM-20"]
     mb, what = peak_memory_mb(torch.device("cpu"))
     assert mb > 0 and what == "process peak RSS"

@@ -49,10 +49,11 @@ def test_train_resume_and_sample_from_the_command_line(tmp_path, data_env, capsy
 def test_conditional_training_from_the_command_line_remembers_classes(tmp_path, data_env):
     ckpt = tmp_path / "cfg.pt"
     args = ["--profile", "smoke", "--out", str(ckpt), "--no-progress", "--steps", "2", "--batch-size", "8",
-            "--sample-every", "0", "--eval-every", "0", "--num-classes", "10", "--p-uncond", "0.2"]  # fmt: skip
+            "--sample-every", "0", "--eval-every", "0", "--num-classes", "10", "--p-uncond", "0.2", "--ema-update-every", "2"]  # fmt: skip
     assert train_cli.main(args) == 0
     state = load_checkpoint(ckpt)
     assert state["model_config"]["num_classes"] == 10 and state["train"]["p_uncond"] == 0.2
+    assert state["train"]["ema_update_every"] == 2, "every TrainConfig field is a flag, and reaches the run"
     out = tmp_path / "g.png"
     assert sample_cli.main(["--checkpoint", str(ckpt), "--n", "2", "--sampler", "ddim", "--steps", "2", "--class-id", "-1", "--guidance-scale", "3", "--out", str(out)]) == 0
     assert out.read_bytes().startswith(b"\x89PNG")

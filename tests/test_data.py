@@ -1,8 +1,6 @@
-import gzip
 import hashlib
 import itertools
 import pickle
-import shutil
 import struct
 from urllib.error import URLError
 

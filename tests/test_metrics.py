@@ -6,18 +6,11 @@ import torch
 
 import helpers.classifier as classifier_mod
 import helpers.metrics as M
-from helpers.classifier import Classifier, load_or_train_classifier, train_classifier
+from helpers.classifier import Classifier, classifier_scores, load_or_train_classifier, train_classifier
 from helpers.config import PROFILES
 from helpers.diffusion import Diffusion
-from helpers.metrics import (
-    ClassifierFeatures,
-    Evaluator,
-    InceptionUnavailableError,
-    classifier_scores,
-    fid_kid,
-    get_features,
-    pixel_diversity,
-)
+from helpers.evaluation import Evaluator, pixel_diversity, x0_error_by_timestep
+from helpers.metrics import ClassifierFeatures, InceptionUnavailableError, fid_kid, get_features
 
 from conftest import random_unet
 
@@ -104,6 +97,12 @@ def test_inception_features_from_a_local_weights_file(tmp_path, monkeypatch):
     f = feats(x)
     assert f.shape == (3, 2048) and torch.isfinite(f).all()
     assert torch.allclose(f[0], feats(x[:1].expand(-1, 3, -1, -1))[0]), "grey images are repeated over RGB"
+    # another weights file gets another cache key, so cached real features never go stale
+    with torch.no_grad():
+        next(net.parameters()).add_(1.0)
+    torch.save(net.state_dict(), tmp_path / "other.pth")
+    monkeypatch.setenv("DIFFUSION_FID_WEIGHTS", str(tmp_path / "other.pth"))
+    assert get_features(PROFILES["smoke"], kind="auto", verbose=False).key != feats.key
 
 
 def test_inception_without_weights_or_network_is_an_error_or_a_fallback(monkeypatch):
@@ -123,13 +122,15 @@ def test_evaluator_scores_a_model_and_names_its_features_and_counts():
     torch.manual_seed(0)
     feats = ClassifierFeatures(Classifier(1, 16, width=4, feature_dim=8), "fashion_mnist")
     real = M.extract(feats, torch.rand(64, 1, 16, 16) * 2 - 1)
-    ev = Evaluator(Diffusion.from_schedule("linear", 20), feats, real, n=40, steps=3, batch_size=16, kid_subset_size=20)
+    ev = Evaluator(Diffusion.from_schedule("linear", 20), feats, real, n=40, steps=4, batch_size=16, kid_subset_size=20)
     row = ev(random_unet())
     assert row["features"] == feats.name and (row["n_fake"], row["n_real"], row["kid_subset_size"]) == (40, 64, 20)
-    assert row["fid"] > 0
     assert ev(random_unet())["fid"] == row["fid"], "same model, same seed: same number"
-    ev.spacing = "trailing"  # 19, 12, 5 instead of 12, 6, 0
-    assert ev(random_unet())["fid"] != row["fid"]
+    ev.spacing = "trailing"  # 19, 14, 9, 4 instead of 15, 10, 5, 0
+    trailing = ev(random_unet())["fid"]
+    assert trailing != row["fid"]
+    ev.eta = 1.0  # fresh noise at every step: other images from the same x_T
+    assert ev(random_unet())["fid"] != trailing
 
 
 def test_pixel_diversity_and_classifier_scores():
@@ -151,7 +152,7 @@ def test_pixel_diversity_and_classifier_scores():
 
 
 def test_x0_error_by_timestep_is_the_same_quantity_for_every_parameterisation():
-    # An oracle that outputs the true target of each parameterisation has zero x0 error at every t.
+    # An oracle that outputs the true answer in each parameterisation has zero x0 error at every t.
     x0 = torch.rand(6, 1, 16, 16) * 2 - 1
     for prediction in ("eps", "x0", "v"):
         d = Diffusion.from_schedule("cosine", 50, prediction=prediction)
@@ -161,13 +162,14 @@ def test_x0_error_by_timestep_is_the_same_quantity_for_every_parameterisation():
                 super().__init__()
                 self.p = torch.nn.Parameter(torch.zeros(()))
 
-            def forward(self, x_t, t):
-                noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
-                return d.target(x0, noise, t.cpu())
+            def forward(self, x_t, t):  # knows x0; reads the noise off x_t = a x0 + s eps
+                a, s = d.alpha_bars[t].sqrt().view(-1, 1, 1, 1).float(), (1 - d.alpha_bars[t]).sqrt().view(-1, 1, 1, 1).float()
+                eps = (x_t - a * x0) / s
+                return {"eps": eps, "x0": x0, "v": a * eps - s * x0}[d.prediction]
 
-        errors = M.x0_error_by_timestep(Oracle(), d, x0, [0, 25, 49])
+        errors = x0_error_by_timestep(Oracle(), d, x0, [0, 25, 49])
         assert max(errors) < 1e-6, (prediction, errors)
-    zero = M.x0_error_by_timestep(random_unet(), Diffusion.from_schedule("cosine", 50, prediction="x0"), x0, [10])
+    zero = x0_error_by_timestep(random_unet(), Diffusion.from_schedule("cosine", 50, prediction="x0"), x0, [10])
     assert zero[0] > 0.01
 
 
@@ -229,7 +231,7 @@ def test_evaluator_rows_carry_the_floor_and_the_inception_score():
     feats = ClassifierFeatures(Classifier(1, 16, width=4, feature_dim=8), "fashion_mnist")
     real = M.extract(feats, torch.rand(64, 1, 16, 16) * 2 - 1)
     floor = M.Floor(fid=1.5, fid_std=0.1, kid=0.001, inception_score=3.0, sets=2)
-    ev = Evaluator(Diffusion.from_schedule("linear", 20), feats, real, n=40, steps=3, batch_size=16, kid_subset_size=20, floor=floor)
+    ev = Evaluator(Diffusion.from_schedule("linear", 20), feats, real, n=40, steps=4, batch_size=16, kid_subset_size=20, floor=floor)
     row = ev(random_unet())
     assert (row["fid_floor"], row["fid_floor_std"], row["is_floor"]) == (1.5, 0.1, 3.0)
     assert 1.0 <= row["is"] <= 10.0, "an Inception Score lies between 1 and the number of classes"

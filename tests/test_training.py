@@ -7,7 +7,8 @@ from torch import nn
 from helpers.checkpoints import CheckpointError, load_model
 from helpers.data import ImageDataset
 from helpers.diffusion import Diffusion
-from helpers.training import N_BUCKETS, TrainConfig, Trainer
+from helpers.train_log import N_BUCKETS, Window
+from helpers.training import TrainConfig, Trainer
 from helpers.unet import UNet
 
 from conftest import SMALL_UNET
@@ -66,7 +67,7 @@ def test_training_lowers_the_loss_and_logs_every_row(tmp_path, data_env):
     assert len(rows[0]["loss_by_bucket"]) == N_BUCKETS
     assert [s for s, _ in trainer.grids] == [30, 60]
     assert sorted(p.name for p in (tmp_path / "grids").iterdir()) == ["step_0000030.png", "step_0000060.png"]
-    buckets = trainer.bucket_losses()
+    buckets = trainer.log.bucket_losses()
     # eps is hardest to see at small t (x_t is almost x_0) and easiest at large t (x_t is almost eps)
     assert buckets[0] > buckets[-1]
 
@@ -79,7 +80,7 @@ def test_per_image_losses_fall_into_their_timestep_buckets(monkeypatch):
     row = trainer.history[-1]["loss_by_bucket"]
     filled = [i for i, v in enumerate(row) if v is not None]
     assert filled == [0, 1, 5, 9], "t = 0, 5, 9 -> bucket 0; 10 -> 1; 50, 55 -> 5; 99 -> 9"
-    assert trainer.bucket_losses() == row and trainer.bucket_losses(since=3) == [None] * N_BUCKETS
+    assert trainer.log.bucket_losses() == row and trainer.log.bucket_losses(since=3) == [None] * N_BUCKETS
 
 
 def test_label_dropout_respects_p_uncond():
@@ -183,14 +184,12 @@ def test_checkpoints_load_to_the_cpu_so_adam_step_counters_stay_there(tmp_path, 
 def test_a_training_step_never_waits_for_the_device(prediction, weighting):
     # On the "meta" device any read of a value back to the host (.item(), .cpu(), bool(), a CPU
     # index) raises, so a step that runs there keeps a GPU busy without syncs.
-    from helpers.training import _Window
-
     d = Diffusion.from_schedule("cosine", 100, prediction=prediction, loss_weighting=weighting)
     config = TrainConfig(steps=4, batch_size=8, lr=1e-3, ema_decay=0.9, p_uncond=0.5)
     trainer = Trainer(UNet(**SMALL_UNET, num_classes=10), d, tiny_dataset(), config, device="meta", progress=False)
     x0, y = next(iter(torch.utils.data.DataLoader(trainer.dataset, batch_size=8)))
     losses, t, grad_norm = trainer.train_step(x0, y)
-    _Window(trainer.device).add(losses, t * N_BUCKETS // d.T, grad_norm)
+    Window(trainer.device).add(losses, t * N_BUCKETS // d.T, grad_norm)
     assert losses.device.type == t.device.type == "meta"
 
 
@@ -210,3 +209,61 @@ def test_a_shipped_model_is_a_warm_start_from_its_ema_weights(tmp_path, capsys):
     assert "weights only" in capsys.readouterr().out
     assert warm.step == 3 and all(torch.equal(a, b) for a, b in zip(warm.model.state_dict().values(), model.state_dict().values()))
     assert warm.train(2).step == 5
+
+
+def test_the_learning_rate_warms_up_linearly_from_the_first_step():
+    """Step k of the warm-up runs at lr * k / warmup_steps, then at lr. Adam's first update moves
+    every parameter by its learning rate (m / sqrt(v) = sign(g) after bias correction), so the
+    first step shows the rate the parameters actually felt, not only the scheduler's number."""
+    class Conv(nn.Module):  # every weight gets a gradient at step 1 (the U-Net's last layer starts at zero)
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 3, padding=1)
+
+        def forward(self, x, t):
+            return self.conv(x)
+
+    config = TrainConfig(steps=8, batch_size=8, lr=1e-3, warmup_steps=4)
+    trainer = Trainer(Conv(), Diffusion.from_schedule("linear", 100), tiny_dataset(), config, progress=False)
+    x0, y = next(iter(torch.utils.data.DataLoader(trainer.dataset, batch_size=8)))
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    rates = []
+    for _ in range(6):
+        rates.append(trainer.optimizer.param_groups[0]["lr"])
+        trainer.train_step(x0, y)
+        if len(rates) == 1:  # parameters with gradients well above Adam's eps = 1e-8
+            params = list(trainer.model.parameters())
+            moved = torch.cat([(p.detach() - b)[p.grad.abs() > 1e-5] for p, b in zip(params, before) if p.grad is not None])
+            assert moved.numel() == 10 and torch.allclose(moved.abs(), torch.full_like(moved, 0.25e-3), rtol=1e-3)
+    assert rates == pytest.approx([0.25e-3, 0.5e-3, 0.75e-3, 1e-3, 1e-3, 1e-3])
+
+
+@pytest.mark.parametrize("clip", [0.01, None])
+def test_gradient_clipping_bounds_the_gradient_the_optimiser_sees(clip):
+    trainer = make_trainer(conditional=False, grad_clip=clip)
+    seen = []
+
+    def record(optimizer, args, kwargs):
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        seen.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+
+    trainer.optimizer.register_step_pre_hook(record)
+    x0, y = next(iter(torch.utils.data.DataLoader(trainer.dataset, batch_size=8)))
+    for _ in range(3):
+        _, _, grad_norm = trainer.train_step(x0, y)
+        assert float(grad_norm) > 0.01, "the returned norm is the one before clipping"
+        if clip is None:
+            assert seen[-1] == pytest.approx(float(grad_norm), rel=1e-5)
+        else:
+            assert seen[-1] <= clip * (1 + 1e-4)
+
+
+def test_the_trainer_updates_the_ema_every_k_steps():
+    trainer = make_trainer(conditional=False, ema_decay=0.5, ema_update_every=3, steps=20)
+    shadows = []
+    for _ in range(7):
+        trainer.train(1)
+        shadows.append({k: v.clone() for k, v in trainer.ema.shadow.items()})
+    changed = [any(not torch.equal(a[k], b[k]) for k in a) for a, b in zip(shadows, shadows[1:])]
+    assert changed == [False, True, False, False, True, False], "the average moves at steps 3 and 6 only"
+    assert (trainer.ema.step, trainer.ema.num_updates) == (7, 2)

@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from helpers.config import PROFILES
 from helpers.unet import AttentionBlock, ResBlock, UNet, shape_table, timestep_embedding

@@ -1,0 +1,125 @@
+"""Measuring a trained model: its samples' FID/KID/IS (``Evaluator``) and what notebooks 07 and 08
+look at beside it (x_0 error by timestep, pixel diversity).
+
+``Evaluator`` draws a fixed number of DDIM samples from a fixed seed, so that two models, or raw
+and EMA weights, are scored on the same noise; ``helpers.metrics`` turns them into numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from helpers.config import Profile
+from helpers.device import cpu_generator
+from helpers.diffusion import Diffusion
+from helpers.metrics import Features, Floor, Quality, extract_both, fid_kid, inception_score, real_features, real_floor
+from helpers.samplers import sample
+
+__all__ = ["Evaluator", "pixel_diversity", "x0_error_by_timestep"]
+
+
+class Evaluator:
+    """FID/KID of a model's samples against cached real features: ``evaluator(model) -> dict``.
+
+    Samples ``n`` images with DDIM (``steps`` on the ``spacing`` grid, noise level ``eta``) from a
+    fixed seed, so that two models (or raw and EMA weights) are compared on the same noise. A
+    class-conditional model gets labels 0, 1, 2, ... in turn and ``guidance_scale``.
+    """
+
+    def __init__(
+        self,
+        diffusion: Diffusion,
+        features: Features,
+        real: torch.Tensor,
+        n: int,
+        steps: int,
+        batch_size: int,
+        kid_subset_size: int,
+        guidance_scale: float = 1.0,
+        seed: int = 1234,
+        spacing: str = "leading",
+        floor: Floor | None = None,
+        eta: float = 0.0,
+    ) -> None:
+        self.d, self.features, self.real, self.floor = diffusion, features, real, floor
+        self.n, self.steps, self.batch_size, self.spacing, self.eta = n, min(steps, diffusion.T), batch_size, spacing, eta
+        self.kid_subset_size, self.guidance_scale, self.seed = kid_subset_size, guidance_scale, seed
+
+    @classmethod
+    def for_profile(cls, profile: Profile, diffusion: Diffusion, features: Features, **overrides: Any) -> Evaluator:
+        """The profile's evaluation settings (sample count, DDIM steps, KID subset size), with the
+        real-data floor at the same counts."""
+        s = profile.sample
+        kw = dict(n=s.fid_samples, steps=s.ddim_steps, batch_size=s.batch_size, kid_subset_size=s.kid_subset_size)
+        kw.update(overrides)
+        real = real_features(features, profile)
+        if "floor" not in kw:
+            kw["floor"] = real_floor(features, profile, real, kw["n"], kw["kid_subset_size"])
+        return cls(diffusion, features, real, **kw)
+
+    @torch.no_grad()
+    def images(self, model: nn.Module, guidance_scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(samples [n, C, H, W] on the CPU, their labels or None)."""
+        gen = cpu_generator(self.seed)
+        num_classes = getattr(model, "num_classes", None)
+        shape = (model.in_channels, model.image_size, model.image_size)
+        scale = self.guidance_scale if guidance_scale is None else guidance_scale
+        xs, ys = [], []
+        for start in range(0, self.n, self.batch_size):
+            b = min(self.batch_size, self.n - start)
+            y = (torch.arange(start, start + b) % num_classes) if num_classes is not None else None
+            xs.append(sample(model, self.d, (b, *shape), "ddim", self.steps, self.eta, y=y, guidance_scale=scale,
+                             generator=gen, progress=False, spacing=self.spacing).cpu())  # fmt: skip
+            ys.append(y)
+        return torch.cat(xs), (torch.cat(ys) if num_classes is not None else None)
+
+    def score(self, images: torch.Tensor) -> Quality:
+        """FID/KID/IS of ``images`` (in [-1, 1]) against the real features, with the floor."""
+        feats, logits = extract_both(self.features, images)
+        q = fid_kid(self.real, feats, self.features.name, self.kid_subset_size)
+        q.inception_score = inception_score(logits, min(10, len(images)))[0]
+        q.floor = self.floor
+        return q
+
+    def __call__(self, model: nn.Module) -> dict[str, Any]:
+        q = self.score(self.images(model)[0])
+        row = {"fid": q.fid, "kid": q.kid, "is": q.inception_score, "features": q.features, "n_fake": q.n_fake,
+               "n_real": q.n_real, "kid_subset_size": q.kid_subset_size}  # fmt: skip
+        if q.floor is not None:
+            row.update(fid_floor=q.floor.fid, fid_floor_std=q.floor.fid_std, kid_floor=q.floor.kid, is_floor=q.floor.inception_score)
+        return row
+
+
+def pixel_diversity(x: torch.Tensor) -> float:
+    """Mean over pixels of the variance across the batch: 0 when every image is the same."""
+    if len(x) < 2:
+        raise ValueError("diversity needs at least 2 images")
+    return float(x.float().var(dim=0).mean())
+
+
+@torch.no_grad()
+def x0_error_by_timestep(
+    model: nn.Module, d: Diffusion, x0: torch.Tensor, timesteps: list[int], seed: int = 0, batch_size: int = 256
+) -> list[float]:
+    """Mean squared error of the predicted x_0 at each timestep, on images ``x0`` in [-1, 1].
+
+    The same quantity for every parameterisation (eps, x0 or v), so models trained on different
+    targets can be compared on one axis; each t uses the same noise (from ``seed``).
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    errors = []
+    for t in timesteps:
+        noise = torch.randn(x0.shape, generator=cpu_generator(seed), dtype=x0.dtype)
+        total = 0.0
+        for xb, nb in zip(x0.split(batch_size), noise.split(batch_size)):
+            xb, nb = xb.to(device), nb.to(device)
+            tt = torch.full((len(xb),), t, dtype=torch.long)
+            x_t = d.q_sample(xb, tt, nb)
+            x0_hat = d.predict_x0(x_t, tt, model(x_t, tt.to(device)).float())
+            total += float(((x0_hat - xb) ** 2).sum())
+        errors.append(total / x0.numel())
+    return errors
