@@ -91,7 +91,8 @@ print("eta = 1 variance equals beta tilde at every step:", torch.allclose(sigma2
 # ## Which timesteps to visit
 #
 # A sampler with $S < T$ steps needs a grid. diffusers offers three, and they differ most at few
-# steps: **leading** $k\lfloor T/S\rfloor$ (starts at $T - T/S$, not $T-1$), **trailing**
+# steps: **leading** $k\lfloor T/S\rfloor$ (starts at $(S-1)\lfloor T/S\rfloor$: $T - T/S$ when $S$ divides
+# $T$, lower otherwise, and `ddim_timesteps` warns when it is far below $T-1$), **trailing**
 # $\mathrm{round}(T - kT/S) - 1$ (starts at $T-1$), **linspace** $\mathrm{round}(\mathrm{linspace}(0, T-1, S))$
 # (both ends). The loop always steps to the next entry of the grid, and from the last to
 # $\bar\alpha = 1$. For $T = 1000$ and $S = 10$:
@@ -104,14 +105,15 @@ for spacing in ("leading", "trailing", "linspace"):
 # %% [markdown]
 # ## Steps against time and quality
 #
-# The quality number is FID/KID from `helpers.metrics` (notebook 06 explains them): lower is
+# The quality number is FID/KID from `helpers.evaluation` (notebook 06 explains them): lower is
 # better. Offline, and under the smoke and laptop profiles, its features come from a small
 # classifier trained on the dataset (the first call trains and caches it), so the numbers are
 # comparable with each other but not with published Inception FIDs. Every sampler below starts
 # from the same noise.
 
 # %% tags=["nbval-ignore-output"]
-from helpers.metrics import Evaluator, get_features
+from helpers.evaluation import Evaluator
+from helpers.metrics import get_features
 
 features = get_features(profile, device)
 evaluator = Evaluator.for_profile(profile, d, features)
@@ -146,6 +148,43 @@ ax.set(xscale="log", xlabel="milliseconds per image (log scale)", ylabel=f"FID (
 # Time grows linearly with the number of steps: each step is one network evaluation. Whether
 # quality keeps improving with more steps is a property of the model; the table above, read
 # against the spread of the floor, says where extra evaluations stop paying.
+#
+# ## Deterministic or stochastic: $\eta$
+#
+# Everything above used $\eta = 0$. Song et al. (2021, Table 1) found $\eta = 0$ the best of the
+# values they tried at 10 to 100 steps, for fully trained CIFAR-10 and CelebA models. Fresh noise
+# at every step has a use that their models did not need: it partly washes out the errors that
+# earlier steps made (Karras et al. 2022, section 4), and a model trained for minutes makes many.
+# The same evaluator, the same starting noise, other values of $\eta$:
+
+# %%
+eta_rows = [{"eta": 0.0, **{k: r[k] for k in ("steps", "fid", "kid")}} for r in rows if r["steps"] == 50]  # measured above
+for eta, steps in [(0.5, 50), (1.0, 50), (1.0, min(200, d.T))]:
+    evaluator.eta, evaluator.steps = eta, steps
+    q = evaluator.score(evaluator.images(model)[0])
+    eta_rows.append({"eta": eta, "steps": steps, "fid": q.fid, "kid": q.kid})
+evaluator.eta = 0.0
+print(f"{q.n_fake} images each, {q.features} features; real-data floor {q.floor}")
+print(f"{'eta':>5} {'steps':>6} {'FID':>8} {'KID':>8} {'FID / floor':>12}")
+for r in eta_rows:
+    print(f"{r['eta']:>5} {r['steps']:>6} {r['fid']:>8.3f} {r['kid']:>8.4f} {r['fid'] / q.floor.fid:>12.1f}")
+best = min(eta_rows, key=lambda r: r["fid"])
+at_50 = {r["eta"]: r["fid"] for r in eta_rows if r["steps"] == 50}
+print(f"at 50 steps, eta = 1 minus eta = 0: {at_50[1.0] - at_50[0.0]:+.1f} FID (floor spread ±{q.floor.fid_std:.1f}); "
+      f"lowest: eta = {best['eta']} with {best['steps']} steps, FID {best['fid']:.1f}")
+
+fig, ax = plt.subplots(figsize=(6, 3.5))
+labels = [f"eta {r['eta']:g}\n{r['steps']} steps" for r in eta_rows]
+ax.bar(labels, [r["fid"] for r in eta_rows], color="tab:blue")
+ax.axhline(q.floor.fid, color="gray", ls="--", label="real-data floor")
+ax.legend()
+ax.set(xlabel="sampler", ylabel=f"FID ({q.features})", title=f"DDIM: FID against eta [{profile.name} profile]");
+
+# %% [markdown]
+# The printed difference says which way the noise pushed this model, and whether by more than
+# the floor's spread. A deterministic sampler keeps what makes DDIM useful in the rest of this
+# notebook (the same noise decodes to the same image, and paths between noises decode to paths
+# between images), so the sections below stay at $\eta = 0$.
 
 # %% [markdown]
 # ## The same noise, the same image
@@ -214,11 +253,11 @@ show_grid(walk, f"DDIM decoding of a slerp path between two noises [{profile.nam
 # %% [markdown]
 # ## What this notebook leaves
 #
-# The timing table, in `artifacts/<profile>/figures/05_ddim_steps.json`. Next, **06 · EMA and
+# The timing and η tables, in `artifacts/<profile>/figures/05_ddim_steps.json`. Next, **06 · EMA and
 # FID** explains the quality numbers used here and compares the raw weights with their average.
 
 # %%
 path = profile.artifacts / "figures" / "05_ddim_steps.json"
 path.parent.mkdir(parents=True, exist_ok=True)
-path.write_text(json.dumps({"device": str(device), "features": q.features, "rows": rows}, indent=2))
+path.write_text(json.dumps({"device": str(device), "features": q.features, "rows": rows, "eta_rows": eta_rows}, indent=2))
 print(f"saved {path}")
