@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         labels = torch.arange(args.n) % model.num_classes if args.class_id < 0 else torch.full((args.n,), args.class_id)
     write_images(x, labels, args.out)
     # a file without EMA state holds one set of weights: raw ones, or a shipped model's EMA weights
-    weights = "raw" if args.raw else "EMA" if ckpt.get("ema") is not None else "saved"
+    weights = "saved" if ckpt.get("ema") is None else "raw" if args.raw else "EMA"
     print(f"{args.n} images ({weights} weights, step {ckpt['step']}, {args.sampler}) on {describe(device)} in {seconds:.1f} s -> {args.out}")
     return 0
 
