@@ -22,6 +22,7 @@ from helpers.diffusion import Diffusion
 __all__ = [
     "TrainConfig",
     "RESUMABLE_SETTINGS",
+    "OPTIMIZERS",
     "SampleSettings",
     "Profile",
     "PROFILES",
@@ -38,6 +39,9 @@ __all__ = [
 RESUMABLE_SETTINGS = frozenset(
     {"steps", "log_every", "sample_every", "grid_size", "grid_ddim_steps", "eval_every", "amp", "compile", "channels_last"}
 )
+
+
+OPTIMIZERS = ("adam", "adamw")
 
 
 def _setting(default: Any = MISSING, *, help: str, group: str = "optimisation", **meta: Any) -> Any:
@@ -57,7 +61,7 @@ class TrainConfig:
     lr: float = _setting(help="peak learning rate")
     warmup_steps: int = _setting(0, help="linear learning-rate warm-up steps, then constant")
     grad_clip: float | None = _setting(1.0, help="clip the gradient norm to this, 0 for off")
-    optimizer: str = _setting("adam", help="adam (as DDPM) or adamw", choices=("adam", "adamw"))
+    optimizer: str = _setting("adam", help="adam (as DDPM) or adamw", choices=OPTIMIZERS)
     weight_decay: float = _setting(0.0, help="weight decay (with adamw)")
     ema_decay: float | None = _setting(None, help="EMA decay of the weights; None (0 on the command line) for no EMA")
     ema_warmup: bool = _setting(True, help="EMA decay grows as (1 + n) / (10 + n) up to ema_decay (helpers.ema)")
@@ -95,8 +99,8 @@ class TrainConfig:
         return conflicts
 
     def __post_init__(self) -> None:
-        if self.optimizer not in ("adam", "adamw"):
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose adam or adamw")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose {' or '.join(OPTIMIZERS)}")
         if not 0 <= self.p_uncond < 1:
             raise ValueError(f"p_uncond must lie in [0, 1), got {self.p_uncond}")
         for name in ("steps", "batch_size", "log_every"):

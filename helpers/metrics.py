@@ -191,10 +191,6 @@ def get_features(
     return ClassifierFeatures(classifier, profile.dataset).to(device)
 
 
-def _batches(images: torch.Tensor | Iterable[torch.Tensor], batch_size: int) -> Iterable[torch.Tensor]:
-    return images.split(batch_size) if isinstance(images, torch.Tensor) else images
-
-
 @torch.no_grad()
 def extract(features: Features, images: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 256) -> torch.Tensor:
     """Features [N, dim] (float64, CPU) of images in [-1, 1]: a tensor, or an iterable of batches."""
@@ -209,7 +205,7 @@ def extract_both(
     from one pass of the network per batch."""
     device = next(features.parameters()).device
     feats, logits = [], []
-    for b in _batches(images, batch_size):
+    for b in images.split(batch_size) if isinstance(images, torch.Tensor) else images:
         f, l = features.both(b.to(device))
         feats.append(f.cpu().double())  # float64 only on the CPU (MPS has none)
         logits.append(l.cpu().double())

@@ -77,15 +77,18 @@ class TrainLog:
             with open(self.out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
 
-    def restore(self, rows: list[dict[str, Any]]) -> None:
-        """Continue from a checkpoint's rows; ``metrics.jsonl`` then holds exactly these (rows
-        written after the checkpoint go)."""
-        self.rows = list(rows)
-        smooth = [r["loss_smooth"] for r in self.rows if "loss_smooth" in r]
-        self.smooth = smooth[-1] if smooth else None
+    def rewrite(self) -> None:
+        """Make ``metrics.jsonl`` hold exactly ``rows`` (an earlier run's or later rows go)."""
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+
+    def restore(self, rows: list[dict[str, Any]]) -> None:
+        """Continue from a checkpoint's rows and their smoothed loss."""
+        self.rows = list(rows)
+        smooth = [r["loss_smooth"] for r in self.rows if "loss_smooth" in r]
+        self.smooth = smooth[-1] if smooth else None
+        self.rewrite()
 
     def bucket_losses(self, since: int = 0) -> list[float | None]:
         """Training loss per timestep bucket, the mean over the rows after step ``since``.

@@ -7,8 +7,8 @@ steps of
 
 with gradient clipping, bf16 autocast on CUDA, optional ``torch.compile`` and channels_last, a
 tqdm bar (loss, img/s), a metrics log (``helpers.train_log``: JSON lines, the loss by timestep
-bucket), sample grids and FID/KID evaluations every N steps. ``save``/``load`` make resuming exact: N steps straight give
-the same weights as N/2, save, load into fresh objects, N/2.
+bucket), sample grids and FID/KID evaluations every N steps. ``save``/``load`` make resuming
+exact: N steps straight give the same weights as N/2, save, load into fresh objects, N/2.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ class Trainer:
             num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
         )  # fmt: skip
         if self.step == 0:  # a fresh run starts a fresh log, without an earlier run's grids
-            self.log.restore(self.log.rows)
+            self.log.rewrite()
             if self.out_dir is not None:
                 for old in (self.out_dir / "grids").glob("step_*.png"):
                     old.unlink()

@@ -51,3 +51,12 @@ def random_unet(**overrides) -> torch.nn.Module:
             if p.abs().sum() == 0 and p.ndim > 1:
                 p.normal_(0, 0.05)
     return model.eval()
+
+
+def network_output(d, x_t: torch.Tensor, t: int, x0: torch.Tensor) -> torch.Tensor:
+    """What a network that believes ``x0`` outputs at timestep ``t`` under ``d.prediction``: x0
+    itself, or the eps and v that x_t = a x0 + s eps implies (a = sqrt(alpha_bar_t), s = sqrt(1 - alpha_bar_t))."""
+    ab = d.alpha_bars[t]
+    a, s = ab.sqrt().to(x_t.dtype), (1 - ab).sqrt().to(x_t.dtype)
+    eps = (x_t - a * x0) / s
+    return {"x0": x0, "eps": eps, "v": a * eps - s * x0}[d.prediction]

@@ -19,19 +19,13 @@ from helpers.device import cpu_generator
 from helpers.diffusion import Diffusion
 from helpers.samplers import SPACINGS, ddim_step, ddpm_step, sample
 
+from conftest import network_output
+
 T = 1000
 MU = torch.tensor([-0.2, 0.0, 0.2, 0.5], dtype=torch.float64).view(1, 1, 2, 2)
 S = torch.tensor([0.3, 0.35, 0.25, 0.15], dtype=torch.float64).view(1, 1, 2, 2)  # >= 2.6 s inside +-1: clipping is rare
 N = 20_000  # standard errors: a mean 0.35 / sqrt(N) = 0.0025, a std 1 / sqrt(2N) = 0.5% of it
 MEAN_TOL = 0.01
-
-
-def network_output(d: Diffusion, x_t: torch.Tensor, t: int, x0: torch.Tensor) -> torch.Tensor:
-    """What a network that believes ``x0`` outputs under ``d.prediction`` (eps and v consistent with x_t)."""
-    ab = d.alpha_bars[t]
-    a, sigma = ab.sqrt(), (1 - ab).sqrt()
-    eps = (x_t - a * x0) / sigma
-    return {"x0": x0, "eps": eps, "v": a * eps - sigma * x0}[d.prediction]
 
 
 class GaussianDenoiser(nn.Module):

@@ -20,12 +20,12 @@ def tiny_dataset(n=64, flip=True):
     return ImageDataset(images, torch.arange(n) % 10, tuple(str(i) for i in range(10)), flip=flip)
 
 
-def make_trainer(seed=0, conditional=True, evaluator=None, **cfg):
+def make_trainer(seed=0, conditional=True, evaluator=None, out_dir=None, **cfg):
     torch.manual_seed(seed)
     model = UNet(**{**SMALL_UNET, "dropout": 0.1}, num_classes=10 if conditional else None)
     d = Diffusion.from_schedule("linear", 100, prediction="v")
     config = TrainConfig(**{**dict(steps=8, batch_size=8, lr=1e-3, warmup_steps=3, ema_decay=0.9, log_every=1, p_uncond=0.2), **cfg})
-    return Trainer(model, d, tiny_dataset(), config, progress=False, evaluator=evaluator)
+    return Trainer(model, d, tiny_dataset(), config, progress=False, evaluator=evaluator, out_dir=out_dir)
 
 
 def test_resume_is_exact(tmp_path):
@@ -44,6 +44,21 @@ def test_resume_is_exact(tmp_path):
     for name, a in straight.ema.shadow.items():
         assert torch.equal(a, resumed.ema.shadow[name]), name
     assert resumed.step == 8 and resumed.scheduler.get_last_lr() == straight.scheduler.get_last_lr()
+
+
+def test_the_log_file_holds_exactly_the_runs_rows(tmp_path):
+    """A load drops the rows written after the checkpoint; a fresh run drops an earlier run's."""
+    def steps_in_file():
+        return [json.loads(line)["step"] for line in (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()]
+
+    first = make_trainer(out_dir=tmp_path / "logs")
+    first.train(2).save(tmp_path / "two.pt")
+    first.train(2)
+    assert steps_in_file() == [1, 2, 3, 4]
+    make_trainer(out_dir=tmp_path / "logs").load(tmp_path / "two.pt")
+    assert steps_in_file() == [1, 2]
+    make_trainer(out_dir=tmp_path / "logs").train(1)
+    assert steps_in_file() == [1]
 
 
 def test_training_lowers_the_loss_and_logs_every_row(tmp_path, data_env):
