@@ -35,6 +35,7 @@ from torch import nn
 from helpers.config import PROFILES, Profile, get_profile
 from helpers.device import amp_dtype, cpu_generator, describe, pick_device
 from helpers.diffusion import Diffusion
+from helpers.samplers import DDIM, DDPM, sample
 from helpers.unet import UNet
 
 __all__ = ["sync", "peak_memory_mb", "reset_peak_memory", "bench_train", "bench_sample", "sampler_overhead", "bench_quality"]
@@ -142,14 +143,12 @@ def bench_train(
 
 @torch.no_grad()
 def sampler_overhead(
-    model: nn.Module, d: Diffusion, shape: tuple[int, ...], sampler: str, steps: int | None, device: torch.device, repeats: int = 2
+    model: nn.Module, d: Diffusion, shape: tuple[int, ...], sampler: DDPM | DDIM, device: torch.device, repeats: int = 2
 ) -> dict[str, float]:
     """Seconds of a full ``sample`` call, of the same number of bare forward passes, and the share
     of the total spent outside the network. Each is the best of ``repeats`` runs after a warm-up;
     a slightly negative share means the overhead is below the timing noise."""
-    from helpers.samplers import sample
-
-    n_calls = d.T if sampler == "ddpm" else (steps or d.T)
+    n_calls = len(sampler.timesteps(d.T))
     x = torch.randn(shape, device=device)
     t = torch.full((shape[0],), d.T // 2, device=device, dtype=torch.long)
     model.eval()
@@ -159,7 +158,7 @@ def sampler_overhead(
             model(x, t)
 
     def full() -> None:
-        sample(model, d, shape, sampler, steps, generator=cpu_generator(0), progress=False)
+        sample(model, d, shape, sampler, cpu_generator(0), progress=False)
 
     forward_only()  # warm-up (kernel selection, caches)
     best = {}
@@ -175,11 +174,11 @@ def bench_sample(profile: Profile, device: torch.device, n: int = 64) -> list[di
     model = UNet(**profile.model).to(device)
     shape = (n, profile.channels, profile.image_size, profile.image_size)
     rows = []
-    for sampler, steps in (("ddpm", None), ("ddim", min(50, d.T))):
+    for sampler in (DDPM(), DDIM(min(50, d.T))):
         reset_peak_memory(device)
-        r = sampler_overhead(model, d, shape, sampler, steps, device)
+        r = sampler_overhead(model, d, shape, sampler, device)
         mem, what = peak_memory_mb(device)
-        label = f"DDPM-{d.T}" if sampler == "ddpm" else f"DDIM-{steps}"
+        label = f"DDPM-{d.T}" if isinstance(sampler, DDPM) else f"DDIM-{sampler.steps}"
         rows.append({"sampler": label, "batch": n, "img_per_s": n / r["total_s"], "ms_per_image": 1000 * r["total_s"] / n,
                      "overhead": r["overhead"], "memory_mb": mem, "memory": what})  # fmt: skip
     return rows
@@ -194,8 +193,8 @@ def bench_quality(
     Each system trains once, for ``max(minutes)``; at every mark the clock stops, its EMA model
     samples ``n`` images with DDIM (eta = 0) in ``nfe`` network evaluations, and they are scored.
     Both libraries keep a constant learning rate after warm-up, so the model at a mark is the model
-    a run of exactly that many minutes ends with. Ours samples on the trailing grid (it starts at
-    t = T-1, as lucidrains' DDIM grid does).
+    a run of exactly that many minutes ends with. Ours samples on the trailing grid, the default (it
+    starts at t = T-1, as lucidrains' DDIM grid does).
     """
     from helpers.data import profile_dataset
     from helpers.evaluation import Evaluator
@@ -209,7 +208,7 @@ def bench_quality(
     floor = real_floor(features, profile, real, n, kid_subset)
     print(f"real-data floor for {n} images ({features.name} features): {floor}")
     d = profile.diffusion()
-    evaluator = Evaluator(d, features, real, n, nfe, profile.sample.batch_size, kid_subset, floor=floor, spacing="trailing")
+    evaluator = Evaluator(d, features, real, n, nfe, profile.sample.batch_size, kid_subset, floor=floor)
     data = profile_dataset(profile)
     marks = sorted(minutes)
     side = profile.image_size

@@ -16,7 +16,7 @@ from helpers.config import Profile
 from helpers.device import cpu_generator
 from helpers.diffusion import Diffusion
 from helpers.metrics import Features, Floor, Quality, extract_both, fid_kid, inception_score, real_features, real_floor
-from helpers.samplers import sample
+from helpers.samplers import DDIM, Guided, sample
 
 __all__ = ["Evaluator", "pixel_diversity", "x0_error_by_timestep"]
 
@@ -40,7 +40,7 @@ class Evaluator:
         kid_subset_size: int,
         guidance_scale: float = 1.0,
         seed: int = 1234,
-        spacing: str = "leading",
+        spacing: str = "trailing",
         floor: Floor | None = None,
         eta: float = 0.0,
     ) -> None:
@@ -60,6 +60,11 @@ class Evaluator:
             kw["floor"] = real_floor(features, profile, real, kw["n"], kw["kid_subset_size"])
         return cls(diffusion, features, real, **kw)
 
+    @property
+    def sampler(self) -> DDIM:
+        """The sampler behind every score: DDIM with this evaluator's steps, eta and spacing."""
+        return DDIM(self.steps, self.eta, self.spacing)
+
     @torch.no_grad()
     def images(self, model: nn.Module, guidance_scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(samples [n, C, H, W] on the CPU, their labels or None)."""
@@ -71,8 +76,8 @@ class Evaluator:
         for start in range(0, self.n, self.batch_size):
             b = min(self.batch_size, self.n - start)
             y = (torch.arange(start, start + b) % num_classes) if num_classes is not None else None
-            xs.append(sample(model, self.d, (b, *shape), "ddim", self.steps, self.eta, y=y, guidance_scale=scale,
-                             generator=gen, progress=False, spacing=self.spacing).cpu())  # fmt: skip
+            net = Guided(model, y, scale) if y is not None else model
+            xs.append(sample(net, self.d, (b, *shape), self.sampler, gen, progress=False).cpu())
             ys.append(y)
         return torch.cat(xs), (torch.cat(ys) if num_classes is not None else None)
 

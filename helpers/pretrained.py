@@ -68,7 +68,7 @@ def measure(path: str | Path, guidance_scale: float | None = None, device: str =
     out: dict[str, Any] = {
         "fid": q.fid, "kid": q.kid, "inception_score": q.inception_score, "fid_floor": q.floor.fid,
         "fid_floor_std": q.floor.fid_std, "samples": q.n_fake, "real": q.n_real, "features": q.features,
-        "sampler": f"DDIM-{evaluator.steps} ({evaluator.spacing}), seed {evaluator.seed}",
+        "sampler": f"{evaluator.sampler}, seed {evaluator.seed}",
     }  # fmt: skip
     if labels is not None:
         classifier, _ = load_or_train_classifier(profile, device, progress=False)

@@ -13,6 +13,8 @@ clean-fid and torch-fidelity read them.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,8 +25,20 @@ from PIL import Image
 
 from helpers.checkpoints import CheckpointError, load_model
 from helpers.device import cpu_generator, describe, pick_device
-from helpers.samplers import SPACINGS, VARIANCES, sample
+from helpers.samplers import DDIM, DDPM, SPACINGS, VARIANCES, Guided, sample
 from helpers.viz import save_grid
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+class CliError(Exception):
+    """A bad command line: printed as one ``error:`` line, exit code 2."""
+
+
+def is_folder(out: Path) -> bool:
+    """``--out`` names a folder (one PNG per image): it ends in /, has no suffix, or is one."""
+    return out.suffix == "" or str(out).endswith("/") or out.is_dir()
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -39,7 +53,7 @@ def write_images(x: torch.Tensor, labels: torch.Tensor | None, out: Path) -> Pat
         out.parent.mkdir(parents=True, exist_ok=True)
         np.savez(out, **arrays)
         return out
-    if out.suffix == "" or str(out).endswith("/") or out.is_dir():
+    if is_folder(out):
         out.mkdir(parents=True, exist_ok=True)
         for i, image in enumerate(to_uint8(x)):
             Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(out / f"{i:06d}.png")
@@ -58,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm", help="ancestral DDPM over all T steps, or DDIM (default: ddpm)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: T)")
     p.add_argument("--eta", type=float, default=None, help="DDIM noise: 0 deterministic, 1 DDPM-like (default: 0)")
-    p.add_argument("--spacing", choices=SPACINGS, default=None, help="DDIM timestep grid (default: leading)")
+    p.add_argument("--spacing", choices=SPACINGS, default=None, help="DDIM timestep grid (default: trailing, which starts at t = T-1; Lin et al. 2024)")
     p.add_argument("--variance", choices=VARIANCES, default=None, help="DDPM step variance: beta tilde (fixed_small, the default) or beta (fixed_large)")
     p.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
     p.add_argument("--class-id", type=int, default=None, help="class of every image, for conditional models; -1 cycles through all classes (default: unconditional)")
@@ -70,52 +84,94 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.n < 1:
-        print("error: --n must be at least 1", file=sys.stderr)
-        return 2
+def check_destination(out: Path) -> None:
+    """Refuse, before any sampling, an ``--out`` that cannot be written (CliError's message says why)."""
+    folder = is_folder(out)
+    if not folder and out.suffix.lower() not in IMAGE_SUFFIXES + (".npz",):
+        raise CliError(f"--out {out}: use a .png grid, an .npz, or a folder (a name without a suffix); {out.suffix} is none of them")
+    target = out if folder else out.parent
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CliError(f"--out {out}: cannot create {target} ({err.strerror})") from None
+    if not os.access(target, os.W_OK):
+        raise CliError(f"--out {out}: {target} is not writable")
+
+
+def build_sampler(args: argparse.Namespace) -> DDPM | DDIM:
+    """The sampler the flags describe; flags of the other sampler are an error, not ignored."""
     ignored = [flag for flag, value, sampler in (("--steps", args.steps, "ddim"), ("--eta", args.eta, "ddim"),
                ("--spacing", args.spacing, "ddim"), ("--variance", args.variance, "ddpm")) if value is not None and args.sampler != sampler]  # fmt: skip
     if ignored:
-        print(f"error: {', '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect with --sampler {args.sampler}", file=sys.stderr)
-        return 2
+        raise CliError(f"{', '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect with --sampler {args.sampler}")
+    try:
+        if args.sampler == "ddpm":
+            return DDPM(args.variance or "fixed_small", clip_x0=not args.no_clip)
+        return DDIM(args.steps, 0.0 if args.eta is None else args.eta, args.spacing or "trailing", clip_x0=not args.no_clip)
+    except ValueError as err:
+        raise CliError(str(err)) from None
+
+
+def class_ids(args: argparse.Namespace, start: int, b: int, num_classes: int | None) -> torch.Tensor | None:
+    """Labels of images start..start+b-1: all ``--class-id``, or 0, 1, 2, ... in turn for -1."""
+    if args.class_id is None:
+        return None
+    return torch.arange(start, start + b) % num_classes if args.class_id == -1 else torch.full((b,), args.class_id)
+
+
+def run(args: argparse.Namespace) -> str:
+    """Sample as ``args`` say and write the images; return the summary line. Bad input: CliError."""
+    for flag, value in (("--n", args.n), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise CliError(f"{flag} must be at least 1, got {value}")
+    if args.class_id is not None and args.class_id < -1:
+        raise CliError(f"--class-id must be a class (0 and up) or -1 for all classes in turn, got {args.class_id}")
+    if not math.isfinite(args.guidance_scale):
+        raise CliError(f"--guidance-scale must be a finite number, got {args.guidance_scale}")
+    if args.guidance_scale != 1 and args.class_id is None:
+        raise CliError("--guidance-scale needs --class-id: guidance steers towards a class")
+    sampler = build_sampler(args)
+    check_destination(args.out)
     device = pick_device(args.device)
     try:
         model, d, ckpt = load_model(args.checkpoint, device, ema=not args.raw)
     except (FileNotFoundError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise CliError(str(err)) from None
     if args.class_id is not None and model.num_classes is None:
-        print(f"error: --class-id given, but {args.checkpoint} holds an unconditional model", file=sys.stderr)
-        return 2
+        raise CliError(f"--class-id given, but {args.checkpoint} holds an unconditional model")
+    if args.class_id is not None and args.class_id >= model.num_classes:
+        raise CliError(f"--class-id {args.class_id}: {args.checkpoint} knows classes 0..{model.num_classes - 1}")
+    if isinstance(sampler, DDIM) and sampler.steps is not None and sampler.steps > d.T:
+        raise CliError(f"--steps {sampler.steps}: the model's process has only T = {d.T} steps")
     gen = cpu_generator(args.seed)
     shape = (model.in_channels, model.image_size, model.image_size)
     images = []
     t0 = time.perf_counter()
     for start in range(0, args.n, args.batch_size):
         b = min(args.batch_size, args.n - start)
-        y = None
-        if args.class_id is not None:
-            y = torch.arange(start, start + b) % model.num_classes if args.class_id < 0 else torch.full((b,), args.class_id)
-        try:
-            x = sample(
-                model, d, (b, *shape), args.sampler, args.steps, args.eta or 0.0, y=y, guidance_scale=args.guidance_scale,
-                generator=gen, clip_x0=not args.no_clip, variance=args.variance or "fixed_small", spacing=args.spacing or "leading",
-            )  # fmt: skip
-        except ValueError as err:  # a class id out of range, guidance without labels, too many steps...
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        images.append(x.cpu())
+        y = class_ids(args, start, b, model.num_classes)
+        net = Guided(model, y, args.guidance_scale) if y is not None else model
+        images.append(sample(net, d, (b, *shape), sampler, gen).cpu())
     seconds = time.perf_counter() - t0
     x = torch.cat(images)
-    labels = None
-    if args.class_id is not None:
-        labels = torch.arange(args.n) % model.num_classes if args.class_id < 0 else torch.full((args.n,), args.class_id)
-    write_images(x, labels, args.out)
+    if not torch.isfinite(x).all():
+        raise CliError(f"{args.checkpoint} gave non-finite images with {sampler}; its weights hold NaN or inf (nothing was written)")
+    try:
+        write_images(x, class_ids(args, 0, args.n, model.num_classes), args.out)
+    except OSError as err:  # checked before sampling, but a disk can fill up meanwhile
+        raise CliError(f"could not write {args.out} ({err.strerror or err})") from None
     # a file without EMA state holds one set of weights: raw ones, or a shipped model's EMA weights
     weights = "saved" if ckpt.get("ema") is None else "raw" if args.raw else "EMA"
-    print(f"{args.n} images ({weights} weights, step {ckpt['step']}, {args.sampler}) on {describe(device)} in {seconds:.1f} s -> {args.out}")
+    return f"{args.n} images ({weights} weights, step {ckpt['step']}, {sampler}) on {describe(device)} in {seconds:.1f} s -> {args.out}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        print(run(args))
+    except CliError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,11 +1,15 @@
-"""Samplers: one pure step function per algorithm, the grid of timesteps they visit, and one loop.
+"""Samplers in k-diffusion's shape: pure step functions, a sampler object per algorithm, one loop.
 
 * ``ddpm_step``: ancestral sampling from p(x_{t-1} | x_t) (Ho et al. 2020, algorithm 2).
 * ``ddim_step``: the DDIM update (Song et al. 2021, eq. 12), deterministic at eta = 0.
-* ``ddim_timesteps``: which timesteps a shortened sampler visits ("leading", "trailing",
-  "linspace", the grids diffusers produces).
-* ``sample``: the loop, with classifier-free guidance, a progress bar, a callback that sees every
-  step, and device-independent noise from a CPU generator.
+  Both return ``(x_prev, x0_hat)``: the next state and the prediction it was made from.
+* ``ddim_timesteps``: which timesteps a shortened sampler visits ("trailing", the default,
+  "leading" and "linspace", the grids diffusers produces).
+* ``DDPM`` and ``DDIM``: a sampler's settings, its grid and its step, as one small object.
+* ``Guided``: a class-conditional model with its labels and classifier-free guidance scale,
+  wrapped as a model ``(x_t, t) -> output`` that any sampler can call.
+* ``sample``: the loop, with a progress bar, a callback that sees every step (``Trajectory``
+  records them) and device-independent noise from a CPU generator.
 
 Timesteps in the step functions are Python ints: one timestep for the whole batch.
 """
@@ -32,14 +36,16 @@ __all__ = [
     "ddpm_step",
     "ddim_step",
     "ddim_timesteps",
-    "guided_output",
+    "DDPM",
+    "DDIM",
+    "Guided",
     "sample",
     "Trajectory",
     "slerp",
 ]
 
 VARIANCES = ("fixed_small", "fixed_large")
-SPACINGS = ("leading", "trailing", "linspace")
+SPACINGS = ("trailing", "leading", "linspace")
 
 
 def ddpm_step(
@@ -50,7 +56,7 @@ def ddpm_step(
     noise: torch.Tensor | None,
     clip_x0: bool = True,
     variance: str = "fixed_small",
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One ancestral step x_t -> x_{t-1} (DDPM, Ho et al. 2020, algorithm 2 and eq. 6-7).
 
     1. predicted x_0 from the network output;  2. clip it to [-1, 1] (optional);
@@ -59,6 +65,8 @@ def ddpm_step(
     ``variance`` picks sigma_t^2: "fixed_small" = beta_tilde_t (the posterior variance) or
     "fixed_large" = beta_t (what DDPM used for its CIFAR-10 FID). Without clipping, step 3 equals
     the paper's 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_hat).
+
+    Returns (x_{t-1}, the (clipped) x_0 prediction).
     """
     if variance not in VARIANCES:
         raise ValueError(f"unknown variance {variance!r}; choose {', '.join(VARIANCES)}")
@@ -67,11 +75,11 @@ def ddpm_step(
         x0 = x0.clamp(-1, 1)  # 2.
     mean, posterior_var = d.q_posterior(x0, x_t, t)  # 3.
     if t == 0:
-        return mean
+        return mean, x0
     if noise is None:
         raise ValueError(f"ddpm_step needs noise for t = {t} > 0")
     var = posterior_var if variance == "fixed_small" else float(d.betas[t])
-    return mean + var**0.5 * noise  # 4.
+    return mean + var**0.5 * noise, x0  # 4.
 
 
 def ddim_step(
@@ -83,7 +91,7 @@ def ddim_step(
     eta: float = 0.0,
     noise: torch.Tensor | None = None,
     clip_x0: bool = True,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One DDIM step x_t -> x_{t_prev} (Song et al. 2021, eq. 12 and 16).
 
     1. predicted x_0;  2. clip it to [-1, 1] (optional);  3. eps re-derived from the (clipped)
@@ -94,8 +102,9 @@ def ddim_step(
 
     ``t_prev = -1`` means alpha_bar = 1: the last step lands on x_0 itself. At eta = 1 on the full
     grid (t_prev = t - 1) the step is exactly ``ddpm_step`` with the posterior variance.
+    Returns (x_{t_prev}, the (clipped) x_0 prediction).
     """
-    if eta < 0:
+    if not eta >= 0:  # also refuses NaN
         raise ValueError(f"eta must be >= 0, got {eta}")
     if not -1 <= t_prev < t:
         raise ValueError(f"t_prev must lie in -1..{t - 1} (before t = {t}), got {t_prev}")
@@ -111,26 +120,28 @@ def ddim_step(
         if noise is None:
             raise ValueError("ddim_step with eta > 0 needs noise")
         x_prev = x_prev + float(var.sqrt()) * noise
-    return x_prev
+    return x_prev, x0
 
 
-def ddim_timesteps(T: int, steps: int, spacing: str = "leading") -> list[int]:
+def ddim_timesteps(T: int, steps: int, spacing: str = "trailing") -> list[int]:
     """The ``steps`` timesteps a sampler visits, in descending order (diffusers' three spacings).
 
-    leading:  k * (T // steps) for k = steps-1..0            (T=1000, 50 steps: 980, 960, ..., 0)
     trailing: round(T - k * T / steps) - 1 for k = 0..steps-1 (T=1000, 10 steps: 999, 899, ..., 99)
+    leading:  k * (T // steps) for k = steps-1..0            (T=1000, 50 steps: 980, 960, ..., 0)
     linspace: round(linspace(0, T - 1, steps)), reversed      (T=1000, 10 steps: 999, 888, ..., 0)
 
-    Leading starts at (steps - 1) * (T // steps), far below T - 1 when ``steps`` does not divide T
-    (T=1000, 600 steps: t = 599, where the image still carries signal): it warns when it starts
-    below T - ceil(T / steps). Trailing and linspace always start at T - 1 (Lin et al. 2024 show
-    why a sampler should). The sampling loop steps from each entry to the next one and from the
+    Trailing is the default because it starts at t = T - 1, where x_T is pure noise as the
+    sampler assumes: Lin et al. 2024 (section 3.3, "Common Diffusion Noise Schedules and Sample
+    Steps are Flawed") show that grids starting below T - 1 hand the model noise it was trained
+    to read as a partly clean image. Linspace starts there too. Leading starts at
+    (steps - 1) * (T // steps), far below T - 1 when ``steps`` does not divide T (T=1000, 600 steps:
+    t = 599, where the image still carries signal): it warns when it starts below T - ceil(T / steps). The sampling loop steps from each entry to the next one and from the
     last to alpha_bar = 1; diffusers' DDIMScheduler steps to t - T // steps instead, which leaves
     the grid for linspace and for step counts that do not divide T.
     """
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}; choose {', '.join(SPACINGS)}")
-    if not isinstance(steps, int) or not 1 <= steps <= T:
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
         raise ValueError(f"steps must be an integer in 1..{T} (the T of the process), got {steps!r}")
     if spacing == "leading" and (steps - 1) * (T // steps) < T - math.ceil(T / steps):
         warnings.warn(
@@ -149,152 +160,179 @@ def ddim_timesteps(T: int, steps: int, spacing: str = "leading") -> list[int]:
     return sorted({int(v) for v in grid}, reverse=True)
 
 
-def guided_output(
-    model: nn.Module,
-    x_t: torch.Tensor,
-    t: torch.Tensor,
-    y: torch.Tensor | None,
-    guidance_scale: float,
-    null_id: int | None,
-) -> torch.Tensor:
-    """The network output, with classifier-free guidance when ``y`` is given (Ho & Salimans 2022, eq. 6).
+@dataclass(frozen=True)
+class DDPM:
+    """Ancestral sampling over all T steps of the chain (``ddpm_step``).
+
+    ``variance``: "fixed_small" (beta tilde) or "fixed_large" (beta); ``clip_x0``: clip the
+    predicted x_0 to [-1, 1] before the posterior mean. For fewer steps use ``DDIM`` (eta = 1 on a
+    shorter grid is the DDPM-like sampler).
+    """
+
+    variance: str = "fixed_small"
+    clip_x0: bool = True
+
+    def __post_init__(self) -> None:
+        if self.variance not in VARIANCES:
+            raise ValueError(f"unknown variance {self.variance!r}; choose {', '.join(VARIANCES)}")
+
+    def timesteps(self, T: int) -> list[int]:
+        return list(range(T - 1, -1, -1))
+
+    def needs_noise(self, t: int, t_prev: int) -> bool:
+        return t > 0
+
+    def step(self, d: Diffusion, out: torch.Tensor, x_t: torch.Tensor, t: int, t_prev: int, noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        return ddpm_step(d, out, x_t, t, noise, self.clip_x0, self.variance)
+
+    def __str__(self) -> str:
+        return f"DDPM ({self.variance}{'' if self.clip_x0 else ', unclipped'})"
+
+
+@dataclass(frozen=True)
+class DDIM:
+    """DDIM over ``steps`` timesteps of the ``spacing`` grid (``ddim_step``, ``ddim_timesteps``).
+
+    ``steps``: None for all T; ``eta``: 0 deterministic, 1 DDPM-like; ``clip_x0`` as for DDPM.
+    """
+
+    steps: int | None = None
+    eta: float = 0.0
+    spacing: str = "trailing"
+    clip_x0: bool = True
+
+    def __post_init__(self) -> None:
+        if self.spacing not in SPACINGS:
+            raise ValueError(f"unknown spacing {self.spacing!r}; choose {', '.join(SPACINGS)}")
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1):
+            raise ValueError(f"DDIM steps must be a positive integer (or None for all T), got {self.steps!r}")
+        if not (math.isfinite(self.eta) and self.eta >= 0):
+            raise ValueError(f"eta must be a finite number >= 0, got {self.eta}")
+
+    def timesteps(self, T: int) -> list[int]:
+        return ddim_timesteps(T, self.steps or T, self.spacing)
+
+    def needs_noise(self, t: int, t_prev: int) -> bool:
+        return self.eta > 0 and t_prev >= 0
+
+    def step(self, d: Diffusion, out: torch.Tensor, x_t: torch.Tensor, t: int, t_prev: int, noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        return ddim_step(d, out, x_t, t, t_prev, self.eta, noise, self.clip_x0)
+
+    def __str__(self) -> str:
+        return f"DDIM-{self.steps or 'T'} ({self.spacing}, eta {self.eta:g}{'' if self.clip_x0 else ', unclipped'})"
+
+
+class Guided(nn.Module):
+    """A class-conditional model as a model ``(x_t, t) -> output``: labels ``y`` and classifier-free
+    guidance scale ``scale`` fixed (Ho & Salimans 2022, eq. 6).
 
     out = out_uncond + s (out_cond - out_uncond): s = 1 is the conditional model alone (one
-    forward pass), s = 0 the unconditional one (one pass with the "no label" id), any other s
-    one forward pass over the batch doubled.
+    forward pass), s = 0 the unconditional one (one pass with the "no label" id ``num_classes``),
+    any other s one forward pass over the batch doubled.
     """
-    if y is None:
-        return model(x_t, t)
-    if guidance_scale == 1:
-        return model(x_t, t, y)
-    null = torch.full_like(y, null_id)
-    if guidance_scale == 0:
-        return model(x_t, t, null)
-    both = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null]))
-    cond, uncond = both.chunk(2)
-    return uncond + guidance_scale * (cond - uncond)
+
+    def __init__(self, model: nn.Module, y: torch.Tensor, scale: float = 1.0) -> None:
+        super().__init__()
+        num_classes = getattr(model, "num_classes", None)
+        if num_classes is None:
+            raise ValueError("class ids were given, but the model is unconditional (num_classes=None)")
+        if y.ndim != 1:
+            raise ValueError(f"y must hold one class id per image, a 1-D tensor; got shape {tuple(y.shape)}")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+            raise ValueError(f"class ids must lie in 0..{num_classes - 1}, got {int(y.min())}..{int(y.max())}")
+        if not math.isfinite(scale):
+            raise ValueError(f"the guidance scale must be a finite number, got {scale}")
+        self.model, self.scale, self.null_id = model, float(scale), num_classes
+        self.register_buffer("y", y.long(), persistent=False)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if len(x_t) != len(self.y):
+            raise ValueError(f"y holds {len(self.y)} class ids for a batch of {len(x_t)} images")
+        y = self.y.to(x_t.device)
+        if self.scale == 1:
+            return self.model(x_t, t, y)
+        null = torch.full_like(y, self.null_id)
+        if self.scale == 0:
+            return self.model(x_t, t, null)
+        cond, uncond = self.model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
+        return uncond + self.scale * (cond - uncond)
 
 
-@dataclass
 class Trajectory:
-    """What ``sample(..., return_trajectory=True)`` records: x_t and predicted x_0 at chosen steps."""
+    """A ``sample`` callback that records x_t and the predicted x_0 every ``every``-th step and at
+    the last one: ``.t`` (the timestep of each record), ``.x_t`` and ``.x0`` ([K, B, C, H, W], CPU)."""
 
-    t: list[int]  # timestep each row was recorded at (before the step from t)
-    x_t: torch.Tensor  # [K, B, C, H, W], on the CPU
-    x0: torch.Tensor  # [K, B, C, H, W], on the CPU
+    def __init__(self, every: int = 1) -> None:
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.every = every
+        self.t: list[int] = []
+        self._x_t: list[torch.Tensor] = []
+        self._x0: list[torch.Tensor] = []
+
+    def __call__(self, step: dict[str, Any]) -> None:
+        if step["i"] % self.every == 0 or step["i"] == step["steps"] - 1:
+            self.t.append(step["t"])
+            self._x_t.append(step["x_t"].cpu())
+            self._x0.append(step["x0"].cpu())
+
+    @property
+    def x_t(self) -> torch.Tensor:
+        return torch.stack(self._x_t)
+
+    @property
+    def x0(self) -> torch.Tensor:
+        return torch.stack(self._x0)
+
+
+Sampler = DDPM | DDIM
 
 
 @torch.no_grad()
 def sample(
     model: nn.Module,
     d: Diffusion,
-    shape: Sequence[int],
-    sampler: str = "ddpm",
-    steps: int | None = None,
-    eta: float = 0.0,
-    y: torch.Tensor | None = None,
-    guidance_scale: float = 1.0,
+    x_T: torch.Tensor | Sequence[int],
+    sampler: Sampler = DDPM(),
     generator: torch.Generator | None = None,
-    progress: bool = True,
-    return_trajectory: bool = False,
-    trajectory_every: int = 1,
     callback: Callable[[dict[str, Any]], None] | None = None,
-    clip_x0: bool = True,
-    variance: str = "fixed_small",
-    spacing: str = "leading",
-    x_T: torch.Tensor | None = None,
-    device: torch.device | str | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, Trajectory]:
-    """Draw images from x_T ~ N(0, I) with DDPM (all T steps) or DDIM (``steps`` of them).
+    progress: bool = True,
+) -> torch.Tensor:
+    """Draw images from x_T ~ N(0, I) with a sampler (``DDPM()``, ``DDIM(steps, eta, spacing)``).
 
     Args:
-        model: the network, called as model(x_t, t) or model(x_t, t, y).
+        model: the network, called as model(x_t, t); wrap a class-conditional one in ``Guided``.
         d: the diffusion process; its ``prediction`` says what the network outputs.
-        shape: [B, C, H, W] of the batch.
-        sampler: "ddpm" or "ddim". DDPM always runs the T steps of the chain; for fewer steps use
-            DDIM (eta = 1 on a shorter grid is the stochastic DDPM-like sampler).
-        steps, spacing: DDIM's number of steps and grid (see ``ddim_timesteps``); default T.
-        eta: DDIM's noise level (0 deterministic, 1 DDPM-like).
-        y, guidance_scale: class ids [B] and classifier-free guidance scale s.
+        x_T: the starting noise, or the shape [B, C, H, W] to draw it from ``generator``.
+        sampler: the algorithm and its settings.
         generator: CPU generator for x_T and every step's noise: the same seed gives the same noise
             on CPU, CUDA and MPS. None uses the device's global generator.
-        return_trajectory: also return a ``Trajectory`` of x_t and predicted x_0, every
-            ``trajectory_every``-th step and at the last step.
-        callback: called after every step with a dict (i, t, x_t, x0, x_prev).
-        clip_x0, variance: passed to the step functions.
-        x_T: start from this noise instead of drawing it (e.g. to interpolate between noises).
-        device: where to sample; default the model's device.
+        callback: called after every step with a dict (i, steps, t, x_t, x0, x_prev); x0 is the
+            prediction the step used. ``Trajectory`` is one.
+        progress: show a progress bar.
 
     Returns:
-        x_0 in [-1, 1] (clamped), and the ``Trajectory`` when asked for.
+        x_0 in [-1, 1] (clamped), on the model's device.
     """
-    if sampler not in ("ddpm", "ddim"):
-        raise ValueError(f"unknown sampler {sampler!r}; choose ddpm or ddim")
-    if sampler == "ddpm" and steps not in (None, d.T):
-        raise ValueError(
-            f"DDPM runs all T = {d.T} steps of the chain; for {steps} steps use sampler='ddim' (eta=1 is DDPM-like)"
-        )
-    if trajectory_every < 1:
-        raise ValueError(f"trajectory_every must be >= 1, got {trajectory_every}")
-    shape = tuple(shape)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    null_id = _check_labels(model, y, shape[0], guidance_scale)
-    y = y.to(device) if y is not None else None
-    grid = list(range(d.T - 1, -1, -1)) if sampler == "ddpm" else ddim_timesteps(d.T, steps or d.T, spacing)
-
-    if x_T is not None:
-        if tuple(x_T.shape) != shape:
-            raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {shape}")
+    device = next(model.parameters()).device
+    if isinstance(x_T, torch.Tensor):
         x = x_T.to(device=device, dtype=torch.float32)
     else:
-        x = randn(shape, generator, device)
+        x = randn(tuple(x_T), generator, device)
+    grid = sampler.timesteps(d.T)
     was_training = model.training
     model.eval()
-    rec_t, rec_x, rec_x0 = [], [], []
     try:
-        for i, t in enumerate(tqdm(grid, desc=f"{sampler} sampling", disable=not progress, leave=False, mininterval=1.0)):
-            tt = torch.full((shape[0],), t, device=device, dtype=torch.long)
-            out = guided_output(model, x, tt, y, guidance_scale, null_id).float()
-            last = i == len(grid) - 1
-            t_prev = grid[i + 1] if not last else -1
-            needs_noise = t > 0 and (sampler == "ddpm" or (eta > 0 and t_prev >= 0))
-            noise = randn(shape, generator, device) if needs_noise else None
-            if sampler == "ddpm":
-                x_prev = ddpm_step(d, out, x, t, noise, clip_x0, variance)
-            else:
-                x_prev = ddim_step(d, out, x, t, t_prev, eta, noise, clip_x0)
-            if return_trajectory or callback is not None:
-                x0 = d.predict_x0(x, t, out)
-                x0 = x0.clamp(-1, 1) if clip_x0 else x0
-                if return_trajectory and (i % trajectory_every == 0 or last):
-                    rec_t.append(t)
-                    rec_x.append(x.cpu())
-                    rec_x0.append(x0.cpu())
-                if callback is not None:
-                    callback({"i": i, "t": t, "x_t": x, "x0": x0, "x_prev": x_prev})
+        for i, (t, t_prev) in enumerate(tqdm(list(zip(grid, grid[1:] + [-1])), desc=str(sampler), disable=not progress, leave=False, mininterval=1.0)):
+            out = model(x, torch.full((len(x),), t, device=device, dtype=torch.long)).float()
+            noise = randn(x.shape, generator, device) if sampler.needs_noise(t, t_prev) else None
+            x_prev, x0 = sampler.step(d, out, x, t, t_prev, noise)
+            if callback is not None:
+                callback({"i": i, "steps": len(grid), "t": t, "x_t": x, "x0": x0, "x_prev": x_prev})
             x = x_prev
     finally:
         model.train(was_training)
-    x = x.clamp(-1, 1)
-    if return_trajectory:
-        return x, Trajectory(rec_t, torch.stack(rec_x), torch.stack(rec_x0))
-    return x
-
-
-def _check_labels(model: nn.Module, y: torch.Tensor | None, batch: int, guidance_scale: float) -> int | None:
-    """Validate class ids and guidance against the model; return its "no label" id (or None)."""
-    num_classes = getattr(model, "num_classes", None)
-    if y is None:
-        if guidance_scale != 1:
-            raise ValueError("guidance_scale needs class ids y to guide towards")
-        return num_classes
-    if num_classes is None:
-        raise ValueError("class ids were given, but the model is unconditional (num_classes=None)")
-    if y.shape != (batch,):
-        raise ValueError(f"y must hold one class id per image: shape [{batch}], got {tuple(y.shape)}")
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise ValueError(f"class ids must lie in 0..{num_classes - 1}, got {int(y.min())}..{int(y.max())}")
-    return num_classes
+    return x.clamp(-1, 1)
 
 
 def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: float) -> torch.Tensor:

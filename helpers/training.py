@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -31,7 +32,8 @@ from helpers.config import TrainConfig
 from helpers.device import amp_dtype, cpu_generator
 from helpers.diffusion import Diffusion
 from helpers.ema import EMA
-from helpers.samplers import sample
+from helpers.run_safety import SAVE_MINUTES, RunLock, deferred_interrupts
+from helpers.samplers import DDIM, Guided, sample
 from helpers.train_log import N_BUCKETS, TrainLog, Window
 
 __all__ = ["TrainConfig", "Trainer"]  # TrainConfig is defined in helpers.config, with the profiles
@@ -144,14 +146,16 @@ class Trainer:
         steps: int | None = None,
         callback: Callable[[Trainer, dict[str, Any]], None] | None = None,
         save_to: str | Path | None = None,
-        save_every: int = 0,
+        save_every: int | None = None,
         profile: str | None = None,
     ) -> Trainer:
         """Run ``steps`` more optimiser steps (default: up to ``config.steps``).
 
         ``callback(trainer, row)`` is called with every metrics row (for live plots). With
-        ``save_to``, a checkpoint is written there every ``save_every`` steps and at the end, so
-        an interrupted run loses little and ``load`` continues it.
+        ``save_to``, a checkpoint is written there every ``save_every`` steps (None: every
+        ``SAVE_MINUTES`` minutes) and at the end, and the run holds ``<save_to>.lock``
+        (``helpers.run_safety``). Ctrl-C or SIGTERM then stop after the step in flight: the
+        checkpoint is written and ``KeyboardInterrupt`` says how to continue (``load``).
         """
         cfg = self.config
         steps = steps if steps is not None else cfg.steps - self.step
@@ -175,7 +179,13 @@ class Trainer:
         # at most one refresh a second: in a notebook every refresh is a message to the front end,
         # and a flood of them can overrun the kernel's output channel (nbval then loses the cell's end)
         bar = tqdm(total=steps, desc="training", disable=not self.progress, leave=False, mininterval=1.0)
-        try:
+        last_save = time.monotonic()
+        with contextlib.ExitStack() as guards:
+            stop: list[int] = []
+            if save_to is not None:
+                guards.enter_context(RunLock(save_to))
+                stop = guards.enter_context(deferred_interrupts())
+            guards.callback(bar.close)
             while self.step < end:
                 x0, y = next(batches)
                 losses, t, grad_norm = self.train_step(x0, y)
@@ -192,10 +202,15 @@ class Trainer:
                 if cfg.eval_every and self.step % cfg.eval_every == 0:
                     self.evaluate(callback)
                 window.t0 += time.perf_counter() - paused  # keep sampling and evaluation out of img/s
-                if save_to is not None and (self.step == end or (save_every and self.step % save_every == 0)):
+                due = self.step % save_every == 0 if save_every else time.monotonic() - last_save >= 60 * SAVE_MINUTES
+                if save_to is not None and (self.step == end or due or stop):
                     self.save(save_to, profile)
-        finally:
-            bar.close()
+                    last_save = time.monotonic()
+                if stop:
+                    raise KeyboardInterrupt(
+                        f"{signal.Signals(stop[0]).name} after step {self.step}: saved {save_to}; "
+                        f"load it (python -m helpers.train ... --resume) to continue exactly from here"
+                    )
         return self
 
     def _emit(self, row: dict[str, Any], callback: Callable[[Trainer, dict[str, Any]], None] | None) -> None:
@@ -211,15 +226,15 @@ class Trainer:
         cfg = self.config
         n = cfg.grid_size
         shape = (n, self.model.in_channels, self.model.image_size, self.model.image_size)
-        y = torch.arange(n) % self.num_classes if self.num_classes is not None else None
-        steps = min(cfg.grid_ddim_steps, self.diffusion.T)
+        net = Guided(self.model, torch.arange(n) % self.num_classes) if self.num_classes is not None else self.model
+        sampler = DDIM(min(cfg.grid_ddim_steps, self.diffusion.T))
         # the same noise every time (a fresh generator), and the global RNG left untouched
         gen = cpu_generator(cfg.seed)
         if self.ema is not None:
             with self.ema.averaged(self.model):
-                x = sample(self.model, self.diffusion, shape, "ddim", steps, y=y, generator=gen, progress=False)
+                x = sample(net, self.diffusion, shape, sampler, gen, progress=False)
         else:
-            x = sample(self.model, self.diffusion, shape, "ddim", steps, y=y, generator=gen, progress=False)
+            x = sample(net, self.diffusion, shape, sampler, gen, progress=False)
         x = x.cpu()
         self.grids.append((self.step, x))
         if self.out_dir is not None:
@@ -261,7 +276,14 @@ class Trainer:
         }
 
     def save(self, path: str | Path, profile: str | None = None, extra: dict[str, Any] | None = None) -> Path:
-        """Save an exact-resume checkpoint, atomically."""
+        """Save an exact-resume checkpoint, atomically; never weights that are not finite (the file
+        at ``path`` then keeps the last good state)."""
+        broken = [name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        if broken:
+            raise FloatingPointError(
+                f"the weights became non-finite by step {self.step} ({len(broken)} tensors, e.g. {broken[0]}), so {path} "
+                f"was not overwritten; lower the learning rate (now {self.scheduler.get_last_lr()[0]:.2e}) or keep gradient clipping on"
+            )
         return save_checkpoint(path, self.state_dict(profile, extra))
 
     def load(self, path: str | Path) -> dict[str, Any]:
@@ -280,6 +302,13 @@ class Trainer:
             raise CheckpointError(f"{path} was trained with {detail}; resume with the checkpoint's settings to continue the same run")
         if ckpt["diffusion"] != self.diffusion.config():
             raise CheckpointError(f"{path} was trained with the process {ckpt['diffusion']}, not {self.diffusion.config()}")
+        try:
+            return self._restore(ckpt, path)
+        except (KeyError, ValueError, RuntimeError) as err:  # missing keys, wrong shapes: a damaged or foreign file
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(f"{path} is damaged or was written by another version of the course: {first}") from err
+
+    def _restore(self, ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]:
         if ckpt.get("optimizer") is None:  # a shipped model (helpers.pretrained): weights, no optimiser or RNG states
             self.model.load_state_dict(ckpt["model"])
             if self.ema is not None:

@@ -90,24 +90,26 @@ by_hand = x.clamp(-1, 1)
 # The tested sampler draws the same noises in the same order, so it must give the same images:
 
 # %% tags=["nbval-ignore-output"]
-from helpers.samplers import sample
+from helpers.samplers import DDPM, sample
 
-samples = sample(model, d, few, "ddpm", generator=cpu_generator(0))
+samples = sample(model, d, few, DDPM(), cpu_generator(0))
 assert torch.allclose(samples, by_hand, atol=1e-5)
 
 # %% [markdown]
 # ## A trajectory
 #
-# With `return_trajectory=True` the sampler records $x_t$ and its current guess $\hat x_0$ along
-# the way. Scrub from $t = T-1$ (left of the slider) to $t = 0$ and watch when the guess stops
+# The sampler calls a callback after every step with $x_t$ and its current guess $\hat x_0$; a
+# `Trajectory` is a callback that keeps every `every`-th of them. Scrub from $t = T-1$ (left of the slider) to $t = 0$ and watch when the guess stops
 # changing; the numbers under the figure measure it.
 
 # %% tags=["nbval-ignore-output"]
 from ipywidgets import IntSlider
 
+from helpers.samplers import Trajectory
 from helpers.viz import TrajectoryView, slider_widget
 
-_, trajectory = sample(model, d, few, "ddpm", generator=cpu_generator(0), return_trajectory=True, trajectory_every=max(1, d.T // 50))
+trajectory = Trajectory(every=max(1, d.T // 50))
+sample(model, d, few, DDPM(), cpu_generator(0), callback=trajectory)
 view = TrajectoryView(trajectory, title=f"[{profile.name}] ")
 slider_widget(view.render, IntSlider(value=0, min=0, max=len(view) - 1, description="frame"))
 
@@ -142,7 +144,7 @@ variants = {}
 for variance in ("fixed_small", "fixed_large"):
     for clip in (True, False):
         name = f"{variance}, {'clip' if clip else 'no clip'}"
-        variants[name] = sample(model, d, few, "ddpm", generator=cpu_generator(0), variance=variance, clip_x0=clip, progress=False).cpu()
+        variants[name] = sample(model, d, few, DDPM(variance, clip), cpu_generator(0), progress=False).cpu()
         v = variants[name]
         print(f"{name:<24} pixel mean {v.mean():+.3f}, std {v.std():.3f}")
 
@@ -167,7 +169,7 @@ from helpers.viz import save_grid
 reset_peak_memory(device)
 sync(device)
 start = time.perf_counter()
-grid = sample(model, d, shape, "ddpm", generator=cpu_generator(1), progress=False)
+grid = sample(model, d, shape, DDPM(), cpu_generator(1), progress=False)
 sync(device)
 seconds = time.perf_counter() - start
 memory, what = peak_memory_mb(device)

@@ -33,7 +33,7 @@ from helpers.bench import sync
 from helpers.checkpoints import load_model, require
 from helpers.config import setup
 from helpers.device import cpu_generator
-from helpers.samplers import ddim_step, ddim_timesteps, sample
+from helpers.samplers import DDIM, ddim_step, ddim_timesteps, sample
 from helpers.viz import show_grid
 
 device, profile = setup(seed=0)
@@ -73,7 +73,7 @@ x_t = torch.randn(4, profile.channels, profile.image_size, profile.image_size, d
 t, t_prev = d.T - 1, d.T // 2
 with torch.no_grad():
     eps_hat = model(x_t, torch.full((4,), t, device=device))
-assert torch.allclose(ddim_by_hand(eps_hat, x_t, t, t_prev), ddim_step(d, eps_hat, x_t, t, t_prev, eta=0.0), atol=1e-5)
+assert torch.allclose(ddim_by_hand(eps_hat, x_t, t, t_prev), ddim_step(d, eps_hat, x_t, t, t_prev, eta=0.0)[0], atol=1e-5)
 
 # %% [markdown]
 # At $\eta = 1$ on the full grid, the noise that `ddim_step` adds has exactly the DDPM posterior
@@ -84,22 +84,23 @@ assert torch.allclose(ddim_by_hand(eps_hat, x_t, t, t_prev), ddim_step(d, eps_ha
 # NBVAL_CHECK_OUTPUT
 z = torch.ones(1, 1, 1, 1, dtype=torch.float64)
 x, out = torch.zeros_like(z), torch.zeros_like(z)
-sigma2 = torch.tensor([(ddim_step(d, out, x, s, s - 1, 1.0, z) - ddim_step(d, out, x, s, s - 1, 1.0, 0 * z)).item() ** 2 for s in range(1, d.T)], dtype=torch.float64)
+sigma2 = torch.tensor([(ddim_step(d, out, x, s, s - 1, 1.0, z)[0] - ddim_step(d, out, x, s, s - 1, 1.0, 0 * z)[0]).item() ** 2 for s in range(1, d.T)], dtype=torch.float64)
 print("eta = 1 variance equals beta tilde at every step:", torch.allclose(sigma2, d.posterior_variance[1:], rtol=1e-8, atol=1e-15))
 
 # %% [markdown]
 # ## Which timesteps to visit
 #
 # A sampler with $S < T$ steps needs a grid. diffusers offers three, and they differ most at few
-# steps: **leading** $k\lfloor T/S\rfloor$ (starts at $(S-1)\lfloor T/S\rfloor$: $T - T/S$ when $S$ divides
-# $T$, lower otherwise, and `ddim_timesteps` warns when it is far below $T-1$), **trailing**
-# $\mathrm{round}(T - kT/S) - 1$ (starts at $T-1$), **linspace** $\mathrm{round}(\mathrm{linspace}(0, T-1, S))$
-# (both ends). The loop always steps to the next entry of the grid, and from the last to
-# $\bar\alpha = 1$. For $T = 1000$ and $S = 10$:
+# steps: **trailing** $\mathrm{round}(T - kT/S) - 1$ (starts at $T-1$, where $x_T$ is the pure noise
+# the sampler starts from), **leading** $k\lfloor T/S\rfloor$ (starts at $(S-1)\lfloor T/S\rfloor$:
+# $T - T/S$ when $S$ divides $T$, lower otherwise, and `ddim_timesteps` warns when it is far below
+# $T-1$), **linspace** $\mathrm{round}(\mathrm{linspace}(0, T-1, S))$ (both ends). Trailing is the
+# default of `DDIM` here, for the reason Lin et al. (2024) give (section below). The loop always
+# steps to the next entry of the grid, and from the last to $\bar\alpha = 1$. For $T = 1000$ and $S = 10$:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-for spacing in ("leading", "trailing", "linspace"):
+for spacing in ("trailing", "leading", "linspace"):
     print(f"{spacing:<9}", ddim_timesteps(1000, 10, spacing))
 
 # %% [markdown]
@@ -129,7 +130,7 @@ for steps in [s for s in (10, 20, 50, 100) if s <= d.T]:
     seconds = time.perf_counter() - start
     q = evaluator.score(images)
     rows.append({"steps": steps, "seconds": seconds, "ms_per_image": 1000 * seconds / len(images), "fid": q.fid, "kid": q.kid})
-print(f"DDIM (eta = 0), {q.n_fake} images each, {q.features} features, {q.n_real} real images, KID subsets of {q.kid_subset_size}")
+print(f"DDIM (eta = 0, {evaluator.spacing} grid), {q.n_fake} images each, {q.features} features, {q.n_real} real images, KID subsets of {q.kid_subset_size}")
 print(f"real-data floor at these counts: {q.floor}")
 print(f"{'steps':>6} {'ms/image':>9} {'FID':>8} {'KID':>8}")
 for r in rows:
@@ -196,9 +197,9 @@ ax.set(xlabel="sampler", ylabel=f"FID ({q.features})", title=f"DDIM: FID against
 # %%
 step_counts = [s for s in (5, 10, 20, 50, 100) if s <= d.T]
 x_T = torch.randn(8, profile.channels, profile.image_size, profile.image_size, generator=cpu_generator(3))
-decoded = {s: sample(model, d, x_T.shape, "ddim", s, x_T=x_T, progress=False).cpu() for s in step_counts}
+decoded = {s: sample(model, d, x_T, DDIM(s), progress=False).cpu() for s in step_counts}
 reference = decoded[step_counts[-1]]
-other = sample(model, d, x_T.shape, "ddim", step_counts[-1], generator=cpu_generator(4), progress=False).cpu()
+other = sample(model, d, x_T.shape, DDIM(step_counts[-1]), cpu_generator(4), progress=False).cpu()
 fig, axes = plt.subplots(len(step_counts), 1, figsize=(8, 1.3 * len(step_counts)))
 for ax, s in zip(axes, step_counts):
     show_grid(decoded[s], f"{s} steps: mean |difference| to {step_counts[-1]} steps = {(decoded[s] - reference).abs().mean():.3f}", nrow=8, ax=ax)
@@ -212,12 +213,13 @@ print(f"for scale: two different noises at {step_counts[-1]} steps differ by {(o
 # With 10 steps the grids differ in where they start. Leading starts at $t = T - T/S$, so its
 # first step treats pure noise as if it were the less noisy $x_{T - T/S}$; trailing starts at
 # $T-1$. Lin et al. (2024, "Common diffusion noise schedules and sample steps are flawed")
-# recommend trailing for this reason. What this model shows:
+# recommend trailing for this reason, and it is the default everywhere else in this course. What
+# this model shows:
 
 # %%
 evaluator.steps = min(10, d.T)
 spacing_rows = {}
-for spacing in ("leading", "trailing", "linspace"):
+for spacing in ("trailing", "leading", "linspace"):
     evaluator.spacing = spacing
     imgs, _ = evaluator.images(model)
     spacing_rows[spacing] = (evaluator.score(imgs), imgs[:8])
@@ -247,7 +249,7 @@ path = torch.cat([slerp(z0, z1, a) for a in alphas])
 mid_line = 0.5 * (z0 + z1)
 print(f"norm of the noises {z0.norm():.1f} and {z1.norm():.1f}; slerp midpoint {slerp(z0, z1, 0.5).norm():.1f}; "
       f"straight-line midpoint {mid_line.norm():.1f}")
-walk = sample(model, d, path.shape, "ddim", min(50, d.T), x_T=path, progress=False).cpu()
+walk = sample(model, d, path, DDIM(min(50, d.T)), progress=False).cpu()
 show_grid(walk, f"DDIM decoding of a slerp path between two noises [{profile.name} profile]", nrow=8);
 
 # %% [markdown]

@@ -208,7 +208,7 @@ for kind in ("raw", "ema"):
 
 # %% tags=["nbval-ignore-output"]
 from helpers.device import cpu_generator
-from helpers.samplers import sample
+from helpers.samplers import DDIM, sample
 from helpers.viz import show_grid
 
 short = 50  # the same short run under every profile
@@ -219,11 +219,11 @@ no_warmup = EMA(fresh.model, decay=0.999, warmup=False)
 fresh.train(callback=lambda trainer, row: no_warmup.update(trainer.model))
 
 shape = (profile.train.grid_size, profile.channels, profile.image_size, profile.image_size)
-grids = {"raw weights": sample(fresh.model, d, shape, "ddim", profile.sample.ddim_steps, generator=cpu_generator(0), progress=False)}
+grids = {"raw weights": sample(fresh.model, d, shape, DDIM(profile.sample.ddim_steps), cpu_generator(0), progress=False)}
 with fresh.ema.averaged(fresh.model):
-    grids["EMA 0.999 with warm-up"] = sample(fresh.model, d, shape, "ddim", profile.sample.ddim_steps, generator=cpu_generator(0), progress=False)
+    grids["EMA 0.999 with warm-up"] = sample(fresh.model, d, shape, DDIM(profile.sample.ddim_steps), cpu_generator(0), progress=False)
 with no_warmup.averaged(fresh.model):
-    grids["EMA 0.999, no warm-up"] = sample(fresh.model, d, shape, "ddim", profile.sample.ddim_steps, generator=cpu_generator(0), progress=False)
+    grids["EMA 0.999, no warm-up"] = sample(fresh.model, d, shape, DDIM(profile.sample.ddim_steps), cpu_generator(0), progress=False)
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(9, 3.4))

@@ -106,13 +106,25 @@ print(f"step {ckpt['step']}: saved {ckpt_path}; num_classes = {model.num_classes
 # %% [markdown]
 # ## One row per class
 #
-# `sample(..., y=labels, guidance_scale=s)` runs the conditional and unconditional passes as one
-# batch of twice the size. Each row asks for one class, from the same noises across rows:
+# `Guided(model, labels, s)` wraps the conditional model as a model $(x_t, t) \mapsto \tilde\varepsilon$,
+# so any sampler can call it; it runs the conditional and unconditional passes as one batch of
+# twice the size. The formula by hand, against it:
 
 # %%
 from helpers.device import cpu_generator
-from helpers.samplers import sample
+from helpers.samplers import DDIM, Guided, sample
 from helpers.viz import grid_image
+
+x, t = torch.randn(4, profile.channels, profile.image_size, profile.image_size, device=device), torch.full((4,), d.T // 2, device=device)
+y = torch.arange(4, device=device)
+with torch.no_grad():
+    eps_cond, eps_uncond = model(x, t, y), model(x, t, torch.full_like(y, model.num_classes))
+    assert torch.allclose(Guided(model, y, 3.0)(x, t), eps_uncond + 3.0 * (eps_cond - eps_uncond), atol=1e-4)
+
+# %% [markdown]
+# Each row asks for one class, from the same noises across rows:
+
+# %%
 
 per_row = 8
 steps = profile.sample.ddim_steps
@@ -122,7 +134,7 @@ labels = torch.arange(len(classes)).repeat_interleave(per_row)
 
 
 def class_grid(scale: float) -> torch.Tensor:
-    return sample(model, d, x_T.shape, "ddim", steps, y=labels, guidance_scale=scale, x_T=x_T, progress=False).cpu()
+    return sample(Guided(model, labels, scale), d, x_T, DDIM(steps), progress=False).cpu()
 
 
 fig, ax = plt.subplots(figsize=(5, 6.2))

@@ -5,6 +5,7 @@ import torch
 
 import helpers.bench as bench_mod
 import helpers.samplers as S
+from helpers.samplers import DDIM
 from helpers.bench import bench_sample, bench_train, peak_memory_mb, sampler_overhead
 from helpers.config import PROFILES
 from helpers.diffusion import Diffusion
@@ -33,7 +34,7 @@ def test_sampler_overhead_is_the_share_of_time_spent_outside_the_network(monkeyp
         return real(*args, **kwargs)
 
     monkeypatch.setattr(S, "ddim_step", step)
-    r = sampler_overhead(Net(), Diffusion.from_schedule("linear", 20), (2, 1, 16, 16), "ddim", 10, torch.device("cpu"))
+    r = sampler_overhead(Net(), Diffusion.from_schedule("linear", 20), (2, 1, 16, 16), DDIM(10), torch.device("cpu"))
     assert (r["total_s"], r["forward_s"]) == (12.5, 10.0) and r["overhead"] == pytest.approx(0.2)
 
 

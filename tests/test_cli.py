@@ -42,7 +42,7 @@ def test_train_resume_and_sample_from_the_command_line(tmp_path, data_env, capsy
     assert sample_cli.main(["--checkpoint", str(ckpt), "--eta", "1", "--out", str(out)]) == 2, "--eta needs --sampler ddim"
     assert "--eta has no effect with --sampler ddpm" in capsys.readouterr().err
     assert sample_cli.main(["--checkpoint", str(ckpt), "--guidance-scale", "3", "--out", str(out)]) == 2
-    assert "guidance_scale needs class ids" in capsys.readouterr().err
+    assert "--guidance-scale needs --class-id" in capsys.readouterr().err
     assert sample_cli.main(["--checkpoint", str(tmp_path / "missing.pt"), "--out", str(out)]) == 2
 
 

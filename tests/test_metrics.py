@@ -6,6 +6,7 @@ import torch
 
 import helpers.classifier as classifier_mod
 import helpers.metrics as M
+from helpers.checkpoints import CheckpointError
 from helpers.classifier import Classifier, classifier_scores, load_or_train_classifier, train_classifier
 from helpers.config import PROFILES
 from helpers.diffusion import Diffusion
@@ -126,11 +127,12 @@ def test_evaluator_scores_a_model_and_names_its_features_and_counts():
     row = ev(random_unet())
     assert row["features"] == feats.name and (row["n_fake"], row["n_real"], row["kid_subset_size"]) == (40, 64, 20)
     assert ev(random_unet())["fid"] == row["fid"], "same model, same seed: same number"
-    ev.spacing = "trailing"  # 19, 14, 9, 4 instead of 15, 10, 5, 0
-    trailing = ev(random_unet())["fid"]
-    assert trailing != row["fid"]
+    assert ev.sampler.spacing == "trailing", "the default grid starts at T - 1"
+    ev.spacing = "leading"  # 15, 10, 5, 0 instead of 19, 14, 9, 4
+    leading = ev(random_unet())["fid"]
+    assert leading != row["fid"]
     ev.eta = 1.0  # fresh noise at every step: other images from the same x_T
-    assert ev(random_unet())["fid"] != trailing
+    assert ev(random_unet())["fid"] != leading
 
 
 def test_pixel_diversity_and_classifier_scores():
@@ -233,3 +235,13 @@ def test_evaluator_rows_carry_the_floor_and_the_inception_score():
     row = ev(random_unet())
     assert (row["fid_floor"], row["fid_floor_std"], row["is_floor"]) == (1.5, 0.1, 3.0)
     assert 1.0 <= row["is"] <= 10.0, "an Inception Score lies between 1 and the number of classes"
+
+
+def test_a_damaged_feature_cache_is_named_with_what_to_do(data_env, _isolated_artifacts):
+    feats = ClassifierFeatures(Classifier(1, 16, width=4, feature_dim=8), "fashion_mnist")
+    first = M.real_features(feats, PROFILES["smoke"], n=8, verbose=False)
+    (cache,) = (_isolated_artifacts / "smoke" / "fid").glob("real_*.pt")
+    assert torch.equal(M.real_features(feats, PROFILES["smoke"], n=8), first), "read back from the cache"
+    cache.write_bytes(cache.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=f"{cache} is corrupt, truncated .*; delete this cache file and it is rebuilt"):
+        M.real_features(feats, PROFILES["smoke"], n=8)

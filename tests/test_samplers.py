@@ -4,7 +4,7 @@ import torch
 import helpers.samplers as S
 from helpers.device import cpu_generator
 from helpers.diffusion import Diffusion
-from helpers.samplers import ddim_step, ddim_timesteps, ddpm_step, guided_output, sample
+from helpers.samplers import DDIM, DDPM, Guided, Trajectory, ddim_step, ddim_timesteps, ddpm_step, sample
 
 from conftest import random_unet
 
@@ -50,7 +50,7 @@ def test_grid_errors():
         ddim_timesteps(T, 1001)
     with pytest.raises(ValueError, match="steps must be"):
         ddim_timesteps(T, 0)
-    with pytest.raises(ValueError, match="unknown spacing 'even'; choose leading, trailing, linspace"):
+    with pytest.raises(ValueError, match="unknown spacing 'even'; choose trailing, leading, linspace"):
         ddim_timesteps(T, 10, "even")
 
 
@@ -64,16 +64,18 @@ def test_ddim_with_eta_one_on_the_full_grid_is_the_ddpm_step(d, clip):
     torch.manual_seed(0)
     x_t, out, noise = (torch.randn(3, 1, 4, 4, dtype=torch.float64) for _ in range(3))
     for t in (999, 500, 37, 1):
-        a = ddpm_step(d, out, x_t, t, noise, clip_x0=clip)
-        b = ddim_step(d, out, x_t, t, t - 1, eta=1.0, noise=noise, clip_x0=clip)
+        a, a0 = ddpm_step(d, out, x_t, t, noise, clip_x0=clip)
+        b, b0 = ddim_step(d, out, x_t, t, t - 1, eta=1.0, noise=noise, clip_x0=clip)
         assert torch.allclose(a, b, atol=1e-10), t
+        x0 = d.predict_x0(x_t, t, out)
+        assert torch.allclose(a0, x0.clamp(-1, 1) if clip else x0) and torch.equal(a0, b0), "x0_hat is the prediction the step used"
 
 
 def test_ddim_eta_one_variance_equals_the_ddpm_posterior_variance_on_the_full_grid():
     d = Diffusion.from_schedule("cosine", T)
     x_t, out = torch.randn(1, 1, 2, 2, dtype=torch.float64), torch.randn(1, 1, 2, 2, dtype=torch.float64)
     z = torch.ones_like(x_t)
-    sigmas = torch.stack([(ddim_step(d, out, x_t, t, t - 1, 1.0, z) - ddim_step(d, out, x_t, t, t - 1, 1.0, 0 * z))[0, 0, 0, 0] for t in range(1, T)])
+    sigmas = torch.stack([(ddim_step(d, out, x_t, t, t - 1, 1.0, z)[0] - ddim_step(d, out, x_t, t, t - 1, 1.0, 0 * z)[0])[0, 0, 0, 0] for t in range(1, T)])
     assert torch.allclose(sigmas**2, d.posterior_variance[1:], rtol=1e-8, atol=1e-15)
 
 
@@ -84,9 +86,9 @@ def test_ddpm_step_without_clipping_is_algorithm_2():
     for t in (999, 10, 1):
         a, b, ab = d.alphas[t], d.betas[t], d.alpha_bars[t]
         expected = (x_t - b / (1 - ab).sqrt() * eps) / a.sqrt() + d.posterior_variance[t].sqrt() * z
-        assert torch.allclose(ddpm_step(d, eps, x_t, t, z, clip_x0=False), expected, atol=1e-10)
+        assert torch.allclose(ddpm_step(d, eps, x_t, t, z, clip_x0=False)[0], expected, atol=1e-10)
         large = (x_t - b / (1 - ab).sqrt() * eps) / a.sqrt() + b.sqrt() * z
-        assert torch.allclose(ddpm_step(d, eps, x_t, t, z, clip_x0=False, variance="fixed_large"), large, atol=1e-10)
+        assert torch.allclose(ddpm_step(d, eps, x_t, t, z, clip_x0=False, variance="fixed_large")[0], large, atol=1e-10)
 
 
 def test_ddim_step_with_eta_zero_is_eq_12(d):
@@ -97,9 +99,9 @@ def test_ddim_step_with_eta_zero_is_eq_12(d):
     x_t = d.q_sample(x0, tt, eps)
     out = d.target(x0, tt, eps)
     expected = d.alpha_bars[t_prev].sqrt() * x0 + (1 - d.alpha_bars[t_prev]).sqrt() * eps
-    assert torch.allclose(ddim_step(d, out, x_t, t, t_prev, clip_x0=False), expected, atol=1e-8)
+    assert torch.allclose(ddim_step(d, out, x_t, t, t_prev, clip_x0=False)[0], expected, atol=1e-8)
     # t_prev = -1: alpha_bar = 1, the step lands on x_0 itself
-    assert torch.allclose(ddim_step(d, out, x_t, t, -1, clip_x0=False), x0, atol=1e-8)
+    assert torch.allclose(ddim_step(d, out, x_t, t, -1, clip_x0=False)[0], x0, atol=1e-8)
 
 
 def test_one_ddpm_step_from_the_true_x0_has_the_posterior_moments():
@@ -111,7 +113,7 @@ def test_one_ddpm_step_from_the_true_x0_has_the_posterior_moments():
     eps = torch.full((n, 1), -1.2, dtype=torch.float64)
     tt = torch.full((n,), t)
     x_t = d.q_sample(x0, tt, eps)
-    x_prev = ddpm_step(d, eps, x_t, t, torch.randn_like(x0), clip_x0=False)
+    x_prev, _ = ddpm_step(d, eps, x_t, t, torch.randn_like(x0), clip_x0=False)
     mean, var = d.q_posterior(x0[:1], x_t[:1], tt[:1])
     assert abs(x_prev.mean() - mean.item()).item() < 5 * (var.item() / n) ** 0.5
     assert abs(x_prev.var() - var.item()).item() < 5 * var.item() * (2 / n) ** 0.5
@@ -126,9 +128,9 @@ def test_the_ddim_update_does_not_depend_on_the_parameterisation(prediction):
     tt = torch.full((2,), t)
     ref = Diffusion.from_schedule("cosine", T, prediction="eps")
     x_t = ref.q_sample(x0, tt, eps)
-    expected = ddim_step(ref, eps, x_t, t, t_prev)
+    expected, _ = ddim_step(ref, eps, x_t, t, t_prev)
     d = Diffusion.from_schedule("cosine", T, prediction=prediction)
-    assert torch.allclose(ddim_step(d, d.target(x0, tt, eps), x_t, t, t_prev), expected, atol=1e-7)
+    assert torch.allclose(ddim_step(d, d.target(x0, tt, eps), x_t, t, t_prev)[0], expected, atol=1e-7)
 
 
 class _Recorder:
@@ -150,7 +152,7 @@ def test_the_loop_steps_to_the_next_grid_entry_for_every_spacing(monkeypatch, sp
     d = Diffusion.from_schedule("linear", 100)
     model = random_unet()
     rec = _Recorder(monkeypatch)
-    sample(model, d, (1, 1, 16, 16), "ddim", steps, spacing=spacing, generator=cpu_generator(0), progress=False)
+    sample(model, d, (1, 1, 16, 16), DDIM(steps, spacing=spacing), cpu_generator(0), progress=False)
     grid = ddim_timesteps(100, steps, spacing)
     assert rec.pairs == list(zip(grid, grid[1:] + [-1]))
 
@@ -163,41 +165,52 @@ def test_sampling_is_reproducible_from_a_seed_and_eta_zero_is_deterministic():
     c = sample(model, d, (2, 1, 16, 16), generator=cpu_generator(8), progress=False)
     assert torch.equal(a, b) and not torch.allclose(a, c)
     x_T = torch.randn(2, 1, 16, 16)
-    e1 = sample(model, d, x_T.shape, "ddim", 10, eta=0.0, x_T=x_T, generator=cpu_generator(1), progress=False)
-    e2 = sample(model, d, x_T.shape, "ddim", 10, eta=0.0, x_T=x_T, generator=cpu_generator(2), progress=False)
+    e1 = sample(model, d, x_T, DDIM(10, eta=0.0), cpu_generator(1), progress=False)
+    e2 = sample(model, d, x_T, DDIM(10, eta=0.0), cpu_generator(2), progress=False)
     assert torch.equal(e1, e2)
 
 
 def test_trajectory_records_x_t_and_predicted_x0_and_restores_train_mode():
     d = Diffusion.from_schedule("linear", 50)
     model = random_unet().train()
-    x, traj = sample(model, d, (2, 1, 16, 16), generator=cpu_generator(0), progress=False, return_trajectory=True, trajectory_every=10)
+    traj = Trajectory(every=10)
+    x_T = torch.randn(2, 1, 16, 16, generator=cpu_generator(0))
+    x = sample(model, d, x_T, DDPM(), cpu_generator(0), callback=traj, progress=False)
     assert traj.t == [49, 39, 29, 19, 9, 0]
     assert traj.x_t.shape == traj.x0.shape == (6, 2, 1, 16, 16)
+    assert torch.equal(traj.x_t[0], x_T), "the first record is the starting noise"
+    assert torch.equal(traj.x0[-1].clamp(-1, 1), x), "at t = 0 the sample is the last prediction of x0"
     assert model.training
     seen = []
-    sample(model, d, (1, 1, 16, 16), "ddim", 5, callback=lambda s: seen.append(s["t"]), progress=False)
+    sample(model, d, (1, 1, 16, 16), DDIM(5), callback=lambda s: seen.append(s["t"]), progress=False)
     assert seen == ddim_timesteps(50, 5)
 
 
 def test_sampler_errors_are_clear():
     d = Diffusion.from_schedule("linear", 50)
     model = random_unet()
-    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
-        sample(model, d, (1, 1, 16, 16), "euler", progress=False)
-    with pytest.raises(ValueError, match="DDPM runs all T = 50 steps"):
-        sample(model, d, (1, 1, 16, 16), "ddpm", 10, progress=False)
     with pytest.raises(ValueError, match="steps must be an integer in 1..50"):
-        sample(model, d, (1, 1, 16, 16), "ddim", 51, progress=False)
+        sample(model, d, (1, 1, 16, 16), DDIM(51), progress=False)
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="DDIM steps must be a positive integer"):
+            DDIM(bad)
+    for eta in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="eta must be a finite number >= 0"):
+            DDIM(10, eta)
+    with pytest.raises(ValueError, match="unknown spacing 'even'"):
+        DDIM(10, spacing="even")
+    with pytest.raises(ValueError, match="unknown variance 'learned'"):
+        DDPM("learned")
     with pytest.raises(ValueError, match="model is unconditional"):
-        sample(model, d, (1, 1, 16, 16), y=torch.tensor([0]), progress=False)
+        Guided(model, torch.tensor([0]))
     cond = random_unet(num_classes=4)
     with pytest.raises(ValueError, match=r"class ids must lie in 0..3, got 0..4"):
-        sample(cond, d, (2, 1, 16, 16), y=torch.tensor([0, 4]), progress=False)
-    with pytest.raises(ValueError, match=r"one class id per image: shape \[2\], got \(3,\)"):
-        sample(cond, d, (2, 1, 16, 16), y=torch.tensor([0, 1, 2]), progress=False)
-    with pytest.raises(ValueError, match="guidance_scale needs class ids"):
-        sample(cond, d, (2, 1, 16, 16), guidance_scale=3.0, progress=False)
+        Guided(cond, torch.tensor([0, 4]))
+    with pytest.raises(ValueError, match=r"y holds 3 class ids for a batch of 2 images"):
+        sample(Guided(cond, torch.tensor([0, 1, 2])), d, (2, 1, 16, 16), progress=False)
+    for scale in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="guidance scale must be a finite number"):
+            Guided(cond, torch.tensor([0, 1]), scale)
 
 
 # ---- classifier-free guidance ---------------------------------------------------------------------
@@ -207,24 +220,25 @@ def test_guidance_scale_one_is_the_conditional_model_and_zero_the_null_label_mod
     model = random_unet(num_classes=4)
     x, t, y = torch.randn(3, 1, 16, 16), torch.tensor([10, 500, 900]), torch.tensor([0, 2, 3])
     null = torch.full_like(y, 4)
-    assert torch.allclose(guided_output(model, x, t, y, 1.0, 4), model(x, t, y), atol=1e-6)
-    assert torch.allclose(guided_output(model, x, t, y, 0.0, 4), model(x, t, null), atol=1e-6)
+    assert torch.allclose(Guided(model, y, 1.0)(x, t), model(x, t, y), atol=1e-6)
+    assert torch.allclose(Guided(model, y, 0.0)(x, t), model(x, t, null), atol=1e-6)
 
 
 def test_guided_output_is_linear_in_the_scale():
+    # Ho & Salimans (2022), eq. 6: eps_uncond + s (eps_cond - eps_uncond), from one doubled batch
     model = random_unet(num_classes=4)
     x, t, y = torch.randn(3, 1, 16, 16), torch.tensor([10, 500, 900]), torch.tensor([0, 2, 3])
     cond, uncond = model(x, t, y), model(x, t, torch.full_like(y, 4))
     for s in (0.5, 2.0, 7.5):
-        assert torch.allclose(guided_output(model, x, t, y, s, 4), uncond + s * (cond - uncond), atol=1e-5)
+        assert torch.allclose(Guided(model, y, s)(x, t), uncond + s * (cond - uncond), atol=1e-5)
 
 
 def test_guided_sampling_at_scale_zero_equals_unconditional_sampling():
     d = Diffusion.from_schedule("linear", 20, prediction="v")
     model = random_unet(num_classes=4)
     y = torch.tensor([1, 2])
-    a = sample(model, d, (2, 1, 16, 16), "ddim", 5, y=y, guidance_scale=0.0, generator=cpu_generator(0), progress=False)
-    b = sample(model, d, (2, 1, 16, 16), "ddim", 5, generator=cpu_generator(0), progress=False)
+    a = sample(Guided(model, y, 0.0), d, (2, 1, 16, 16), DDIM(5), cpu_generator(0), progress=False)
+    b = sample(model, d, (2, 1, 16, 16), DDIM(5), cpu_generator(0), progress=False)
     assert torch.allclose(a, b, atol=1e-5)
 
 
@@ -239,10 +253,10 @@ def test_slerp_keeps_the_ends_and_the_norm_of_orthogonal_noise():
     assert (z0 + z1).div(2).norm().item() == pytest.approx(3.0 / 2**0.5, rel=1e-6)  # the straight line shrinks
 
 
-@pytest.mark.parametrize("sampler,steps", [("ddpm", None), ("ddim", 5)])
-def test_the_sampling_loop_never_waits_for_the_device(sampler, steps):
+@pytest.mark.parametrize("sampler", [DDPM(), DDIM(5, eta=1.0)])
+def test_the_sampling_loop_never_waits_for_the_device(sampler):
     # On "meta" any read of values back to the host raises: the loop runs without syncs.
     d = Diffusion.from_schedule("linear", 20, prediction="v")
     model = random_unet(num_classes=4).to("meta")
-    x = sample(model, d, (2, 1, 16, 16), sampler, steps, eta=1.0, y=torch.tensor([0, 3]), guidance_scale=2.0, generator=cpu_generator(0), progress=False)
+    x = sample(Guided(model, torch.tensor([0, 3]), 2.0), d, (2, 1, 16, 16), sampler, cpu_generator(0), progress=False)
     assert x.device.type == "meta"

@@ -17,7 +17,7 @@ from torch import nn
 
 from helpers.device import cpu_generator
 from helpers.diffusion import Diffusion
-from helpers.samplers import SPACINGS, ddim_step, ddpm_step, sample
+from helpers.samplers import DDIM, DDPM, SPACINGS, ddim_step, ddpm_step, sample
 
 from conftest import network_output
 
@@ -43,10 +43,10 @@ class GaussianDenoiser(nn.Module):
         return network_output(self.d, x, t, x0).float()
 
 
-def draw_moments(prediction: str, sampler: str, steps: int | None = None, **kw) -> tuple[torch.Tensor, torch.Tensor]:
+def draw_moments(prediction: str, sampler: DDPM | DDIM) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pixel (mean, std) of N samples, always from the same noise."""
     d = Diffusion.from_schedule("linear", T, prediction=prediction)
-    x = sample(GaussianDenoiser(d), d, (N, 1, 2, 2), sampler, steps, generator=cpu_generator(0), progress=False, **kw)
+    x = sample(GaussianDenoiser(d), d, (N, 1, 2, 2), sampler, cpu_generator(0), progress=False)
     return x.double().mean(0, keepdim=True), x.double().std(0, keepdim=True)
 
 
@@ -55,8 +55,8 @@ def test_ddpm_recovers_gaussian_data_between_its_two_variances(prediction):
     """Ho et al. (2020, section 3.2): beta_tilde_t and beta_t bound the reverse variance from below
     and above. From the same noise, fixed-small gives a slightly narrower, fixed-large a slightly
     wider distribution; both have the data's mean."""
-    mean_small, std_small = draw_moments(prediction, "ddpm", variance="fixed_small")
-    mean_large, std_large = draw_moments(prediction, "ddpm", variance="fixed_large")
+    mean_small, std_small = draw_moments(prediction, DDPM("fixed_small"))
+    mean_large, std_large = draw_moments(prediction, DDPM("fixed_large"))
     for mean in (mean_small, mean_large):
         assert (mean - MU).abs().max() < MEAN_TOL
     assert (std_small < std_large).all()
@@ -68,7 +68,7 @@ def test_ddpm_recovers_gaussian_data_between_its_two_variances(prediction):
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_ddim_on_the_full_grid_recovers_gaussian_data(prediction, eta):
     """All T steps: eta = 1 is DDPM with fixed-small variance, eta = 0 the deterministic sampler."""
-    mean, std = draw_moments(prediction, "ddim", T, eta=eta)
+    mean, std = draw_moments(prediction, DDIM(T, eta))
     assert (mean - MU).abs().max() < MEAN_TOL
     assert ((std / S) - 1).abs().max() < 0.02
 
@@ -80,7 +80,7 @@ def test_ddim_in_100_steps_keeps_the_mean_and_narrows_the_spread_a_little(predic
     """On a 100-step grid the mean stays exact and the spread falls short of the data's by at most
     20% (the posterior mean is a smoothed image: each long step loses part of the variance that
     the skipped steps would have restored; about 4-16% here, most for the narrowest pixel)."""
-    mean, std = draw_moments(prediction, "ddim", 100, eta=eta, spacing=spacing)
+    mean, std = draw_moments(prediction, DDIM(100, eta, spacing))
     assert (mean - MU).abs().max() < MEAN_TOL
     assert (std < S * 1.01).all() and (std > 0.8 * S).all()
 
@@ -94,10 +94,10 @@ def test_clipping_acts_as_if_the_network_had_predicted_the_clipped_x0(prediction
     t, t_prev = 500, 400
     wild, tamed = network_output(d, x_t, t, x0), network_output(d, x_t, t, x0.clamp(-1, 1))
     for variance in ("fixed_small", "fixed_large"):
-        clipped = ddpm_step(d, wild, x_t, t, noise, clip_x0=True, variance=variance)
-        assert torch.allclose(clipped, ddpm_step(d, tamed, x_t, t, noise, clip_x0=False, variance=variance))
-        assert not torch.allclose(clipped, ddpm_step(d, wild, x_t, t, noise, clip_x0=False, variance=variance))
+        clipped = ddpm_step(d, wild, x_t, t, noise, clip_x0=True, variance=variance)[0]
+        assert torch.allclose(clipped, ddpm_step(d, tamed, x_t, t, noise, clip_x0=False, variance=variance)[0])
+        assert not torch.allclose(clipped, ddpm_step(d, wild, x_t, t, noise, clip_x0=False, variance=variance)[0])
     for eta in (0.0, 1.0):
-        clipped = ddim_step(d, wild, x_t, t, t_prev, eta, noise, clip_x0=True)
-        assert torch.allclose(clipped, ddim_step(d, tamed, x_t, t, t_prev, eta, noise, clip_x0=False))
-        assert not torch.allclose(clipped, ddim_step(d, wild, x_t, t, t_prev, eta, noise, clip_x0=False))
+        clipped = ddim_step(d, wild, x_t, t, t_prev, eta, noise, clip_x0=True)[0]
+        assert torch.allclose(clipped, ddim_step(d, tamed, x_t, t, t_prev, eta, noise, clip_x0=False)[0])
+        assert not torch.allclose(clipped, ddim_step(d, wild, x_t, t, t_prev, eta, noise, clip_x0=False)[0])
