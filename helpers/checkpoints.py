@@ -25,7 +25,7 @@ import torch
 from helpers.diffusion import Diffusion
 from helpers.unet import UNet
 
-__all__ = ["FORMAT", "CheckpointError", "require", "atomic_torch_save", "save_checkpoint", "load_checkpoint", "load_model", "rng_state", "set_rng_state"]
+__all__ = ["FORMAT", "CheckpointError", "require", "atomic_torch_save", "save_checkpoint", "safe_load", "load_checkpoint", "load_model", "rng_state", "set_rng_state"]
 
 FORMAT = "diffusion-course/1"
 
@@ -52,19 +52,39 @@ def require(path: str | Path, made_by: str) -> Path:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` onto ``path``:
-    an interrupted save never leaves a half-written file behind."""
+    """``torch.save`` to a temporary file in the same folder, flushed to disk, then ``os.replace``
+    onto ``path``: a save cut off at any moment (a kill, a power cut, a full disk) leaves the
+    previous file whole. Temporary files of an earlier save that was killed are removed first;
+    the file gets the permissions of the user's umask, as any other file they write."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)  # the rename itself survives a power cut
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    if os.name != "posix":  # Windows cannot open a folder to flush it
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> Path:
@@ -73,6 +93,18 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> Path:
         if key not in checkpoint:
             raise ValueError(f"a checkpoint needs the key {key!r}")
     return atomic_torch_save({"format": FORMAT, **checkpoint}, path)
+
+
+def safe_load(path: Path, remedy: str = "", map_location: torch.device | str = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``; a file it cannot read is a one-line CheckpointError
+    that names the file and ends with ``remedy``. (torch's own message may advise
+    ``weights_only=False``, which must never be followed for a file one cannot vouch for.)"""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        detail = "" if "weights_only" in detail or "Weights only" in detail else f": {detail}"
+        raise CheckpointError(f"{path} is corrupt, truncated or not a PyTorch checkpoint ({type(err).__name__}{detail}){remedy}") from err
 
 
 def load_checkpoint(
@@ -89,10 +121,7 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"{path} is corrupt or not a PyTorch checkpoint ({type(err).__name__}: {err})") from err
+    ckpt = safe_load(path, map_location=map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this course (no format {FORMAT!r})")
     if model_config is not None:
@@ -118,13 +147,21 @@ def load_model(
     (if given) must match the checkpoint's: a v model is never silently used as an eps model.
     """
     ckpt = load_checkpoint(path, map_location="cpu", prediction=prediction)
-    model = UNet(**ckpt["model_config"])
-    model.load_state_dict(ckpt["model"])
-    if ema and ckpt.get("ema") is not None:
-        state = model.state_dict()
-        for name, value in ckpt["ema"]["shadow"].items():
-            state[name].copy_(value)
-    return model.to(device).eval(), Diffusion.from_config(ckpt["diffusion"]), ckpt
+    try:
+        model = UNet(**ckpt["model_config"])
+        model.load_state_dict(ckpt["model"])
+        if ema and ckpt.get("ema") is not None:
+            state = model.state_dict()
+            for name, value in ckpt["ema"]["shadow"].items():
+                state[name].copy_(value)
+        d = Diffusion.from_config(ckpt["diffusion"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path} is damaged or was written by another version of the course: {first}") from err
+    broken = [name for name, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise CheckpointError(f"{path} holds non-finite weights ({len(broken)} tensors, e.g. {broken[0]}): its training diverged")
+    return model.to(device).eval(), d, ckpt
 
 
 def rng_state() -> dict[str, Any]:

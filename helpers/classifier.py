@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from helpers.checkpoints import CheckpointError, atomic_torch_save
+from helpers.checkpoints import CheckpointError, atomic_torch_save, safe_load
 from helpers.config import Profile
 from helpers.pretrained import pretrained_dir
 
@@ -120,13 +120,13 @@ def load_or_train_classifier(profile: Profile, device: torch.device | str = "cpu
     if not path.is_file() and profile.name == "laptop" and shipped.is_file():
         path = shipped  # the classifier the shipped models' FIDs were measured with
     if path.is_file():
+        saved = safe_load(path, "; delete it to retrain the classifier")
         try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
             model = Classifier(**saved["config"])
             model.load_state_dict(saved["model"])
-            return model.to(device).eval(), saved["info"]
-        except Exception as err:
-            raise CheckpointError(f"the cached classifier {path} is unreadable ({err}); delete it to retrain") from err
+        except (KeyError, TypeError, RuntimeError) as err:
+            raise CheckpointError(f"the cached classifier {path} does not fit this version ({type(err).__name__}); delete it to retrain") from err
+        return model.to(device).eval(), saved["info"]
     train = load_dataset(profile.dataset, True, profile.image_size).tensors()
     test = load_dataset(profile.dataset, False, profile.image_size).tensors()
     flip = profile.dataset != "mnist"

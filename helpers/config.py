@@ -10,6 +10,7 @@ overwrites a real one.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -99,13 +100,26 @@ class TrainConfig:
         return conflicts
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose {' or '.join(OPTIMIZERS)}")
-        if not 0 <= self.p_uncond < 1:
-            raise ValueError(f"p_uncond must lie in [0, 1), got {self.p_uncond}")
-        for name in ("steps", "batch_size", "log_every"):
+        """The one check of a run's settings: the CLI, the Trainer and the notebooks all build a
+        TrainConfig, so a setting that would train backwards or never log cannot get through."""
+        for name in ("steps", "batch_size", "log_every", "grid_size", "grid_ddim_steps", "ema_update_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        for name in ("warmup_steps", "sample_every", "eval_every", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number above 0, got {self.lr}")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            raise ValueError(f"grad_clip must be a finite number >= 0 (0 for no clipping), got {self.grad_clip}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must lie in [0, 1) (or be None for no EMA), got {self.ema_decay}")
+        if not 0 <= self.p_uncond < 1:
+            raise ValueError(f"p_uncond must lie in [0, 1), got {self.p_uncond}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose {' or '.join(OPTIMIZERS)}")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import datasets
+from torchvision.datasets.utils import check_integrity
 from torchvision.transforms import functional as TF
 
 from helpers.config import Profile, data_root, repo_root
@@ -136,6 +137,15 @@ def prepare_images(images: torch.Tensor, image_size: int) -> torch.Tensor:
     return images
 
 
+def damaged_archives(spec: DatasetSpec, root: Path) -> list[Path]:
+    """The dataset's archives under ``root`` that are present but fail torchvision's MD5 check."""
+    if hasattr(spec.cls, "resources"):  # the MNIST family: <Name>/raw/<file>.gz
+        expected = [(root / spec.folder / Path(url).name, md5) for url, md5 in spec.cls.resources]
+    else:  # CIFAR-10: one archive
+        expected = [(root / spec.folder / spec.cls.filename, spec.cls.tgz_md5)]
+    return [path for path, md5 in expected if path.is_file() and not check_integrity(str(path), md5)]
+
+
 def load_dataset(
     name: str,
     train: bool = True,
@@ -163,6 +173,12 @@ def load_dataset(
     try:
         ds = spec.cls(str(root), train=train, download=True)
     except Exception as err:  # torchvision raises RuntimeError or URLError when it can neither find nor fetch
+        damaged = damaged_archives(spec, root)
+        if damaged:
+            raise DatasetUnavailableError(
+                f"{', '.join(str(p) for p in damaged)} failed its checksum (damaged or cut short): delete it so that it is "
+                f"downloaded again, or replace it with the file from {spec.source}"
+            ) from err
         files = ", ".join(spec.archives)
         raise DatasetUnavailableError(
             f"{spec.title} is not in {root / spec.folder} and could not be downloaded ({type(err).__name__}). "

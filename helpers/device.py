@@ -29,13 +29,16 @@ def pick_device(name: str | None = None) -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} was asked for, but this PyTorch sees no CUDA GPU")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError(f"device {name!r} was asked for, but Apple MPS is not available here")
-    if device.type not in ("cuda", "mps", "cpu"):
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # torch's own message lists every backend it knows, not the ones this course runs on
+        device = None
+    if device is None or device.type not in ("cuda", "mps", "cpu"):
         raise ValueError(f"unsupported device {name!r}; choose cuda, mps or cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for, but this PyTorch sees no CUDA GPU")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r} was asked for, but Apple MPS is not available here")
     return device
 
 

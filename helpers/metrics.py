@@ -35,7 +35,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from helpers.checkpoints import atomic_torch_save
+from helpers.checkpoints import atomic_torch_save, safe_load
 from helpers.classifier import Classifier, load_or_train_classifier
 from helpers.config import Profile
 from helpers.device import cpu_generator
@@ -225,7 +225,7 @@ def real_features(features: Features, profile: Profile, n: int | None = None, ve
     n, seed = n or profile.sample.fid_real, profile.seed + 1
     path = profile.artifacts / "fid" / f"real_{profile.dataset}_{profile.image_size}px_{features.key}_{n}_seed{seed}.pt"
     if path.is_file():
-        return torch.load(path, weights_only=True)
+        return safe_load(path, "; delete this cache file and it is rebuilt")
     x, _ = load_dataset(profile.dataset, True, profile.image_size, subset=n, seed=seed).tensors()
     if len(x) < n:
         raise ValueError(f"the training set has {len(x)} images, fewer than the {n} asked for")
@@ -246,7 +246,7 @@ def heldout_features(features: Features, profile: Profile, verbose: bool = True)
     seed = profile.seed + 2
     path = profile.artifacts / "fid" / f"heldout_{profile.dataset}_{profile.image_size}px_{features.key}_seed{seed}.pt"
     if path.is_file():
-        saved = torch.load(path, weights_only=True)
+        saved = safe_load(path, "; delete this cache file and it is rebuilt")
         return saved["features"], saved["logits"]
     x, _ = load_dataset(profile.dataset, False, profile.image_size).tensors()
     x = x[torch.randperm(len(x), generator=cpu_generator(seed))]

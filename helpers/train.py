@@ -5,21 +5,27 @@
     python -m helpers.train --profile laptop --prediction v --schedule cosine --loss-weighting min_snr
     python -m helpers.train --profile laptop --num-classes 10 --p-uncond 0.1
 
-The run is the one notebook 03 starts (same ``Trainer``), with checkpoints every ``--save-every``
-steps, so a long run can be stopped and resumed exactly.
+The run is the one notebook 03 starts (same ``Trainer``), with checkpoints every ten minutes (or
+``--save-every`` steps) and on Ctrl-C or SIGTERM, so a long run can be stopped and resumed exactly.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
+import torch
+from torch import nn
+
 from helpers.checkpoints import CheckpointError, load_checkpoint
-from helpers.config import PROFILES, TrainConfig, get_profile
+from helpers.config import PROFILES, Profile, TrainConfig, get_profile
 from helpers.device import describe, pick_device, seed_everything
 from helpers.diffusion import LOSS_WEIGHTINGS, PREDICTIONS, Diffusion
+from helpers.run_safety import SAVE_MINUTES, RunLockedError
 from helpers.schedules import SCHEDULES
 
 # flags that set the model or the process: on --resume they come from the checkpoint
@@ -46,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=list(PROFILES), default=None, help="scale of the run (default: $DIFFUSION_PROFILE, else full on CUDA and laptop elsewhere)")
     p.add_argument("--out", type=Path, default=None, help="checkpoint file (default: artifacts/<profile>/checkpoints/ with the notebooks' name for this kind of model)")
     p.add_argument("--resume", action="store_true", help="continue --out exactly (weights, optimiser, EMA, data position, RNG); its model and optimisation settings are kept, and a flag that contradicts them is an error")
-    p.add_argument("--save-every", type=int, default=5000, help="write the checkpoint every N steps, and at the end (default: 5000)")
+    p.add_argument("--save-every", type=int, default=None, help=f"write the checkpoint every N steps, and at the end; Ctrl-C or SIGTERM also save after the step in flight (default: every {SAVE_MINUTES} minutes)")
     g = p.add_argument_group("model and objective")
     g.add_argument("--prediction", choices=PREDICTIONS, default=None, help="what the network predicts (default: the profile's)")
     g.add_argument("--schedule", choices=list(SCHEDULES), default=None, help="noise schedule (default: the profile's)")
@@ -72,9 +78,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = 2) -> int:
     print(f"error: {message}", file=sys.stderr)
-    return 2
+    return code
+
+
+def lazy_evaluator(profile: Profile, diffusion: Diffusion, device: torch.device, kind: str | None) -> Callable[[nn.Module], dict]:
+    """An evaluator built at its first call: the FID features (a classifier trained for minutes
+    offline) are made only if an evaluation actually falls inside the run."""
+
+    @functools.cache
+    def build() -> Callable[[nn.Module], dict]:
+        from helpers.evaluation import Evaluator
+        from helpers.metrics import get_features
+
+        return Evaluator.for_profile(profile, diffusion, get_features(profile, device, kind))
+
+    return lambda model: build()(model)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,8 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     from helpers.training import Trainer
     from helpers.unet import UNet
 
-    device = pick_device(args.device)
-    profile = get_profile(args.profile, device)
+    if args.save_every is not None and args.save_every < 1:
+        return _fail(f"--save-every must be at least 1 step, got {args.save_every}")
+    try:
+        device = pick_device(args.device)
+        profile = get_profile(args.profile, device)
+    except ValueError as err:  # DIFFUSION_DEVICE or DIFFUSION_PROFILE names something unknown
+        return _fail(str(err))
     out = args.out or profile.checkpoint(default_checkpoint(args.prediction or profile.prediction, args.num_classes))
     if args.resume and not out.is_file():
         return _fail(f"--resume, but there is no checkpoint at {out}")
@@ -94,51 +119,57 @@ def main(argv: list[str] | None = None) -> int:
     given = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
     if "ema_decay" in given:
         given["ema_decay"] = given["ema_decay"] or None  # 0 switches EMA off
-    if args.resume:
-        try:
-            ckpt = load_checkpoint(out)
-        except CheckpointError as err:
-            return _fail(str(err))
-        saved_diffusion, model_config = ckpt["diffusion"], ckpt["model_config"]
-        saved_model = {**saved_diffusion, "num_classes": model_config.get("num_classes")}
-        clash = [f"--{k.replace('_', '-')} {getattr(args, k)} (it has {saved_model[k]})" for k in MODEL_FLAGS
-                 if getattr(args, k) is not None and getattr(args, k) != saved_model[k]]  # fmt: skip
-        config = TrainConfig(**{**ckpt["train"], **given})
-        # the same rule Trainer.load applies, reported here in terms of the flags
-        clash += [f"--{k.replace('_', '-')} {now} (it has {saved})" for k, (saved, now) in config.resume_conflicts(ckpt["train"]).items()]
-        if clash:
-            return _fail(f"{out} cannot be resumed with {', '.join(clash)}; leave these flags out to keep its settings")
-        diffusion = Diffusion.from_config(saved_diffusion)
-    else:
-        model_config = {**profile.model, "num_classes": args.num_classes}
-        given_model = {k: getattr(args, k) for k in ("schedule", "prediction", "loss_weighting", "min_snr_gamma") if getattr(args, k) is not None}
-        diffusion = profile.diffusion(**given_model)
-        config = TrainConfig.from_profile(profile, **given)
-
-    seed_everything(config.seed)
-    model = UNet(**model_config)
-    evaluator = None
-    if config.eval_every:
-        from helpers.evaluation import Evaluator
-        from helpers.metrics import get_features
-
-        evaluator = Evaluator.for_profile(profile, diffusion, get_features(profile, device, args.fid_features))
     try:
+        if args.resume:
+            ckpt = load_checkpoint(out)
+            saved_diffusion, model_config = ckpt["diffusion"], ckpt["model_config"]
+            if model_config.get("image_size") != profile.image_size or model_config.get("in_channels") != profile.channels:
+                return _fail(f"{out} holds a {model_config.get('image_size')}px model, but the {profile.name} profile trains on "
+                             f"{profile.image_size}px images; resume it under the profile it was trained with ({ckpt.get('profile')})")  # fmt: skip
+            saved_model = {**saved_diffusion, "num_classes": model_config.get("num_classes")}
+            clash = [f"--{k.replace('_', '-')} {getattr(args, k)} (it has {saved_model[k]})" for k in MODEL_FLAGS
+                     if getattr(args, k) is not None and getattr(args, k) != saved_model[k]]  # fmt: skip
+            config = TrainConfig(**{**ckpt["train"], **given})
+            # the same rule Trainer.load applies, reported here in terms of the flags
+            clash += [f"--{k.replace('_', '-')} {now} (it has {saved})" for k, (saved, now) in config.resume_conflicts(ckpt["train"]).items()]
+            if clash:
+                return _fail(f"{out} cannot be resumed with {', '.join(clash)}; leave these flags out to keep its settings")
+            diffusion = Diffusion.from_config(saved_diffusion)
+        else:
+            model_config = {**profile.model, "num_classes": args.num_classes}
+            given_model = {k: getattr(args, k) for k in ("schedule", "prediction", "loss_weighting", "min_snr_gamma") if getattr(args, k) is not None}
+            diffusion = profile.diffusion(**given_model)
+            config = TrainConfig.from_profile(profile, **given)
+        seed_everything(config.seed)
+        model = UNet(**model_config)
         dataset = profile_dataset(profile)
-    except DatasetUnavailableError as err:
+        evaluator = lazy_evaluator(profile, diffusion, device, args.fid_features) if config.eval_every else None
+        trainer = Trainer(
+            model, diffusion, dataset, config, device, out_dir=out.parent.parent / "logs" / out.stem,
+            evaluator=evaluator, progress=not args.no_progress, num_workers=args.workers,
+        )  # fmt: skip
+        if args.resume:
+            trainer.load(out)
+            print(f"resuming {out} at step {trainer.step}")
+    except (ValueError, KeyError, CheckpointError, DatasetUnavailableError) as err:  # bad settings, a damaged checkpoint, no data
         return _fail(str(err))
-    trainer = Trainer(
-        model, diffusion, dataset, config, device, out_dir=out.parent.parent / "logs" / out.stem,
-        evaluator=evaluator, progress=not args.no_progress, num_workers=args.workers,
-    )  # fmt: skip
-    if args.resume:
-        trainer.load(out)
-        print(f"resuming {out} at step {trainer.step}")
+    except OSError as err:  # e.g. a read-only artifacts folder
+        return _fail(f"cannot write the run's files ({err.strerror or err}: {err.filename})")
     print(f"profile {profile.name} on {describe(device)}: {sum(p.numel() for p in model.parameters()):,} parameters, {diffusion}")
     if trainer.step >= config.steps:
         print(f"{out} is already at step {trainer.step} (target {config.steps}); nothing to do")
         return 0
-    trainer.train(save_to=out, save_every=args.save_every, profile=profile.name)
+    try:
+        trainer.train(save_to=out, save_every=args.save_every, profile=profile.name)
+    except (RunLockedError, CheckpointError, DatasetUnavailableError) as err:  # another run; a damaged cache at an evaluation
+        return _fail(str(err))
+    except KeyboardInterrupt as err:
+        print(f"stopped: {err}" if str(err) else "stopped before the first checkpoint", file=sys.stderr)
+        return 130
+    except FloatingPointError as err:  # the loss or the weights stopped being finite
+        return _fail(str(err), 1)
+    except OSError as err:  # a read-only folder, a full disk
+        return _fail(f"could not write the run's files ({err.strerror or err}: {err.filename or out})", 1)
     last = next((r for r in reversed(trainer.history) if "loss" in r), None)
     print(f"saved {out} at step {trainer.step}" + (f", loss {last['loss']:.4f}" if last else ""))
     return 0

@@ -1,3 +1,6 @@
+import os
+import stat
+
 import pytest
 import torch
 from torch import nn
@@ -29,9 +32,21 @@ def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
 
 
+def test_save_cleans_up_after_a_killed_save_and_follows_the_umask(tmp_path):
+    (tmp_path / ".c.pt.abc123.tmp").write_bytes(b"left by a save that was killed mid-write")
+    (tmp_path / ".other.pt.abc123.tmp").write_bytes(b"another file's: not ours to delete")
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "c.pt", minimal())
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pt.abc123.tmp", "c.pt"]
+    assert stat.S_IMODE((tmp_path / "c.pt").stat().st_mode) == 0o644, "as any file the user writes, not mkstemp's 0600"
+
+
 def test_corrupt_foreign_and_mismatched_files_give_one_sentence_errors(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"\x00not a zip file at all")
-    with pytest.raises(CheckpointError, match="junk.pt is corrupt or not a PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match="junk.pt is corrupt, truncated or not a PyTorch checkpoint"):
         load_checkpoint(tmp_path / "junk.pt")
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="other.pt is not a checkpoint of this course"):

@@ -121,6 +121,18 @@ def test_missing_files_without_network_name_the_files_and_the_folder(tmp_path, n
         load_dataset("svhn")
 
 
+def test_a_damaged_archive_is_reported_as_failing_its_checksum(datasets_root, tmp_path, no_network):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in (datasets_root / "FashionMNIST" / "raw").glob("*.gz"):
+        (raw / f.name).symlink_to(f)
+    damaged = raw / "t10k-labels-idx1-ubyte.gz"
+    damaged.unlink()
+    damaged.write_bytes((datasets_root / "FashionMNIST" / "raw" / damaged.name).read_bytes()[:-100])  # a download cut short
+    with pytest.raises(DatasetUnavailableError, match=f"{damaged} failed its checksum"):
+        load_dataset("fashion_mnist", train=False, root=tmp_path)
+
+
 def test_step_batch_sampler_continues_exactly_from_any_batch():
     straight = list(itertools.islice(iter(StepBatchSampler(10, 3, seed=5)), 8))
     resumed = list(itertools.islice(iter(StepBatchSampler(10, 3, seed=5, start=4)), 4))
