@@ -66,7 +66,10 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            try:
+                torch.save(obj, f)
+            except RuntimeError as err:  # torch reports a failed write as "unexpected pos ..."
+                raise OSError(f"could not write {path} ({str(err).strip().splitlines()[0][:120]}); is the disk full?") from err
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

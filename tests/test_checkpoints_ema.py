@@ -32,6 +32,19 @@ def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
 
 
+def test_a_failed_write_is_an_os_error_that_keeps_the_old_file(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path / "c.pt", minimal(step=1))
+
+    def disk_full(obj, f):
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file data/0: unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(C.torch, "save", disk_full)
+    with pytest.raises(OSError, match="could not write .*c.pt .*is the disk full"):
+        save_checkpoint(tmp_path / "c.pt", minimal(step=2))
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "c.pt")["step"] == 1 and [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
 def test_save_cleans_up_after_a_killed_save_and_follows_the_umask(tmp_path):
     (tmp_path / ".c.pt.abc123.tmp").write_bytes(b"left by a save that was killed mid-write")
     (tmp_path / ".other.pt.abc123.tmp").write_bytes(b"another file's: not ours to delete")
@@ -66,7 +79,7 @@ def test_loading_never_unpickles_code(tmp_path):
             return (print, ("this must not run",))
 
     torch.save({"format": C.FORMAT, "payload": Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(CheckpointError, match="corrupt or not a PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match="corrupt, truncated or not a PyTorch checkpoint"):
         load_checkpoint(tmp_path / "evil.pt")
 
 
