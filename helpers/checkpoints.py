@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import torch
 from helpers.diffusion import Diffusion
 from helpers.unet import UNet
 
-__all__ = ["FORMAT", "CheckpointError", "require", "atomic_torch_save", "save_checkpoint", "safe_load", "load_checkpoint", "load_model", "rng_state", "set_rng_state"]
+__all__ = ["FORMAT", "CheckpointError", "require", "atomic_torch_save", "save_checkpoint", "first_line", "damaged", "non_finite", "safe_load", "load_checkpoint", "load_model", "rng_state", "set_rng_state"]
 
 FORMAT = "diffusion-course/1"
 
@@ -69,7 +70,7 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
             try:
                 torch.save(obj, f)
             except RuntimeError as err:  # torch reports a failed write as "unexpected pos ..."
-                raise OSError(f"could not write {path} ({str(err).strip().splitlines()[0][:120]}); is the disk full?") from err
+                raise OSError(f"could not write {path} ({first_line(err)[:120]}); is the disk full?") from err
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -98,6 +99,22 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> Path:
     return atomic_torch_save({"format": FORMAT, **checkpoint}, path)
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (torch's run to paragraphs), or its type's name."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def damaged(path: str | Path, err: BaseException) -> CheckpointError:
+    """The error for a checkpoint whose contents do not fit the model or process they describe."""
+    return CheckpointError(f"{path} is damaged or was written by another version of the course: {first_line(err)}")
+
+
+def non_finite(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
+    """Names of the floating-point tensors that hold NaN or inf (weights of a diverged run)."""
+    return [name for name, v in named_tensors if v.is_floating_point() and not torch.isfinite(v).all()]
+
+
 def safe_load(path: Path, remedy: str = "", map_location: torch.device | str = "cpu") -> Any:
     """``torch.load(path, weights_only=True)``; a file it cannot read is a one-line CheckpointError
     that names the file and ends with ``remedy``. (torch's own message may advise
@@ -105,8 +122,8 @@ def safe_load(path: Path, remedy: str = "", map_location: torch.device | str = "
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        detail = "" if "weights_only" in detail or "Weights only" in detail else f": {detail}"
+        detail = first_line(err)
+        detail = "" if "weights_only" in detail or "Weights only" in detail or not str(err).strip() else f": {detail}"
         raise CheckpointError(f"{path} is corrupt, truncated or not a PyTorch checkpoint ({type(err).__name__}{detail}){remedy}") from err
 
 
@@ -159,9 +176,8 @@ def load_model(
                 state[name].copy_(value)
         d = Diffusion.from_config(ckpt["diffusion"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path} is damaged or was written by another version of the course: {first}") from err
-    broken = [name for name, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        raise damaged(path, err) from err
+    broken = non_finite(model.state_dict().items())
     if broken:
         raise CheckpointError(f"{path} holds non-finite weights ({len(broken)} tensors, e.g. {broken[0]}): its training diverged")
     return model.to(device).eval(), d, ckpt

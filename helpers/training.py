@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from helpers.checkpoints import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from helpers.checkpoints import CheckpointError, damaged, load_checkpoint, non_finite, rng_state, save_checkpoint, set_rng_state
 from helpers.config import TrainConfig
 from helpers.device import amp_dtype, cpu_generator
 from helpers.diffusion import Diffusion
@@ -230,12 +230,8 @@ class Trainer:
         sampler = DDIM(min(cfg.grid_ddim_steps, self.diffusion.T))
         # the same noise every time (a fresh generator), and the global RNG left untouched
         gen = cpu_generator(cfg.seed)
-        if self.ema is not None:
-            with self.ema.averaged(self.model):
-                x = sample(net, self.diffusion, shape, sampler, gen, progress=False)
-        else:
-            x = sample(net, self.diffusion, shape, sampler, gen, progress=False)
-        x = x.cpu()
+        with self.ema.averaged(self.model) if self.ema is not None else contextlib.nullcontext():
+            x = sample(net, self.diffusion, shape, sampler, gen, progress=False).cpu()
         self.grids.append((self.step, x))
         if self.out_dir is not None:
             from helpers.viz import save_grid
@@ -278,7 +274,7 @@ class Trainer:
     def save(self, path: str | Path, profile: str | None = None, extra: dict[str, Any] | None = None) -> Path:
         """Save an exact-resume checkpoint, atomically; never weights that are not finite (the file
         at ``path`` then keeps the last good state)."""
-        broken = [name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        broken = non_finite(self.model.named_parameters())
         if broken:
             raise FloatingPointError(
                 f"the weights became non-finite by step {self.step} ({len(broken)} tensors, e.g. {broken[0]}), so {path} "
@@ -305,8 +301,7 @@ class Trainer:
         try:
             return self._restore(ckpt, path)
         except (KeyError, ValueError, RuntimeError) as err:  # missing keys, wrong shapes: a damaged or foreign file
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise CheckpointError(f"{path} is damaged or was written by another version of the course: {first}") from err
+            raise damaged(path, err) from err
 
     def _restore(self, ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]:
         if ckpt.get("optimizer") is None:  # a shipped model (helpers.pretrained): weights, no optimiser or RNG states
