@@ -40,6 +40,7 @@ __all__ = [
     "DDIM",
     "Guided",
     "sample",
+    "ddim_invert",
     "Trajectory",
     "slerp",
 ]
@@ -333,6 +334,33 @@ def sample(
     finally:
         model.train(was_training)
     return x.clamp(-1, 1)
+
+
+@torch.no_grad()
+def ddim_invert(model: nn.Module, d: Diffusion, x0: torch.Tensor, steps: int | None = None, spacing: str = "trailing", progress: bool = True) -> torch.Tensor:
+    """Encode images x_0 to latents x_T by running DDIM at eta = 0 (unclipped) up its grid.
+
+    DDIM at eta = 0 discretises an ODE, which can be integrated in either direction (Song et al.
+    2021, section 4.3). Each step from level a to the next level b > a of the ascending grid
+    (a = -1 is x_0 itself) is the DDIM update with a and b swapped, x_b = sqrt(ab_b) x0_hat +
+    sqrt(1 - ab_b) eps_hat, evaluated at (x_a, max(a, 0)) because x_b is not known yet. Decoding the
+    latents with ``DDIM(steps, clip_x0=False)`` on the same grid returns x_0 up to the error of that
+    substitution, which shrinks as the steps do.
+    """
+    device = next(model.parameters()).device
+    grid = DDIM(steps, spacing=spacing).timesteps(d.T)[::-1]  # ascending
+    x = x0.to(device=device, dtype=torch.float32)
+    was_training = model.training
+    model.eval()
+    try:
+        for a, b in tqdm(list(zip([-1, *grid[:-1]], grid)), desc="DDIM inversion", disable=not progress, leave=False, mininterval=1.0):
+            t = max(a, 0)
+            out = model(x, torch.full((len(x),), t, device=device, dtype=torch.long)).float()
+            ab_b = float(d.alpha_bars[b])
+            x = ab_b**0.5 * d.predict_x0(x, t, out) + (1 - ab_b) ** 0.5 * d.predict_eps(x, t, out)
+    finally:
+        model.train(was_training)
+    return x
 
 
 def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: float) -> torch.Tensor:

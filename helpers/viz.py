@@ -9,6 +9,7 @@ last in place (no flicker, no growing output) and needs no interactive matplotli
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,11 @@ from matplotlib.figure import Figure
 from torchvision.utils import make_grid, save_image
 
 from helpers.diffusion import Diffusion
+from helpers.unet import UNet, shape_table
 
 __all__ = [
+    "plot_unet_layout",
+    "centred_mean",
     "grid_image",
     "show_grid",
     "save_grid",
@@ -68,19 +72,70 @@ def render_png(fig: Figure, dpi: int = 80) -> bytes:
     return buf.getvalue()
 
 
-def plot_loss_curve(history: Sequence[dict[str, Any]], ax: Any = None, title: str = "training loss") -> Any:
-    """Loss per logged window (raw) and its exponential moving average (smoothed) against step."""
+def centred_mean(values: Sequence[float], half_width: int) -> list[float]:
+    """Mean of values[i - h .. i + h] at each i, with h = min(half_width, i, n - 1 - i).
+
+    The window is symmetric everywhere, shrinking at the ends (the first and last values stay as
+    they are), so the smoothed curve has no lag: a straight line comes back unchanged, where an
+    exponential moving average trails behind a falling curve.
+    """
+    n, out = len(values), []
+    for i in range(n):
+        h = min(half_width, i, n - 1 - i)
+        out.append(sum(values[i - h : i + h + 1]) / (2 * h + 1))
+    return out
+
+
+def plot_loss_curve(history: Sequence[dict[str, Any]], ax: Any = None, title: str = "training loss", half_width: int = 4) -> Any:
+    """Loss per logged window (raw) and its centred geometric mean over up to 2 * half_width + 1
+    windows (``centred_mean`` of the log-loss: the log scale the curve is drawn on) against step."""
     rows = [r for r in history if "loss" in r]
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.5))
-    steps = [r["step"] for r in rows]
-    ax.plot(steps, [r["loss"] for r in rows], alpha=0.4, label="raw (mean per log window)")
-    ax.plot(steps, [r["loss_smooth"] for r in rows], label="smoothed (EMA 0.9)")
+    steps, losses = [r["step"] for r in rows], [r["loss"] for r in rows]
+    ax.plot(steps, losses, alpha=0.4, label="raw (mean per log window)")
+    smooth = [math.exp(v) for v in centred_mean([math.log(v) for v in losses], half_width)]
+    ax.plot(steps, smooth, label=f"centred geometric mean of up to {2 * half_width + 1} windows")
     ax.set_yscale("log")
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("loss")
     ax.set_title(title)
     ax.legend()
+    return ax
+
+
+def plot_unet_layout(model: UNet, ax: Any = None, title: str = "U-Net layout") -> Any:
+    """The U-Net's blocks in forward order: the feature-map size each works at (y, log scale), output
+    channels (labels), attention (orange) and the skip connections from the way down to the way up
+    (dashed). A block ending in an upsampling is drawn at the size before it."""
+    x = torch.zeros(1, model.in_channels, model.image_size, model.image_size)
+    rows = shape_table(model, x, torch.zeros(1, dtype=torch.long))[1:-1]  # conv_in .. last up block
+    names, chans = [n for n, _ in rows], [s[1] for _, s in rows]
+    # a block that ends in an upsampling works at half its output's size: draw it there
+    sides = [s[-1] // 2 if n.endswith("+up)") else s[-1] for n, s in rows]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(6, 0.45 * len(rows)), 3.8))
+    pos = list(range(len(rows)))
+    ax.plot(pos, sides, color="0.75", zorder=1)
+    n_skips = 1 + len(model.down)  # conv_in and every down block leave one; up block j eats number n_skips-1-j
+    for j in range(len(model.up)):
+        src, dst = n_skips - 1 - j, n_skips + 1 + j
+        xs = np.linspace(src, dst, 40)
+        bump = 1 - ((xs - (src + dst) / 2) / ((dst - src) / 2)) ** 2  # an arc, higher for longer skips
+        ax.plot(xs, sides[src] * 2 ** ((0.1 + 0.03 * (dst - src)) * bump), ls="--", lw=0.8, color="0.55", zorder=0)
+    has_attn = ["attn" in n for n in names]
+    ax.scatter(pos, sides, s=[12 + 2.5 * c for c in chans], c=["tab:orange" if a else "tab:blue" for a in has_attn], zorder=2)
+    for i, (side, c) in enumerate(zip(sides, chans)):
+        ax.annotate(str(c), (i, side), textcoords="offset points", xytext=(0, 9), ha="center", fontsize=8)
+    ax.set_yscale("log", base=2)
+    ax.set_yticks(sorted(set(sides)), [f"{s}x{s}" for s in sorted(set(sides))])
+    ax.set_ylim(min(sides) / 1.6, max(sides) * 2.6)
+    ax.set_xticks(pos, [n.split(" ")[0] for n in names], rotation=90, fontsize=8)
+    ax.set(xlabel="block, in the order the forward pass runs", ylabel="feature-map size", title=title)
+    ax.scatter([], [], c="tab:orange", label="with self-attention")
+    ax.scatter([], [], c="tab:blue", label="convolutions only")
+    ax.plot([], [], ls="--", color="0.55", label="skip connection")
+    ax.legend(fontsize=8, loc="upper center", ncol=3)
     return ax
 
 

@@ -1,8 +1,9 @@
+import pytest
 import torch
 
 from helpers.diffusion import Diffusion
 from helpers.samplers import Trajectory
-from helpers.viz import ForwardProcessView, GridSweepView, TrajectoryView, grid_image, slider_widget
+from helpers.viz import ForwardProcessView, GridSweepView, TrajectoryView, centred_mean, grid_image, slider_widget
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -53,3 +54,10 @@ def test_slider_widget_redraws_on_change():
     assert image.value == PNG + b"\x00"
     slider.value = 2
     assert image.value == PNG + b"\x02"
+
+
+def test_centred_mean_has_no_lag_and_averages_a_symmetric_window():
+    line = [10.0 - 0.5 * i for i in range(30)]  # a falling loss curve
+    assert centred_mean(line, 4) == pytest.approx(line)  # an EMA would sit above a falling line
+    assert centred_mean([0.0, 0.0, 3.0, 0.0, 0.0], 1) == pytest.approx([0.0, 1.0, 1.0, 1.0, 0.0])
+    assert centred_mean([0.0, 6.0, 0.0, 0.0, 0.0, 0.0], 2) == pytest.approx([0.0, 2.0, 1.2, 1.2, 0.0, 0.0])
