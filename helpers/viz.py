@@ -122,7 +122,8 @@ def plot_unet_layout(model: UNet, ax: Any = None, title: str = "U-Net layout") -
         src, dst = n_skips - 1 - j, n_skips + 1 + j
         xs = np.linspace(src, dst, 40)
         bump = 1 - ((xs - (src + dst) / 2) / ((dst - src) / 2)) ** 2  # an arc, higher for longer skips
-        ax.plot(xs, sides[src] * 2 ** ((0.1 + 0.03 * (dst - src)) * bump), ls="--", lw=0.8, color="0.55", zorder=0)
+        ends = sides[src] ** ((dst - xs) / (dst - src)) * sides[dst] ** ((xs - src) / (dst - src))  # equal for a true skip
+        ax.plot(xs, ends * 2 ** ((0.1 + 0.03 * (dst - src)) * bump), ls="--", lw=0.8, color="0.55", zorder=0)
     has_attn = ["attn" in n for n in names]
     ax.scatter(pos, sides, s=[12 + 2.5 * c for c in chans], c=["tab:orange" if a else "tab:blue" for a in has_attn], zorder=2)
     for i, (side, c) in enumerate(zip(sides, chans)):

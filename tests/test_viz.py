@@ -3,7 +3,7 @@ import torch
 
 from helpers.diffusion import Diffusion
 from helpers.samplers import Trajectory
-from helpers.viz import ForwardProcessView, GridSweepView, TrajectoryView, centred_mean, grid_image, slider_widget
+from helpers.viz import ForwardProcessView, GridSweepView, TrajectoryView, centred_mean, grid_image, plot_unet_layout, slider_widget
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -61,3 +61,21 @@ def test_centred_mean_has_no_lag_and_averages_a_symmetric_window():
     assert centred_mean(line, 4) == pytest.approx(line)  # an EMA would sit above a falling line
     assert centred_mean([0.0, 0.0, 3.0, 0.0, 0.0], 1) == pytest.approx([0.0, 1.0, 1.0, 1.0, 0.0])
     assert centred_mean([0.0, 6.0, 0.0, 0.0, 0.0, 0.0], 2) == pytest.approx([0.0, 2.0, 1.2, 1.2, 0.0, 0.0])
+
+
+def test_unet_layout_has_one_arc_per_skip_joining_equal_sizes_and_marks_attention():
+    from matplotlib.colors import to_rgba
+
+    from conftest import SMALL_UNET
+    from helpers.unet import AttentionBlock, UNet
+
+    model = UNet(**SMALL_UNET)
+    ax = plot_unet_layout(model)
+    arcs = [line for line in ax.lines if line.get_linestyle() == "--" and len(line.get_xdata())]
+    assert len(arcs) == len(model.up)
+    for arc in arcs:  # a skip only ever joins feature maps of one size
+        assert arc.get_ydata()[0] == pytest.approx(arc.get_ydata()[-1])
+    colours = ax.collections[0].get_facecolors()
+    blocks = [*model.down, model.mid, *model.up]
+    with_attention = sum(any(isinstance(m, AttentionBlock) for m in b) for b in blocks)
+    assert sum(tuple(c) == to_rgba("tab:orange") for c in colours) == with_attention > 0
