@@ -2,6 +2,7 @@
 
     python -m helpers.sample --checkpoint artifacts/full/checkpoints/03_ddpm_eps.pt --n 64 --out grid.png
     python -m helpers.sample --checkpoint pretrained/03_ddpm_eps.pt --sampler ddim --steps 50
+    python -m helpers.sample --checkpoint pretrained/03_ddpm_eps.pt --sampler dpmpp-2m --nfe 20
     python -m helpers.sample --checkpoint pretrained/08_cfg.pt --class-id -1 --guidance-scale 3 --n 10000 --out samples.npz
     python -m helpers.sample --checkpoint pretrained/03_ddpm_eps.pt --n 10000 --out samples/
 
@@ -26,6 +27,7 @@ from PIL import Image
 from helpers.checkpoints import CheckpointError, load_model
 from helpers.device import cpu_generator, describe, pick_device
 from helpers.samplers import DDIM, DDPM, SPACINGS, VARIANCES, Guided, sample
+from helpers.solvers import SOLVERS, Solver
 from helpers.viz import save_grid
 
 
@@ -69,10 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint written by notebook 03/06/07/08 or python -m helpers.train")
     p.add_argument("--n", type=int, default=64, help="number of images (default: 64)")
     p.add_argument("--out", type=Path, default=Path("grid.png"), help="a .png grid, an .npz (arr_0 uint8 NxHxWxC, arr_1 labels), or a folder (ending in / or without a suffix) for one PNG per image (default: grid.png)")
-    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm", help="ancestral DDPM over all T steps, or DDIM (default: ddpm)")
+    p.add_argument("--sampler", choices=("ddpm", "ddim", *SOLVERS), default="ddpm",
+                   help="ancestral DDPM over all T steps, DDIM, or a noise-level solver (helpers.solvers): euler, heun, dpmpp-2m (ODE), euler-a, pc (SDE) (default: ddpm)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: T)")
     p.add_argument("--eta", type=float, default=None, help="DDIM noise: 0 deterministic, 1 DDPM-like (default: 0)")
     p.add_argument("--spacing", choices=SPACINGS, default=None, help="DDIM timestep grid (default: trailing, which starts at t = T-1; Lin et al. 2024)")
+    p.add_argument("--nfe", type=int, default=None, help="network evaluations of a noise-level solver, on a Karras grid (default: 50)")
     p.add_argument("--variance", choices=VARIANCES, default=None, help="DDPM step variance: beta tilde (fixed_small, the default) or beta (fixed_large)")
     p.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
     p.add_argument("--class-id", type=int, default=None, help="class of every image, for conditional models; -1 cycles through all classes (default: unconditional)")
@@ -98,16 +102,21 @@ def check_destination(out: Path) -> None:
         raise CliError(f"--out {out}: {target} is not writable")
 
 
-def build_sampler(args: argparse.Namespace) -> DDPM | DDIM:
-    """The sampler the flags describe; flags of the other sampler are an error, not ignored."""
-    ignored = [flag for flag, value, sampler in (("--steps", args.steps, "ddim"), ("--eta", args.eta, "ddim"),
-               ("--spacing", args.spacing, "ddim"), ("--variance", args.variance, "ddpm")) if value is not None and args.sampler != sampler]  # fmt: skip
+def build_sampler(args: argparse.Namespace) -> DDPM | DDIM | Solver:
+    """The sampler the flags describe; flags of another sampler are an error, not ignored."""
+    family = "solver" if args.sampler in SOLVERS else args.sampler
+    ignored = [flag for flag, value, owner in (("--steps", args.steps, "ddim"), ("--eta", args.eta, "ddim"),
+               ("--spacing", args.spacing, "ddim"), ("--variance", args.variance, "ddpm"), ("--nfe", args.nfe, "solver")) if value is not None and family != owner]  # fmt: skip
+    if args.no_clip and family == "solver":
+        ignored.append("--no-clip")  # the noise-level solvers never clip x0
     if ignored:
         raise CliError(f"{', '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect with --sampler {args.sampler}")
     try:
-        if args.sampler == "ddpm":
+        if family == "ddpm":
             return DDPM(args.variance or "fixed_small", clip_x0=not args.no_clip)
-        return DDIM(args.steps, 0.0 if args.eta is None else args.eta, args.spacing or "trailing", clip_x0=not args.no_clip)
+        if family == "ddim":
+            return DDIM(args.steps, 0.0 if args.eta is None else args.eta, args.spacing or "trailing", clip_x0=not args.no_clip)
+        return Solver(args.sampler, 50 if args.nfe is None else args.nfe)
     except ValueError as err:
         raise CliError(str(err)) from None
 
@@ -151,7 +160,10 @@ def run(args: argparse.Namespace) -> str:
         b = min(args.batch_size, args.n - start)
         y = class_ids(args, start, b, model.num_classes)
         net = Guided(model, y, args.guidance_scale) if y is not None else model
-        images.append(sample(net, d, (b, *shape), sampler, gen).cpu())
+        if isinstance(sampler, Solver):
+            images.append(sampler.sample(net, d, (b, *shape), gen).cpu())
+        else:
+            images.append(sample(net, d, (b, *shape), sampler, gen).cpu())
     seconds = time.perf_counter() - t0
     x = torch.cat(images)
     if not torch.isfinite(x).all():

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -52,6 +53,9 @@ def run_sample(capsys, *argv):
         ("uncond", ["--n", "0"], "--n must be at least 1, got 0"),
         ("uncond", ["--guidance-scale", "3"], "--guidance-scale needs --class-id"),
         ("uncond", ["--eta", "1"], "--eta has no effect with --sampler ddpm"),
+        ("uncond", ["--nfe", "10"], "--nfe has no effect with --sampler ddpm"),
+        ("uncond", ["--sampler", "heun", "--steps", "10", "--no-clip"], "--steps, --no-clip have no effect with --sampler heun"),
+        ("uncond", ["--sampler", "dpmpp-2m", "--nfe", "0"], "nfe must be a positive number of network evaluations, got 0"),
     ],
 )
 def test_bad_sampling_settings_are_one_line_errors(checkpoints, tmp_path, capsys, which, flags, message):
@@ -59,6 +63,16 @@ def test_bad_sampling_settings_are_one_line_errors(checkpoints, tmp_path, capsys
     code, err = run_sample(capsys, "--checkpoint", checkpoints[which], "--n", 2, "--out", out, *flags)
     assert code == 2 and message in err and err.startswith("error: ") and err.count("\n") == 1, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun", "dpmpp-2m", "euler-a", "pc"])
+def test_every_noise_level_solver_samples_from_the_command_line(checkpoints, tmp_path, capsys, solver):
+    out = tmp_path / "samples.npz"
+    assert sample_cli.main(["--checkpoint", str(checkpoints["cond"]), "--n", "3", "--class-id", "-1", "--guidance-scale", "2",
+                            "--sampler", solver, "--nfe", "7", "--out", str(out)]) == 0  # fmt: skip
+    images = np.load(out)
+    assert images["arr_0"].shape == (3, 16, 16, 1) and images["arr_0"].dtype == np.uint8 and images["arr_1"].tolist() == [0, 1, 2]
+    assert f"{solver}, " in capsys.readouterr().out
 
 
 def test_the_destination_is_checked_before_sampling(checkpoints, tmp_path, capsys, monkeypatch):
