@@ -77,13 +77,15 @@ def resblock_parameters(fn: Callable[..., Any]) -> None:
 
 def multihead_attention(fn: Callable[..., Any]) -> None:
     """fn(attn, x) = AttentionBlock's output with attn.heads heads, by explicit softmax."""
-    torch.manual_seed(0)
-    for heads in (1, 2, 4):
-        attn = AttentionBlock(ch=32, groups=8, heads=heads)
-        nn.init.normal_(attn.proj.weight, std=0.1)  # the projection starts at zero: make it count
-        x = torch.randn(2, 32, 6, 6, generator=_gen(heads))
+    with torch.random.fork_rng(devices=[]):  # the blocks' initial weights: leave the reader's seed alone
+        torch.manual_seed(0)
+        blocks = [AttentionBlock(ch=32, groups=8, heads=heads) for heads in (1, 2, 4)]
+        for attn in blocks:
+            nn.init.normal_(attn.proj.weight, std=0.1)  # the projection starts at zero: make it count
+    for attn in blocks:
+        x = torch.randn(2, 32, 6, 6, generator=_gen(attn.heads))
         with torch.no_grad():
-            _close(fn(attn, x), attn(x), f"{heads} heads")
+            _close(fn(attn, x), attn(x), f"{attn.heads} heads")
 
 
 # ---- 03 · training ----------------------------------------------------------------------------------
@@ -161,15 +163,19 @@ def ddim_sigma(fn: Callable[..., Any]) -> None:
 
 def ema_update(fn: Callable[..., Any]) -> None:
     """fn(shadow, params, decay) = the new shadow tensors, against helpers.ema.EMA (without warm-up)."""
-    torch.manual_seed(0)
-    model = nn.Linear(3, 2)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Linear(3, 2)
     ema = EMA(model, decay=0.9, warmup=False)
     shadow = [v.clone() for v in ema.shadow.values()]
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=_gen(1)))
     ema.update(model)
-    got = fn(shadow, [p.detach().clone() for p in model.parameters()], 0.9)
+    params = [p.detach().clone() for p in model.parameters()]
+    inputs = [v.clone() for v in shadow + params]
+    got = fn(shadow, params, 0.9)
+    assert all(torch.equal(a, b) for a, b in zip(inputs, shadow + params)), "the inputs changed: return new tensors"
     assert len(got) == len(shadow), f"expected {len(shadow)} tensors, got {len(got)}"
     for g, (name, want) in zip(got, ema.shadow.items()):
         _close(g, want, name, atol=1e-6)

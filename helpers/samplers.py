@@ -345,7 +345,7 @@ def ddim_invert(model: nn.Module, d: Diffusion, x0: torch.Tensor, steps: int | N
     (a = -1 is x_0 itself) is the DDIM update with a and b swapped, x_b = sqrt(ab_b) x0_hat +
     sqrt(1 - ab_b) eps_hat, evaluated at (x_a, max(a, 0)) because x_b is not known yet. Decoding the
     latents with ``DDIM(steps, clip_x0=False)`` on the same grid returns x_0 up to the error of that
-    substitution, which shrinks as the steps do.
+    substitution, which shrinks as the grid gets finer.
     """
     device = next(model.parameters()).device
     grid = DDIM(steps, spacing=spacing).timesteps(d.T)[::-1]  # ascending

@@ -72,7 +72,6 @@ class Denoiser:
         self.model, self.d, self.quantize = model, d, quantize
         self.sigmas = ((1 - d.alpha_bars) / d.alpha_bars).sqrt()  # float64 [T], increasing in t
         self.log_sigmas = self.sigmas.log()
-        self.calls = 0  # network evaluations so far: the NFE
 
     @property
     def sigma_min(self) -> float:
@@ -95,7 +94,6 @@ class Denoiser:
         device = next(self.model.parameters()).device
         timesteps = torch.full((len(x),), t, device=device, dtype=torch.long if self.quantize else torch.float32)
         out = self.model(x / math.sqrt(1 + sigma**2), timesteps).float()
-        self.calls += 1
         if self.d.prediction == "eps":
             return x - sigma * out
         if self.d.prediction == "x0":
@@ -188,8 +186,9 @@ def sample_euler_ancestral(
 
 
 def _reverse_diffusion_step(x: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_next: float, generator: torch.Generator | None) -> torch.Tensor:
-    """x + (sigma^2 - sigma_next^2) s + sqrt(sigma^2 - sigma_next^2) z with the score s = (D - x) / sigma^2
-    (Song et al. 2021, eq. 47, the VE SDE); to sigma_next = 0, D itself (Tweedie's formula), without noise."""
+    """x + (sigma^2 - sigma_next^2) s + sqrt(sigma^2 - sigma_next^2) z with the score s = (D - x) / sigma^2:
+    the predictor of Song et al. 2021, algorithm 2 (the VE SDE's reverse-diffusion step); to
+    sigma_next = 0, D itself (Tweedie's formula), without noise."""
     if sigma_next == 0:
         return denoised
     var = sigma**2 - sigma_next**2
@@ -206,8 +205,9 @@ def _mean_norm(v: torch.Tensor) -> torch.Tensor:
 def sample_reverse_diffusion(
     denoiser: DenoiserFn, x: torch.Tensor, sigmas: torch.Tensor, generator: torch.Generator | None = None, callback: Callback = None
 ) -> torch.Tensor:
-    """The reverse-diffusion sampler of Song et al. 2021 (``_reverse_diffusion_step``), PC's
-    predictor on its own. One NFE per step; noise from ``generator`` (CPU)."""
+    """The reverse-diffusion sampler of Song et al. 2021 (``_reverse_diffusion_step``): PC's
+    predictor on its own, kept beside ``sample_pc`` so that the two can be compared (not in
+    ``SOLVERS``: with ``corrector_steps=0``, "pc" is this). One NFE per step; noise from ``generator`` (CPU)."""
     for i, (sigma, sigma_next) in enumerate(_pairs(sigmas)):
         denoised = denoiser(x, sigma)
         _report(callback, i, x, sigma, denoised)
@@ -289,7 +289,9 @@ class Solver:
 
     @property
     def spent(self) -> int:
-        """The network evaluations a run makes: ``nfe``, or one less where a step costs two."""
+        """The network evaluations a run makes: the most whole steps fit into ``nfe`` (Heun: 2 per step
+        and 1 for the last; PC: 1 + corrector_steps per step and 1 for the last), so up to
+        corrector_steps fewer than ``nfe``."""
         if self.name == "heun":
             return 2 * self.steps - 1
         if self.name == "pc":
@@ -316,11 +318,11 @@ class Solver:
         try:
             solve = SOLVERS[self.name]
             if self.name == "pc":
-                x = solve(denoiser, x, sigmas, self.corrector_steps, self.snr, generator, callback)
+                x = solve(denoiser, x, sigmas, corrector_steps=self.corrector_steps, snr=self.snr, generator=generator, callback=callback)
             elif self.name in STOCHASTIC:
-                x = solve(denoiser, x, sigmas, generator, callback)
+                x = solve(denoiser, x, sigmas, generator=generator, callback=callback)
             else:
-                x = solve(denoiser, x, sigmas, callback)
+                x = solve(denoiser, x, sigmas, callback=callback)
         finally:
             model.train(was_training)
         return x.clamp(-1, 1)

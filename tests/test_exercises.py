@@ -66,6 +66,36 @@ def test_a_wrong_answer_fails_the_check(name):
         EXERCISES[name](lambda *args: _off(solution(*args)))
 
 
+MISTAKES = {  # a slip a student might make in each exercise
+    "forward_step": lambda x, beta, eps: (1 - beta) * x + beta**0.5 * eps,  # no square root on the signal
+    "snr_crossing": lambda ab: int(torch.nonzero(ab / (1 - ab) <= 1)[0]) - 1,  # the last step above 1
+    "resblock_parameters": lambda i, o, e: 2 * i + 2 * o + 9 * i * o + o + 9 * o * o + o + e * o + o,  # forgot the skip
+    "multihead_attention": lambda attn, x: x + attn.proj(  # scaled by sqrt(C), not sqrt(C / heads)
+        (lambda q, k, v: (v @ torch.softmax(q.transpose(2, 3) @ k / x.shape[1] ** 0.5, -1).transpose(2, 3)))(
+            *attn.qkv(attn.norm(x)).reshape(x.shape[0], 3, attn.heads, x.shape[1] // attn.heads, -1).unbind(1)
+        ).reshape(x.shape)
+    ),
+    "min_snr_weight": lambda ab, t, g: (ab / (1 - ab))[t].clamp(max=g).float(),  # the x0 loss's weight
+    "initial_loss": lambda ab, g: 1.0,  # the unweighted loss
+    "x0_from_eps": lambda ab, x, e: (x + (1 - ab) ** 0.5 * e) / ab**0.5,  # sign
+    "posterior_mean_from_eps": lambda a, ab, x, e: (x - (1 - a) / (1 - ab) * e) / a**0.5,  # no square root
+    "leading_timesteps": lambda T, n: [round(T - k * T / n) - 1 for k in range(n)],  # the trailing grid
+    "ddim_sigma": lambda ab, ab_prev, eta: ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5,  # eta forgotten
+    "ema_update": lambda s, p, d: [d * b + (1 - d) * a for a, b in zip(s, p)],  # decay on the new weights
+    "ema_half_life": lambda d: 1 / (1 - d),  # the averaging window, not the half-life
+    "x0_from_v": lambda ab, x, v: ab**0.5 * x + (1 - ab) ** 0.5 * v,  # sign
+    "eps_from_v": lambda ab, x, v: ab**0.5 * x + (1 - ab) ** 0.5 * v,  # the roles of the two factors swapped
+    "drop_labels": lambda y, p, null, g: torch.where(torch.rand(y.shape, generator=g) < 1 - p, torch.full_like(y, null), y),
+    "guidance_w_form": lambda c, u, w: u + w * (c - u),  # our s-form with s = w
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXERCISES))
+def test_a_plausible_mistake_fails_the_check(name):
+    with pytest.raises(AssertionError):
+        EXERCISES[name](MISTAKES[name])
+
+
 @pytest.mark.parametrize("name", sorted(EXERCISES))
 def test_the_notebook_stub_is_not_done_yet_and_check_never_raises(name, capsys):
     """The stub as the notebook stores it (executed from its cell) reports "not done yet"."""
@@ -76,6 +106,23 @@ def test_the_notebook_stub_is_not_done_yet_and_check_never_raises(name, capsys):
     exec(stub, scope)
     check(scope[name])
     assert capsys.readouterr().out.startswith(f"· {name}: not done yet")
+
+
+def test_checks_leave_the_global_random_state_alone():
+    state = torch.random.get_rng_state()
+    for name in ("multihead_attention", "ema_update"):
+        EXERCISES[name](_solution(name))
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_an_in_place_ema_update_is_refused():
+    def ema_update(shadow, params, decay):
+        for s, p in zip(shadow, params):
+            s.mul_(decay).add_((1 - decay) * p)
+        return shadow
+
+    with pytest.raises(AssertionError, match="the inputs changed"):
+        EXERCISES["ema_update"](ema_update)
 
 
 def test_check_names_what_is_wrong_and_what_crashed(capsys):
