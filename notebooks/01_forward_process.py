@@ -17,7 +17,8 @@
 # A diffusion model learns to undo a fixed process that turns images into noise, one small
 # Gaussian step at a time. This notebook builds that process: the noise **schedule**, the
 # closed-form jump $q(x_t \mid x_0)$ to any step, and the signal-to-noise ratio that later
-# notebooks reason with. Nothing here is learned yet.
+# notebooks reason with. Nothing here is learned yet, and nothing from another notebook is needed:
+# only the dataset.
 #
 # Every notebook starts the same way: the device (CUDA, then Apple MPS, then the CPU), the
 # profile that sets the scale (`DIFFUSION_PROFILE`: smoke, laptop or full) and the seed.
@@ -62,7 +63,13 @@ show_grid(x[:32], f"{profile.dataset}, first 32 images [{profile.name} profile]"
 # $$q(x_t \mid x_0) = \mathcal N\big(x_t;\ \sqrt{\bar\alpha_t}\,x_0,\ (1-\bar\alpha_t) I\big),
 # \qquad x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon,\quad \varepsilon\sim\mathcal N(0, I).$$
 #
-# So training never has to run the chain: it jumps straight to a random $t$. Here is DDPM's
+# Why the steps compose: if $x_{t-1} = \sqrt{\bar\alpha_{t-1}}\,x_0 + \sqrt{1-\bar\alpha_{t-1}}\,\bar\varepsilon$, then
+#
+# $$x_t = \sqrt{\alpha_t}\,x_{t-1} + \sqrt{1-\alpha_t}\,\varepsilon_t
+# = \sqrt{\bar\alpha_t}\,x_0 + \underbrace{\sqrt{\alpha_t(1-\bar\alpha_{t-1})}\,\bar\varepsilon + \sqrt{1-\alpha_t}\,\varepsilon_t}_{\text{variance } \alpha_t - \bar\alpha_t + 1 - \alpha_t\ =\ 1 - \bar\alpha_t},$$
+#
+# because the variances of independent Gaussian noises add; induction from $\bar\alpha_0 = \alpha_0$
+# does the rest. So training never has to run the chain: it jumps straight to a random $t$. Here is DDPM's
 # linear schedule ($\beta$ from $10^{-4}$ to $0.02$ over $T = 1000$ steps) in three lines, then
 # the tested version. For other $T$ (the smoke profile trains with $T = 100$) the tested version
 # scales both ends by $1000/T$, so that $\bar\alpha$ at the last step stays close to DDPM's.
@@ -96,8 +103,37 @@ assert torch.allclose(linear.q_sample(x0, t, eps), by_hand, atol=1e-6)
 #
 # $$\bar\alpha(t) = \frac{f(t)}{f(0)},\qquad f(t) = \cos^2\!\Big(\frac{t/T + s}{1+s}\cdot\frac{\pi}{2}\Big),\ s = 0.008,$$
 #
-# and the **sigmoid** schedule (Chen 2023) uses a rescaled sigmoid. Both cap $\beta_t$ at 0.999.
-# The clearest way to compare them is the signal-to-noise ratio
+# and the **sigmoid** schedule (Jabri et al. 2022; here in the form of Chen 2023, algorithm 1) sets
+# it to a rescaled sigmoid, with $\sigma(z) = 1/(1+e^{-z})$ and $(a, b, \tau) = (-3, 3, 1)$,
+#
+# $$\bar\alpha(t) = \frac{\sigma(b/\tau) - \sigma\big((t/T\,(b-a) + a)/\tau\big)}{\sigma(b/\tau) - \sigma(a/\tau)}.$$
+#
+# Both are continuous in $t/T \in [0, 1]$; the discrete $\beta_t = 1 - \bar\alpha(t+1)/\bar\alpha(t)$ is
+# capped at 0.999 so that the last step does not divide by zero (Nichol & Dhariwal 2021, sec. 3.2),
+# and the table's $\bar\alpha_t = \prod_{s \le t}(1-\beta_s)$ is then the continuous $\bar\alpha(t+1)$
+# (the functions below return $T+1$ values, the table has $T$).
+# By hand, checked against `helpers.schedules`:
+
+# %%
+import math
+
+
+def cosine_alpha_bar(T, s=0.008):
+    f = torch.cos((torch.arange(T + 1, dtype=torch.float64) / T + s) / (1 + s) * math.pi / 2) ** 2
+    return f / f[0]
+
+
+def sigmoid_alpha_bar(T, a=-3.0, b=3.0, tau=1.0):
+    sig = lambda z: torch.sigmoid(torch.as_tensor(z, dtype=torch.float64) / tau)  # noqa: E731
+    return (sig(b) - sig(torch.arange(T + 1, dtype=torch.float64) / T * (b - a) + a)) / (sig(b) - sig(a))
+
+
+for name, alpha_bar in (("cosine", cosine_alpha_bar(T)), ("sigmoid", sigmoid_alpha_bar(T))):
+    betas_by_hand = (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)
+    assert torch.allclose(betas_by_hand, Diffusion.from_schedule(name, T).betas), name
+
+# %% [markdown]
+# The clearest way to compare the three schedules is the signal-to-noise ratio
 # $\mathrm{SNR}(t) = \bar\alpha_t / (1-\bar\alpha_t)$ on a log scale.
 
 # %%
@@ -185,3 +221,38 @@ print("agree within 5 standard errors:", abs(chain.mean() - jump.mean()).item() 
 # Nothing on disk: the schedule is three lines of arithmetic that every later notebook rebuilds
 # from its name. Next, **02 · U-Net** builds the network that will learn to predict the noise
 # $\varepsilon$ from $x_t$ and $t$.
+
+# %% [markdown]
+# ## Exercises
+#
+# Each exercise is a function to write. The cell after it checks your function against
+# `helpers` and prints ✓, what is wrong, or "not done yet". The solutions are in
+# `notebooks/solutions/01_forward_process.py`.
+#
+# **1. One step forward.** Write one step of the chain, $q(x_t \mid x_{t-1})$ (eq. 2), given
+# $x_{t-1}$, $\beta_t$ and the noise $\varepsilon$.
+
+# %%
+def forward_step(x_prev, beta, eps):
+    """x_t from x_{t-1}: a tensor, beta_t: a float, eps: noise shaped like x_prev."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+from helpers.exercises import check
+
+check(forward_step)
+
+# %% [markdown]
+# **2. Where signal and noise are equal.** Return the first timestep at which
+# $\mathrm{SNR}(t) \le 1$, given a schedule's $\bar\alpha$ table. The check tries all three schedules;
+# compare your answers with the log-SNR plot above.
+
+# %%
+def snr_crossing(alpha_bars):
+    """The first t with alpha_bar_t / (1 - alpha_bar_t) <= 1; alpha_bars: float64 [T]."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+check(snr_crossing)

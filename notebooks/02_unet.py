@@ -19,7 +19,8 @@
 # uses a U-Net in the style of PixelCNN++: residual blocks at four resolutions, self-attention at
 # 16×16, skip connections from the way down to the way up, and the timestep fed into every
 # residual block. This notebook builds each piece, checks it against the tested version in
-# `helpers.unet`, and saves the model configuration that notebook 03 trains.
+# `helpers.unet`, and saves the model configuration that notebook 03 trains. It needs nothing
+# from an earlier notebook.
 
 # %%
 import json
@@ -70,7 +71,7 @@ fig.colorbar(im, ax=ax, label="value");
 # applies SiLU, dropout and a second convolution. The input is added back, through a 1×1
 # convolution when the channel count changes:
 #
-# $$h = \mathrm{conv}_2\big(\mathrm{drop}(\mathrm{SiLU}(\mathrm{GN}(\mathrm{conv}_1(\mathrm{SiLU}(\mathrm{GN}(x))) + W\,\mathrm{SiLU}(e)))))\big),\qquad \mathrm{out} = \mathrm{skip}(x) + h.$$
+# $$h = \mathrm{conv}_2\Big(\mathrm{drop}\big(\mathrm{SiLU}(\mathrm{GN}(\mathrm{conv}_1(\mathrm{SiLU}(\mathrm{GN}(x))) + W\,\mathrm{SiLU}(e)))\big)\Big),\qquad \mathrm{out} = \mathrm{skip}(x) + h.$$
 #
 # GroupNorm (not BatchNorm) keeps each image independent of the others in its batch. The second
 # convolution starts at **zero**, so at initialisation every block is its skip path and the deep
@@ -136,6 +137,51 @@ for name, shape in shape_table(full, torch.randn(1, 3, 32, 32), torch.tensor([50
     print(f"{name:<26} {str(shape):>20}")
 
 # %% [markdown]
+# The forward pass is short enough to write out. The timestep embedding goes through a small MLP;
+# every block on the way down keeps its output on a stack; on the way up every block first
+# concatenates the newest entry of the stack to its input along the channels. Residual blocks
+# take the embedding, attention and resampling do not:
+
+# %%
+from helpers.unet import ResBlock, timestep_embedding
+
+
+def run(block, h, emb):
+    for layer in block:
+        h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+    return h
+
+
+def unet_forward(model, x, t):
+    emb = model.time_mlp(timestep_embedding(t, model.ch))
+    h = model.conv_in(x)
+    skips = [h]
+    for block in model.down:  # a residual block (+ attention), or a stride-2 convolution
+        h = run(block, h, emb)
+        skips.append(h)
+    h = run(model.mid, h, emb)  # residual, attention, residual
+    for block in model.up:  # a residual block (+ attention, + upsampling), each eating one skip
+        h = run(block, torch.cat([h, skips.pop()], dim=1), emb)
+    return model.out(h)
+
+
+torch.manual_seed(0)
+small = UNet(**PROFILES["laptop"].model)
+torch.nn.init.normal_(small.out[-1].weight, std=0.1)  # the last convolution starts at zero; make it speak
+x, t = torch.randn(2, 1, 28, 28), torch.tensor([10, 900])
+with torch.no_grad():
+    assert torch.allclose(unet_forward(small, x, t), small(x, t), atol=1e-5)
+
+# %% [markdown]
+# Drawn in the order the forward pass runs, the same network is a "U": down to the coarsest
+# feature map and back up, with every skip connection bridging the U at one size.
+
+# %%
+from helpers.viz import plot_unet_layout
+
+plot_unet_layout(full, title="the DDPM CIFAR-10 U-Net (full profile): channels above each block");
+
+# %% [markdown]
 # The three profiles build the same architecture at different sizes. The full one is the DDPM
 # paper's 35.7 million parameters:
 
@@ -181,3 +227,40 @@ config_path = profile.checkpoint("02_unet_config.json")
 config_path.parent.mkdir(parents=True, exist_ok=True)
 config_path.write_text(json.dumps(model.config, indent=2))
 print(f"saved {config_path}; next: 03 · training")
+
+# %% [markdown]
+# ## Exercises
+#
+# Each exercise is a function to write. The cell after it checks your function against
+# `helpers` and prints ✓, what is wrong, or "not done yet". The solutions are in
+# `notebooks/solutions/02_unet.py`.
+#
+# **1. Count the parameters of a residual block.** From the equation above: two GroupNorms (a
+# scale and a shift per channel), two 3×3 convolutions with bias, the linear map $W$ of the
+# embedding, and a 1×1 skip convolution when the width changes.
+
+# %%
+def resblock_parameters(in_ch, out_ch, emb_dim):
+    """The number of parameters of ResBlock(in_ch, out_ch, emb_dim)."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+from helpers.exercises import check
+
+check(resblock_parameters)
+
+# %% [markdown]
+# **2. Attention with several heads.** Split the $C$ channels of $q$, $k$ and $v$ into
+# `attn.heads` groups of $d = C/\text{heads}$, attend within each group with scale $1/\sqrt d$, and
+# put the groups back together before the output projection. Use the block's own layers
+# (`attn.norm`, `attn.qkv`, `attn.proj`) as the single-head version above does.
+
+# %%
+def multihead_attention(attn, x):
+    """AttentionBlock's output on x [B, C, H, W] with attn.heads heads."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+check(multihead_attention)

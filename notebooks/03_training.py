@@ -86,6 +86,62 @@ eps = torch.randn_like(x0)
 assert torch.allclose(simple_loss(probe, x0, t, eps), plain.loss(probe, x0, t=t, noise=eps), rtol=1e-5)
 
 # %% [markdown]
+# ## One training step, by hand
+#
+# A step of training is: draw $t$ and $\varepsilon$, the weighted loss, backward, clip the
+# gradient's norm to 1, an Adam step at the warmed-up learning rate
+# $\text{lr}\cdot\min(1, (k+1)/\text{warm-up})$ at step $k$, then the EMA of the weights with its
+# own warm-up, decay $\min(\text{decay}, (1+k)/(10+k))$ (notebook 06). Five steps written out and five
+# steps of `Trainer.train_step`, from the same weights, batch and random draws (both in float32:
+# the check turns off the bf16 autocast that the Trainer would use on a GPU):
+
+# %%
+import copy
+
+from helpers.training import TrainConfig, Trainer
+
+step_config = TrainConfig.from_profile(profile, eval_every=0, sample_every=0, amp=False, compile=False)  # fp32 on any device
+batch = data.tensors()[0][: step_config.batch_size].to(device)
+torch.manual_seed(0)
+net = UNet(**model_config).to(device)
+reference = Trainer(copy.deepcopy(net), d, data, step_config, device, progress=False)
+start = [p.detach().clone() for p in net.parameters()]
+averaged = copy.deepcopy(net)
+adam = torch.optim.Adam(net.parameters(), lr=step_config.lr)
+
+torch.manual_seed(1)
+for k in range(5):
+    t = torch.randint(0, d.T, (len(batch),), device=device)
+    eps = torch.randn_like(batch)
+    per_image = ((net(d.q_sample(batch, t, eps), t) - eps) ** 2).flatten(1).mean(1)
+    adam.zero_grad()
+    (d.loss_weight(t) * per_image).mean().backward()  # w(t) = 1 for the plain loss
+    torch.nn.utils.clip_grad_norm_(net.parameters(), step_config.grad_clip)
+    adam.param_groups[0]["lr"] = step_config.lr * min(1.0, (k + 1) / step_config.warmup_steps)
+    adam.step()
+    with torch.no_grad():
+        for a, p in zip(averaged.parameters(), net.parameters()):
+            a.lerp_(p, 1 - min(step_config.ema_decay, (1 + k) / (10 + k)))
+
+torch.manual_seed(1)
+for _ in range(5):
+    reference.train_step(batch, None)
+
+
+def largest_gap(mine, theirs, start):
+    """max |mine - theirs| relative to how far the weights moved from start."""
+    gap = max((a - b).abs().max().item() for a, b in zip(mine, theirs))
+    moved = max((b - s).abs().max().item() for b, s in zip(theirs, start))
+    return gap / moved
+
+
+weights_gap = largest_gap(list(net.parameters()), list(reference.model.parameters()), start)
+ema_gap = largest_gap(list(averaged.parameters()), [reference.ema.shadow[n] for n, _ in net.named_parameters()], start)
+print(f"after 5 steps, by hand vs Trainer: weights differ by {weights_gap:.1e}, EMA weights by {ema_gap:.1e} "
+      "of how far the weights moved")
+assert weights_gap < 1e-3 and ema_gap < 1e-3
+
+# %% [markdown]
 # ## Train
 #
 # `Trainer` runs exactly that loss with Adam, a linear learning-rate warm-up, gradient clipping
@@ -116,7 +172,9 @@ print(f"step {trainer.step}: saved {ckpt_path}")
 # ## The loss curve
 #
 # Each point is the mean loss over one logging window (`log_every` steps); the smoothed line is
-# its exponential moving average. At initialisation the model outputs zero, so the loss starts
+# the geometric mean (the mean of the log-loss, the scale it is drawn on) of the nine windows
+# centred on each point, which follows the curve without lagging behind it (near the ends the
+# window shrinks, keeping it centred). At initialisation the model outputs zero, so the loss starts
 # at $\mathbb E_t[w(t)]\;\mathbb E\|\varepsilon\|^2 / \dim = \mathbb E_t[w(t)]$: 1 for the plain loss, less
 # with min-SNR weighting (printed). The first point averages the first `log_every` steps, by
 # the end of which the loss has already fallen.
@@ -198,3 +256,38 @@ if device.type == "cpu":
 #
 # `artifacts/<profile>/checkpoints/03_ddpm_eps.pt`: the eps-prediction model with its optimiser,
 # log and RNG states. Next, **04 · DDPM sampling** turns it into images.
+
+# %% [markdown]
+# ## Exercises
+#
+# Each exercise is a function to write. The cell after it checks your function against
+# `helpers` and prints ✓, what is wrong, or "not done yet". The solutions are in
+# `notebooks/solutions/03_training.py`.
+#
+# **1. The min-SNR weight.** Write $w(t) = \min(\mathrm{SNR}(t), \gamma)\,/\,\mathrm{SNR}(t)$, the
+# weight min-SNR-$\gamma$ puts on the ε loss, from the table $\bar\alpha$ and a tensor of timesteps.
+
+# %%
+def min_snr_weight(alpha_bars, t, gamma):
+    """w(t) for the eps loss; alpha_bars: float64 [T], t: integer tensor [B]. Returns float32 [B]."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+from helpers.exercises import check
+
+check(min_snr_weight)
+
+# %% [markdown]
+# **2. The loss before training.** The untrained model outputs zeros. What training loss does
+# it have under min-SNR-$\gamma$ weighting, averaged over $t$ and $\varepsilon$? Return one number;
+# the check measures it with `Diffusion.loss`.
+
+# %%
+def initial_loss(alpha_bars, gamma):
+    """E_{t, eps} of the min-SNR-weighted eps loss of a model that always outputs 0."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+check(initial_loss)

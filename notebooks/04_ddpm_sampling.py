@@ -51,8 +51,21 @@ few = (min(16, profile.train.grid_size), *shape[1:])  # every full chain costs T
 # \qquad
 # \tilde\mu_t = \frac{\sqrt{\bar\alpha_{t-1}}\,\beta_t}{1-\bar\alpha_t}\,x_0 + \frac{\sqrt{\alpha_t}\,(1-\bar\alpha_{t-1})}{1-\bar\alpha_t}\,x_t .$$
 #
-# `helpers.diffusion.Diffusion.q_posterior` implements this; `tests/test_diffusion.py` checks it
-# against the precision formula.
+# The first form is how it is derived, so compute it that way, at a few timesteps and on random
+# $x_0$ and $x_t$, and compare with the closed-form coefficients of `Diffusion.q_posterior`:
+
+# %%
+g = cpu_generator(2)
+x0_probe = torch.rand(4, *shape[1:], generator=g) * 2 - 1
+x_t_probe = torch.randn(4, *shape[1:], generator=g)
+for t in (1, d.T // 2, d.T - 1):
+    a, b, ab_prev = d.alphas[t].item(), d.betas[t].item(), d.alpha_bars_prev[t].item()
+    # q(x_t | x_{t-1}) as a Gaussian in x_{t-1}: mean x_t / sqrt(a), precision a / b;
+    # q(x_{t-1} | x_0): mean sqrt(ab_prev) x_0, precision 1 / (1 - ab_prev)
+    precision = a / b + 1 / (1 - ab_prev)
+    mean = (a / b * x_t_probe / a**0.5 + 1 / (1 - ab_prev) * ab_prev**0.5 * x0_probe) / precision
+    helper_mean, helper_var = d.q_posterior(x0_probe, x_t_probe, t)
+    assert torch.allclose(mean, helper_mean, atol=1e-5) and abs(1 / precision - helper_var) < 1e-9 * max(1.0, helper_var)
 
 # %% [markdown]
 # ## The ancestral step
@@ -177,3 +190,38 @@ print(f"DDPM, {d.T} steps, batch {shape[0]} on {device.type}: {1000 * seconds / 
 path = save_grid(grid, profile.artifacts / "figures" / "04_ddpm_samples.png")
 show_grid(grid, f"DDPM samples, {d.T} steps [{profile.name} profile]")
 print(f"saved {path}; next: 05 · DDIM, the same model in far fewer steps")
+
+# %% [markdown]
+# ## Exercises
+#
+# Each exercise is a function to write. The cell after it checks your function against
+# `helpers` and prints ✓, what is wrong, or "not done yet". The solutions are in
+# `notebooks/solutions/04_ddpm_sampling.py`.
+#
+# **1. The network's guess of $x_0$.** Invert $x_t = \sqrt{\bar\alpha_t}x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$
+# for $x_0$, with the predicted noise in place of $\varepsilon$ (DDPM eq. 15).
+
+# %%
+def x0_from_eps(alpha_bar, x_t, eps_hat):
+    """The x_0 that x_t and the predicted noise imply; alpha_bar: a float."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+from helpers.exercises import check
+
+check(x0_from_eps)
+
+# %% [markdown]
+# **2. The step's mean in terms of the noise.** Substitute your $\hat x_0$ into $\tilde\mu_t$ and
+# simplify: the result is DDPM's eq. 11, $\frac{1}{\sqrt{\alpha_t}}\big(x_t - \frac{\beta_t}{\sqrt{1-\bar\alpha_t}}\hat\varepsilon\big)$.
+# Write it; the check compares it with the posterior mean at $\hat x_0$.
+
+# %%
+def posterior_mean_from_eps(alpha, alpha_bar, x_t, eps_hat):
+    """The mean of p(x_{t-1} | x_t) from the predicted noise, without clipping; alpha = 1 - beta_t."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+check(posterior_mean_from_eps)
