@@ -58,22 +58,33 @@ print(f"model after {ckpt['step']} training steps; {d}")
 # $\eta = 1$ makes $\sigma_t^2 = \tilde\beta_t$, the DDPM posterior variance; $\eta = 0$ makes the
 # sampler deterministic. And since nothing ties $t-1$ to $t$, the same formula jumps between any
 # two timesteps $t > t'$ of a shorter grid, with $\bar\alpha_{t'}$ in place of $\bar\alpha_{t-1}$.
+#
+# The whole sampler, written out: the trailing grid, and at each step the network's noise, the
+# clipped guess $\hat x_0$, the noise re-derived from it (so that $\hat x_0$ and $\hat\varepsilon$ explain
+# $x_t$ together), $\sigma_t$ of eq. 16, the step of eq. 12, and fresh noise when $\sigma_t > 0$:
 
 # %%
-def ddim_by_hand(eps_hat, x_t, t, t_prev):
-    """eta = 0; t_prev = -1 means alpha_bar = 1 (land on x_0)."""
-    ab = d.alpha_bars[t].item()
-    ab_prev = d.alpha_bars[t_prev].item() if t_prev >= 0 else 1.0
-    x0 = ((x_t - (1 - ab) ** 0.5 * eps_hat) / ab**0.5).clamp(-1, 1)
-    eps = (x_t - ab**0.5 * x0) / (1 - ab) ** 0.5  # re-derived from the clipped x0
-    return ab_prev**0.5 * x0 + (1 - ab_prev) ** 0.5 * eps
+def ddim_by_hand(model, x, steps, eta, gen):
+    grid = [round(d.T - k * d.T / steps) - 1 for k in range(steps)]  # trailing: starts at T - 1
+    for t, t_prev in zip(grid, grid[1:] + [-1]):  # t_prev = -1: alpha_bar = 1, land on x_0
+        ab, ab_prev = d.alpha_bars[t].item(), (d.alpha_bars[t_prev].item() if t_prev >= 0 else 1.0)
+        eps = model(x, torch.full((len(x),), t, device=device))
+        x0 = ((x - (1 - ab) ** 0.5 * eps) / ab**0.5).clamp(-1, 1)  # the guess of x_0, clipped
+        eps = (x - ab**0.5 * x0) / (1 - ab) ** 0.5  # the noise that goes with it
+        sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5  # eq. 16
+        x = ab_prev**0.5 * x0 + max(1 - ab_prev - sigma**2, 0) ** 0.5 * eps  # eq. 12
+        if sigma > 0:
+            x = x + sigma * torch.randn(x.shape, generator=gen).to(device)
+    return x.clamp(-1, 1)
 
 
-x_t = torch.randn(4, profile.channels, profile.image_size, profile.image_size, device=device)
-t, t_prev = d.T - 1, d.T // 2
-with torch.no_grad():
-    eps_hat = model(x_t, torch.full((4,), t, device=device))
-assert torch.allclose(ddim_by_hand(eps_hat, x_t, t, t_prev), ddim_step(d, eps_hat, x_t, t, t_prev, eta=0.0)[0], atol=1e-5)
+S = min(50, d.T)  # steps of the checks and pictures below
+assert [round(d.T - k * d.T / S) - 1 for k in range(S)] == ddim_timesteps(d.T, S)
+x_T = torch.randn(8, profile.channels, profile.image_size, profile.image_size, generator=cpu_generator(5))
+for eta in (0.0, 0.5):
+    with torch.no_grad():
+        by_hand = ddim_by_hand(model, x_T.to(device), S, eta, cpu_generator(6))
+    assert torch.allclose(by_hand, sample(model, d, x_T, DDIM(S, eta), cpu_generator(6), progress=False), atol=1e-4)
 
 # %% [markdown]
 # At $\eta = 1$ on the full grid, the noise that `ddim_step` adds has exactly the DDPM posterior
@@ -182,6 +193,18 @@ ax.legend()
 ax.set(xlabel="sampler", ylabel=f"FID ({q.features})", title=f"DDIM: FID against eta [{profile.name} profile]");
 
 # %% [markdown]
+# What $\eta$ does to the images: the same eight starting noises at each value, $S$ steps, and
+# the same fresh noise for both stochastic rows.
+
+# %%
+x_T = torch.randn(8, profile.channels, profile.image_size, profile.image_size, generator=cpu_generator(7))
+fig, axes = plt.subplots(3, 1, figsize=(11, 5.4))
+for ax, eta in zip(axes, (0.0, 0.5, 1.0)):
+    show_grid(sample(model, d, x_T, DDIM(S, eta), cpu_generator(8), progress=False).cpu(), f"eta = {eta:g}", nrow=8, ax=ax)
+fig.suptitle(f"DDIM-{S} from the same noise at three values of eta [{profile.name} profile]", y=1.0)
+fig.tight_layout()
+
+# %% [markdown]
 # The printed difference says which way the noise pushed this model, and whether by more than
 # the floor's spread. A deterministic sampler keeps what makes DDIM useful in the rest of this
 # notebook (the same noise decodes to the same image, and paths between noises decode to paths
@@ -200,7 +223,7 @@ x_T = torch.randn(8, profile.channels, profile.image_size, profile.image_size, g
 decoded = {s: sample(model, d, x_T, DDIM(s), progress=False).cpu() for s in step_counts}
 reference = decoded[step_counts[-1]]
 other = sample(model, d, x_T.shape, DDIM(step_counts[-1]), cpu_generator(4), progress=False).cpu()
-fig, axes = plt.subplots(len(step_counts), 1, figsize=(8, 1.3 * len(step_counts)))
+fig, axes = plt.subplots(len(step_counts), 1, figsize=(11, 1.8 * len(step_counts)))
 for ax, s in zip(axes, step_counts):
     show_grid(decoded[s], f"{s} steps: mean |difference| to {step_counts[-1]} steps = {(decoded[s] - reference).abs().mean():.3f}", nrow=8, ax=ax)
 fig.suptitle(f"DDIM (eta = 0) decodes the same noise to the same image [{profile.name} profile]", y=1.01)
@@ -223,7 +246,7 @@ for spacing in ("trailing", "leading", "linspace"):
     evaluator.spacing = spacing
     imgs, _ = evaluator.images(model)
     spacing_rows[spacing] = (evaluator.score(imgs), imgs[:8])
-fig, axes = plt.subplots(3, 1, figsize=(8, 4))
+fig, axes = plt.subplots(3, 1, figsize=(11, 5.4))
 for ax, (spacing, (q, imgs)) in zip(axes, spacing_rows.items()):
     show_grid(imgs, f"{spacing}: starts at t = {ddim_timesteps(d.T, evaluator.steps, spacing)[0]}, FID {q.fid:.3f}", nrow=8, ax=ax)
     print(f"{spacing:<9} {evaluator.steps} steps: {q}")
@@ -253,6 +276,61 @@ walk = sample(model, d, path, DDIM(min(50, d.T)), progress=False).cpu()
 show_grid(walk, f"DDIM decoding of a slerp path between two noises [{profile.name} profile]", nrow=8);
 
 # %% [markdown]
+# ## DDIM inversion: from an image back to its noise
+#
+# At $\eta = 0$ DDIM takes steps of an ODE (Song et al. 2021, section 4.3), and an ODE can be
+# run in either direction. Going up the grid from level $a$ to level $b > a$ is the same update
+# with the two levels swapped, $x_b = \sqrt{\bar\alpha_b}\,\hat x_0 + \sqrt{1-\bar\alpha_b}\,\hat\varepsilon$; it needs
+# the network at $x_b$, which is not known yet, so it uses the network at $x_a$ (at $t = 0$ for
+# the first step, which starts from the image itself). Neither direction clips $\hat x_0$:
+# clipping cannot be undone. Encoding eight held-out test images by hand, then with
+# `ddim_invert`:
+
+# %%
+from helpers.data import profile_dataset
+from helpers.samplers import ddim_invert
+
+real = profile_dataset(profile, train=False).tensors()[0][:8]
+
+
+def invert_by_hand(model, x, steps):
+    grid = ddim_timesteps(d.T, steps)[::-1]  # ascending
+    for a, b in zip([-1] + grid[:-1], grid):  # level -1 is the image itself
+        t = max(a, 0)
+        ab, ab_b = d.alpha_bars[t].item(), d.alpha_bars[b].item()
+        eps = model(x, torch.full((len(x),), t, device=device))
+        x0 = (x - (1 - ab) ** 0.5 * eps) / ab**0.5
+        x = ab_b**0.5 * x0 + (1 - ab_b) ** 0.5 * eps
+    return x
+
+
+with torch.no_grad():
+    latents = invert_by_hand(model, real.to(device), S)
+assert torch.allclose(latents, ddim_invert(model, d, real, S, progress=False), atol=1e-4)
+
+# %% [markdown]
+# Decoding the latents on the same grid returns the images only approximately, because each step
+# up used the network one level too early. The error shrinks as the grid gets finer:
+
+# %%
+rows_inv = []
+for s_inv in [s for s in (10, 20, 50, 100, 200) if s <= d.T]:
+    latents = ddim_invert(model, d, real, s_inv, progress=False)
+    back = sample(model, d, latents, DDIM(s_inv, clip_x0=False), progress=False).cpu()
+    rows_inv.append({"steps": s_inv, "error": (back - real).abs().mean().item(), "latent_std": latents.std().item(), "back": back, "latents": latents.cpu()})
+    print(f"{s_inv:>4} steps: mean |x_0 - decoded| = {rows_inv[-1]['error']:.4f}, std of the latents {rows_inv[-1]['latent_std']:.3f}")
+print(f"for scale: a test image differs from the next one by {(real - real.roll(1, 0)).abs().mean():.3f} on average")
+
+fig, (ax, ax_img) = plt.subplots(1, 2, figsize=(12, 3.6), gridspec_kw={"width_ratios": [1, 1.6]})
+ax.plot([r["steps"] for r in rows_inv], [r["error"] for r in rows_inv], "o-")
+ax.set(xscale="log", yscale="log", xlabel="DDIM steps, each way (log scale)", ylabel="mean |x_0 - decoded| (pixels in [-1, 1])",
+       title="reconstruction error after inversion")
+last = rows_inv[-1]
+show_grid(torch.cat([real, last["latents"].clamp(-3, 3) / 3, last["back"]]),
+          f"{last['steps']} steps: test images, their latents (scaled by 1/3), decoded", nrow=8, ax=ax_img)
+fig.suptitle(f"DDIM inversion [{profile.name} profile]", y=1.02);
+
+# %% [markdown]
 # ## What this notebook leaves
 #
 # The timing and η tables, in `artifacts/<profile>/figures/05_ddim_steps.json`. Next, **06 · EMA and
@@ -263,3 +341,37 @@ path = profile.artifacts / "figures" / "05_ddim_steps.json"
 path.parent.mkdir(parents=True, exist_ok=True)
 path.write_text(json.dumps({"device": str(device), "features": q.features, "rows": rows, "eta_rows": eta_rows}, indent=2))
 print(f"saved {path}")
+
+# %% [markdown]
+# ## Exercises
+#
+# Each exercise is a function to write. The cell after it checks your function against
+# `helpers` and prints ✓, what is wrong, or "not done yet". The solutions are in
+# `notebooks/solutions/05_ddim.py`.
+#
+# **1. The leading grid.** Return the $S$ timesteps $k\lfloor T/S\rfloor$, $k = S-1, \dots, 0$, in
+# descending order. At which $t$ does it start for $T = 1000$, $S = 30$, and why does that matter?
+
+# %%
+def leading_timesteps(T, steps):
+    """The leading grid of `steps` timesteps out of T, largest first, as a list of ints."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+from helpers.exercises import check
+
+check(leading_timesteps)
+
+# %% [markdown]
+# **2. How much noise $\eta$ adds.** Write $\sigma_t(\eta)$ of eq. 16 for a step from
+# $\bar\alpha_t$ to $\bar\alpha_{t'}$. The check reads the factor off `ddim_step` itself.
+
+# %%
+def ddim_sigma(alpha_bar_t, alpha_bar_prev, eta):
+    """sigma of a DDIM step from alpha_bar_t to alpha_bar_prev (floats) at this eta."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+check(ddim_sigma)
