@@ -124,10 +124,22 @@ def fid_by_hand(a, b):
     return ((mu_a - mu_b) ** 2).sum() + cov_a.trace() + cov_b.trace() - 2 * sqrt_trace
 
 
-q = fid_kid(real2d, fake2d, "2-D toy", kid_subset_size=1000)
+def kid_by_hand(a, b):
+    """Unbiased MMD^2 with the cubic kernel k(x, y) = (x.y / dim + 1)^3, on all of a and b."""
+    k = lambda x, y: (x @ y.T / x.shape[1] + 1) ** 3  # noqa: E731
+    m, n = len(a), len(b)
+    k_aa, k_bb = k(a, a), k(b, b)
+    within = (k_aa.sum() - k_aa.trace()) / (m * (m - 1)) + (k_bb.sum() - k_bb.trace()) / (n * (n - 1))  # no i = j pairs
+    return within - 2 * k(a, b).mean()
+
+
+# KID subsets as large as the sets: every subset is the whole set, shuffled, so torchmetrics'
+# average over subsets is the statistic on all points
+q = fid_kid(real2d, fake2d, "2-D toy", kid_subset_size=len(real2d))
 assert abs(fid_by_hand(real2d, fake2d).item() - q.fid) < 1e-6
+assert abs(kid_by_hand(real2d, fake2d).item() - q.kid) < 1e-9
 print(q)
-print("against itself:", fid_kid(real2d, real2d, "2-D toy", kid_subset_size=1000))
+print("against itself:", fid_kid(real2d, real2d, "2-D toy", kid_subset_size=len(real2d)))
 
 fig, ax = plt.subplots(figsize=(4.5, 4.5))
 ax.scatter(*real2d[:500].T, s=4, alpha=0.5, label="real")
@@ -152,6 +164,36 @@ from helpers.metrics import get_features
 features = get_features(profile, device)
 
 # %% [markdown]
+# ## The floor: real images against real images
+#
+# FID is biased upwards at small sample counts: even two sets of real images score above zero,
+# by an amount that depends on the counts and the features. So every score in this course is
+# read against a **floor**: held-out test images (never trained on, never in the reference set)
+# scored exactly as a model's samples are, with the same counts, against the same reference
+# images of the training split. Several disjoint held-out sets give its spread, the smallest
+# difference between two models worth reading.
+
+# %% tags=["nbval-ignore-output"]
+from helpers.metrics import heldout_features, real_features
+
+settings = profile.sample
+reference = real_features(features, profile)
+held_out, _ = heldout_features(features, profile)
+sets = min(5, len(held_out) // settings.fid_samples)
+floor_scores = [fid_kid(reference, held_out[i * settings.fid_samples : (i + 1) * settings.fid_samples], features.name, settings.kid_subset_size) for i in range(sets)]
+
+# %%
+for i, fq in enumerate(floor_scores):
+    print(f"held-out set {i + 1}: FID {fq.fid:.3f}, KID {fq.kid:.4f}")
+fids = torch.tensor([fq.fid for fq in floor_scores], dtype=torch.float64)
+spread = f"± {fids.std():.3f}" if sets > 1 else "(one held-out set: no spread)"
+print(f"floor: FID {fids.mean():.3f} {spread}, KID {sum(fq.kid for fq in floor_scores) / sets:.4f} "
+      f"({settings.fid_samples} held-out vs {len(reference)} training images, {features.name} features, KID subsets of {settings.kid_subset_size})")
+
+# %% [markdown]
+# `helpers.metrics.real_floor` computes the same; the evaluator below carries it, and every FID in
+# notebooks 05–08 is printed beside it.
+#
 # ## Continue training, with EMA on
 #
 # Load the run of notebook 03 and train on with an EMA of the weights (the profile's decay, with
@@ -169,6 +211,7 @@ from helpers.diffusion import Diffusion
 
 d = Diffusion.from_config(base["diffusion"])
 evaluator = Evaluator.for_profile(profile, d, features)
+assert abs(evaluator.floor.fid - fids.mean().item()) < 1e-6  # the same floor as computed above
 config = TrainConfig.from_profile(profile, steps=base["step"] + profile.compare_steps, eval_every=max(1, profile.compare_steps // 3))
 trainer = Trainer(UNet(**base["model_config"]), d, profile_dataset(profile), config, device, out_dir=profile.artifacts / "logs" / "06_ddpm_ema", evaluator=evaluator)
 trainer.load(ckpt_path if ckpt_path.exists() else source)
@@ -247,3 +290,38 @@ print(f"share of the initial weights left in the average without warm-up: 0.999^
 
 # %%
 print(f"saved {ckpt_path} at step {trainer.step}")
+
+# %% [markdown]
+# ## Exercises
+#
+# Each exercise is a function to write. The cell after it checks your function against
+# `helpers` and prints ✓, what is wrong, or "not done yet". The solutions are in
+# `notebooks/solutions/06_ema_fid.py`.
+#
+# **1. One EMA update.** Given the shadow tensors, the current parameters (two lists in the same
+# order) and the decay, return the new shadow tensors, $\bar\theta \leftarrow d\,\bar\theta + (1-d)\,\theta$.
+
+# %%
+def ema_update(shadow, params, decay):
+    """The new shadow tensors (a list), without changing the inputs."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+from helpers.exercises import check
+
+check(ema_update)
+
+# %% [markdown]
+# **2. The half-life of an average.** After how many updates (a real number) does a value the
+# average held before have only half its weight left? The check lets an `EMA` track a
+# parameter that jumps from 0 to 1 and counts the updates until the average passes 0.5.
+
+# %%
+def ema_half_life(decay):
+    """Updates until the weight of the old value falls to one half, at this decay (no warm-up)."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+check(ema_half_life)
