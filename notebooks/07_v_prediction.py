@@ -20,6 +20,8 @@
 # timesteps, which changes what training optimises. This notebook defines $v$, shows why
 # $\varepsilon$-prediction is fragile at high noise, shows that the three losses are one objective
 # up to a weight per timestep, and trains all three (and min-SNR weighting) on the same budget.
+#
+# It needs `02_unet_config.json` from notebook 02 and `03_ddpm_eps.pt` from notebook 03.
 
 # %%
 import math
@@ -113,7 +115,7 @@ from helpers.viz import show_grid
 
 eps_model, d_eps, _ = load_model(require(profile.checkpoint("03_ddpm_eps.pt"), "03_training"), device)
 noise = torch.randn(8, profile.channels, profile.image_size, profile.image_size, generator=torch.Generator().manual_seed(1)).to(device)
-fig, axes = plt.subplots(1, 2, figsize=(9, 2.2))
+fig, axes = plt.subplots(2, 1, figsize=(11, 3.8))
 with torch.no_grad():
     for ax, step in zip(axes, (d_eps.T // 2, d_eps.T - 1)):
         tt = torch.full((8,), step)
@@ -121,7 +123,8 @@ with torch.no_grad():
         x0_hat = d_eps.predict_x0(x_t, tt, eps_model(x_t, tt.to(device)))
         print(f"t = {step}: implied x0 has std {x0_hat.std():.2f}, {(x0_hat.abs() > 1).float().mean():.0%} of pixels outside [-1, 1]")
         show_grid(x0_hat.cpu(), f"implied $\\hat x_0$ at t = {step}", nrow=8, ax=ax)
-fig.suptitle(f"the eps-model's x0 estimates [{profile.name} profile]", y=1.1);
+fig.suptitle(f"the eps-model's x0 estimates from the same noise [{profile.name} profile]", y=1.02)
+fig.tight_layout();
 
 # %% [markdown]
 # ## One objective, three weightings
@@ -187,7 +190,7 @@ for name, (prediction, weighting) in runs.items():
 # %%
 test_images = profile_dataset(profile, train=False).tensors()[0][:512]
 probe_t = [int((i + 0.5) * profile.T / 10) for i in range(10)]
-fig, (ax_loss, ax_x0) = plt.subplots(1, 2, figsize=(11, 3.6))
+fig, (ax_loss, ax_x0) = plt.subplots(1, 2, figsize=(12, 4.4), layout="constrained")
 scores, errors = {}, {}
 evaluator = Evaluator.for_profile(profile, next(iter(trainers.values())).diffusion, features)
 for name, trainer in trainers.items():
@@ -196,11 +199,11 @@ for name, trainer in trainers.items():
     ax_x0.plot(probe_t, errors[name], "o-", label=name)
     evaluator.d = trainer.diffusion
     scores[name] = evaluator.score(evaluator.images(trainer.model)[0])
-ax_loss.set(yscale="log", title="training loss by timestep, in each target's units\n(min-SNR run: weighted)", xlabel="timestep t (bucket centre)", ylabel="loss (last quarter of training)")
-ax_x0.set(yscale="log", title=r"error of $\hat x_0$ on held-out images", xlabel="timestep t", ylabel=r"mean squared error of $\hat x_0$")
+ax_loss.set(yscale="log", title="training loss by timestep\n(each target's own units; min-SNR run weighted)", xlabel="timestep t (bucket centre)", ylabel="loss (last quarter of training)")
+ax_x0.set(yscale="log", title="error of $\\hat x_0$ on held-out images\n(comparable across the four models)", xlabel="timestep t", ylabel=r"mean squared error of $\hat x_0$")
 ax_loss.legend()
 ax_x0.legend()
-fig.suptitle(f"{profile.compare_steps} steps each, cosine schedule [{profile.name} profile]", y=1.03)
+fig.suptitle(f"four models, {profile.compare_steps} training steps each, cosine schedule [{profile.name} profile]")
 
 q = next(iter(scores.values()))
 lines = [f"FID/KID: {q.n_fake} DDIM-{profile.sample.ddim_steps} samples each vs {q.n_real} real images, {q.features} features, KID subsets of {q.kid_subset_size}",
@@ -241,3 +244,37 @@ try:
 except CheckpointError as err:
     print("loading it as an eps model:", err)
 print(f"saved {path}")
+
+# %% [markdown]
+# ## Exercises
+#
+# Each exercise is a function to write. The cell after it checks your function against
+# `helpers` and prints ✓, what is wrong, or "not done yet". The solutions are in
+# `notebooks/solutions/07_v_prediction.py`.
+#
+# **1. From $v$ back to the image.** Given $\bar\alpha_t$, $x_t$ and a predicted $v$, return
+# $\hat x_0$: rotate $(x_t, v)$ back by $\phi_t$.
+
+# %%
+def x0_from_v(alpha_bar, x_t, v):
+    """x_0 implied by x_t and v at this alpha_bar (a float)."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+from helpers.exercises import check
+
+check(x0_from_v)
+
+# %% [markdown]
+# **2. From $v$ to the noise.** The same rotation gives $\hat\varepsilon$, which is what a DDIM
+# step needs beside $\hat x_0$.
+
+# %%
+def eps_from_v(alpha_bar, x_t, v):
+    """eps implied by x_t and v at this alpha_bar (a float)."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+check(eps_from_v)
