@@ -74,16 +74,48 @@ print("labels:      ", y.tolist())
 print("after drop:  ", torch.where(drop, torch.full_like(y, 10), y).tolist())
 
 # %% [markdown]
-# `Trainer` does this to every batch of a model built with `num_classes` (and `tests/` checks the
-# rate over thousands of labels).
-#
+# `Trainer` does this to every batch of a model built with `num_classes`. To see the rate it
+# really applies, give it a stand-in model that only records the labels it is called with, and
+# run one epoch of this profile's batches through `train_step`:
+
+# %%
+from torch import nn
+
+from helpers.training import TrainConfig, Trainer
+
+
+class LabelRecorder(nn.Module):
+    """Outputs x_t times a weight (so there is something to train) and keeps every label it sees."""
+
+    num_classes = len(classes)
+
+    def __init__(self):
+        super().__init__()
+        self.weight, self.seen = nn.Parameter(torch.zeros(())), []
+
+    def forward(self, x, t, y):
+        self.seen.append(y.cpu())
+        return x * self.weight
+
+
+recorder = LabelRecorder()
+epoch = len(data) // profile.train.batch_size
+torch.manual_seed(0)
+Trainer(recorder, profile.diffusion(), data, TrainConfig.from_profile(profile, steps=epoch, ema_decay=None, sample_every=0, eval_every=0),
+        "cpu", progress=False).train()
+seen = torch.cat(recorder.seen)
+p, n = profile.train.p_uncond, len(seen)
+rate, sd = (seen == len(classes)).float().mean().item(), (p * (1 - p) / n) ** 0.5
+print(f"one epoch, {n} labels: {rate:.2%} replaced by the null id; expected {p:.0%} ± {3 * sd:.2%} (3 binomial standard deviations)")
+assert abs(rate - p) < 3 * sd
+
+# %% [markdown]
 # The conditional model does not start from scratch. It starts from the (EMA) weights of notebook
 # 03's unconditional model, with the class embedding at zero: at step 0 it ignores its labels
 # and *is* that model, which already draws every class. Training then only has to learn what
 # each label adds, so half of notebook 03's steps suffice.
 
 # %% tags=["nbval-ignore-output"]
-from helpers.training import TrainConfig, Trainer
 from helpers.viz import LiveLossPlot
 
 ckpt_path = profile.checkpoint("08_cfg.pt")
@@ -137,7 +169,7 @@ def class_grid(scale: float) -> torch.Tensor:
     return sample(Guided(model, labels, scale), d, x_T, DDIM(steps), progress=False).cpu()
 
 
-fig, ax = plt.subplots(figsize=(5, 6.2))
+fig, ax = plt.subplots(figsize=(6.5, 8))
 ax.imshow(grid_image(class_grid(3.0), nrow=per_row), cmap="gray")
 ax.set_yticks([(i + 0.5) * (profile.image_size + 1) for i in range(len(classes))], classes)
 ax.set_xticks([])
@@ -191,14 +223,17 @@ lines += [f"{r['s']:>4} {r['accuracy']:>9.1%} {r['confidence']:>11.3f} {r['fid']
 lines.append(f"real-data floor at these counts: {evaluator.floor}")
 print("\n".join(lines))
 
-fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-for ax, key, label in zip(axes, ("accuracy", "fid", "diversity"), ("classifier accuracy on samples", f"FID ({q.features})", "within-class pixel variance")):
+fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
+panels = (("accuracy", "does a sample look like its class?", "classifier accuracy"),
+          ("fid", f"FID, {q.features} features", "FID (lower is better)"),
+          ("diversity", "diversity within a class", "mean within-class pixel variance"))
+for ax, (key, title, ylabel) in zip(axes, panels):
     ax.plot(sweep, [r[key] for r in rows], "o-")
     if key == "fid":
         ax.axhline(evaluator.floor.fid, color="gray", ls="--", label="real-data floor")
         ax.legend()
-    ax.set(title=label, xlabel="guidance scale s", ylabel=label)
-fig.suptitle(f"classifier-free guidance: quality against diversity [{profile.name} profile]", y=1.04);
+    ax.set(title=title, xlabel="guidance scale s", ylabel=ylabel)
+fig.suptitle(f"classifier-free guidance: quality against diversity [{profile.name} profile]");
 
 # %% [markdown]
 # What guidance is for shows in the first and last panels: as $s$ grows, samples should become
@@ -227,3 +262,38 @@ print(f"lowest FID at s = {best_fid['s']}")
 # in CIFAR-10).
 #
 # That completes the course: from noising images (01) to steering a generator by class (08).
+
+# %% [markdown]
+# ## Exercises
+#
+# Each exercise is a function to write. The cell after it checks your function against
+# `helpers` and prints ✓, what is wrong, or "not done yet". The solutions are in
+# `notebooks/solutions/08_classifier_free_guidance.py`.
+#
+# **1. Label dropout.** Replace each label by `null_id` with probability `p_uncond`, drawing
+# from `generator`; keep the others as they are.
+
+# %%
+def drop_labels(y, p_uncond, null_id, generator):
+    """y [B] integer class ids -> the same with about a p_uncond share replaced by null_id."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+from helpers.exercises import check
+
+check(drop_labels)
+
+# %% [markdown]
+# **2. The other convention.** Ho & Salimans (2022, eq. 6) write guidance as
+# $(1+w)\,\varepsilon_\theta(x_t, y) - w\,\varepsilon_\theta(x_t, \varnothing)$. Write it; the check
+# compares it with `Guided` at $s = 1 + w$. (So their $w = 0$ is our $s = 1$, no guidance.)
+
+# %%
+def guidance_w_form(eps_cond, eps_uncond, w):
+    """The guided prediction in Ho & Salimans' convention, guidance weight w."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+check(guidance_w_form)
