@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -289,6 +290,24 @@ class Trajectory:
 Sampler = DDPM | DDIM
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode (no dropout) for the block, then back in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def starting_noise(x_T: torch.Tensor | Sequence[int], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """x_T as float32 on ``device``: the tensor given, or N(0, I) of that shape drawn from ``generator``."""
+    if isinstance(x_T, torch.Tensor):
+        return x_T.to(device=device, dtype=torch.float32)
+    return randn(tuple(x_T), generator, device)
+
+
 @torch.no_grad()
 def sample(
     model: nn.Module,
@@ -316,14 +335,9 @@ def sample(
         x_0 in [-1, 1] (clamped), on the model's device.
     """
     device = next(model.parameters()).device
-    if isinstance(x_T, torch.Tensor):
-        x = x_T.to(device=device, dtype=torch.float32)
-    else:
-        x = randn(tuple(x_T), generator, device)
+    x = starting_noise(x_T, generator, device)
     grid = sampler.timesteps(d.T)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for i, (t, t_prev) in enumerate(tqdm(list(zip(grid, grid[1:] + [-1])), desc=str(sampler), disable=not progress, leave=False, mininterval=1.0)):
             out = model(x, torch.full((len(x),), t, device=device, dtype=torch.long)).float()
             noise = randn(x.shape, generator, device) if sampler.needs_noise(t, t_prev) else None
@@ -331,8 +345,6 @@ def sample(
             if callback is not None:
                 callback({"i": i, "steps": len(grid), "t": t, "x_t": x, "x0": x0, "x_prev": x_prev})
             x = x_prev
-    finally:
-        model.train(was_training)
     return x.clamp(-1, 1)
 
 
@@ -350,16 +362,12 @@ def ddim_invert(model: nn.Module, d: Diffusion, x0: torch.Tensor, steps: int | N
     device = next(model.parameters()).device
     grid = DDIM(steps, spacing=spacing).timesteps(d.T)[::-1]  # ascending
     x = x0.to(device=device, dtype=torch.float32)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for a, b in tqdm(list(zip([-1, *grid[:-1]], grid)), desc="DDIM inversion", disable=not progress, leave=False, mininterval=1.0):
             t = max(a, 0)
             out = model(x, torch.full((len(x),), t, device=device, dtype=torch.long)).float()
             ab_b = float(d.alpha_bars[b])
             x = ab_b**0.5 * d.predict_x0(x, t, out) + (1 - ab_b) ** 0.5 * d.predict_eps(x, t, out)
-    finally:
-        model.train(was_training)
     return x
 
 

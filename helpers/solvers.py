@@ -24,6 +24,7 @@ from torch import nn
 
 from helpers.device import randn
 from helpers.diffusion import Diffusion
+from helpers.samplers import eval_mode, starting_noise
 
 __all__ = [
     "karras_sigmas",
@@ -309,20 +310,14 @@ class Solver:
         """Images in [-1, 1] from x_T ~ N(0, I) (the same x_T as ``samplers.sample`` starts from:
         x = x_T sqrt(1 + sigma_max^2) in the VE coordinates)."""
         denoiser = Denoiser(model, d)
-        device = next(model.parameters()).device
-        x_T = x_T.to(device=device, dtype=torch.float32) if isinstance(x_T, torch.Tensor) else randn(tuple(x_T), generator, device)
+        x = starting_noise(x_T, generator, next(model.parameters()).device) * math.sqrt(1 + denoiser.sigma_max**2)
         sigmas = karras_sigmas(self.steps, denoiser.sigma_min, denoiser.sigma_max, self.rho)
-        x = x_T * math.sqrt(1 + denoiser.sigma_max**2)
-        was_training = model.training
-        model.eval()
-        try:
-            solve = SOLVERS[self.name]
+        solve = SOLVERS[self.name]
+        with eval_mode(model):
             if self.name == "pc":
                 x = solve(denoiser, x, sigmas, corrector_steps=self.corrector_steps, snr=self.snr, generator=generator, callback=callback)
             elif self.name in STOCHASTIC:
                 x = solve(denoiser, x, sigmas, generator=generator, callback=callback)
             else:
                 x = solve(denoiser, x, sigmas, callback=callback)
-        finally:
-            model.train(was_training)
         return x.clamp(-1, 1)
