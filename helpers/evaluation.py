@@ -16,7 +16,8 @@ from helpers.config import Profile
 from helpers.device import cpu_generator
 from helpers.diffusion import Diffusion
 from helpers.metrics import Features, Floor, Quality, extract_both, fid_kid, inception_score, real_features, real_floor
-from helpers.samplers import DDIM, Guided, sample
+from helpers.samplers import DDIM, Guided, Sampler
+from helpers.solvers import Solver, draw
 
 __all__ = ["Evaluator", "pixel_diversity", "x0_error_by_timestep"]
 
@@ -66,18 +67,20 @@ class Evaluator:
         return DDIM(self.steps, self.eta, self.spacing)
 
     @torch.no_grad()
-    def images(self, model: nn.Module, guidance_scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(samples [n, C, H, W] on the CPU, their labels or None)."""
+    def images(self, model: nn.Module, guidance_scale: float | None = None, sampler: Sampler | Solver | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(samples [n, C, H, W] on the CPU, their labels or None), drawn with ``sampler`` (default:
+        this evaluator's DDIM) from the evaluator's seed: the same noise whatever the sampler."""
         gen = cpu_generator(self.seed)
         num_classes = getattr(model, "num_classes", None)
         shape = (model.in_channels, model.image_size, model.image_size)
         scale = self.guidance_scale if guidance_scale is None else guidance_scale
+        sampler = self.sampler if sampler is None else sampler
         xs, ys = [], []
         for start in range(0, self.n, self.batch_size):
             b = min(self.batch_size, self.n - start)
             y = (torch.arange(start, start + b) % num_classes) if num_classes is not None else None
             net = Guided(model, y, scale) if y is not None else model
-            xs.append(sample(net, self.d, (b, *shape), self.sampler, gen, progress=False).cpu())
+            xs.append(draw(net, self.d, (b, *shape), sampler, gen).cpu())
             ys.append(y)
         return torch.cat(xs), (torch.cat(ys) if num_classes is not None else None)
 

@@ -26,8 +26,8 @@ from PIL import Image
 
 from helpers.checkpoints import CheckpointError, load_model
 from helpers.device import cpu_generator, describe, pick_device
-from helpers.samplers import DDIM, DDPM, SPACINGS, VARIANCES, Guided, sample
-from helpers.solvers import SOLVERS, Solver
+from helpers.samplers import DDIM, DDPM, SPACINGS, VARIANCES, Guided
+from helpers.solvers import SOLVERS, Solver, draw
 from helpers.viz import save_grid
 
 
@@ -160,10 +160,7 @@ def run(args: argparse.Namespace) -> str:
         b = min(args.batch_size, args.n - start)
         y = class_ids(args, start, b, model.num_classes)
         net = Guided(model, y, args.guidance_scale) if y is not None else model
-        if isinstance(sampler, Solver):
-            images.append(sampler.sample(net, d, (b, *shape), gen).cpu())
-        else:
-            images.append(sample(net, d, (b, *shape), sampler, gen).cpu())
+        images.append(draw(net, d, (b, *shape), sampler, gen, progress=True).cpu())
     seconds = time.perf_counter() - t0
     x = torch.cat(images)
     if not torch.isfinite(x).all():

@@ -24,7 +24,7 @@ from torch import nn
 
 from helpers.device import randn
 from helpers.diffusion import Diffusion
-from helpers.samplers import eval_mode, starting_noise
+from helpers.samplers import Sampler, eval_mode, sample, starting_noise
 
 __all__ = [
     "karras_sigmas",
@@ -37,6 +37,7 @@ __all__ = [
     "sample_pc",
     "SOLVERS",
     "Solver",
+    "draw",
 ]
 
 DenoiserFn = Callable[[torch.Tensor, float], torch.Tensor]
@@ -321,3 +322,13 @@ class Solver:
             else:
                 x = solve(denoiser, x, sigmas, callback=callback)
         return x.clamp(-1, 1)
+
+
+def draw(
+    model: nn.Module, d: Diffusion, x_T: torch.Tensor | tuple[int, ...], sampler: Sampler | Solver, generator: torch.Generator | None = None, progress: bool = False
+) -> torch.Tensor:
+    """Images in [-1, 1] from x_T with any sampler of the course: ``DDPM``/``DDIM`` through
+    ``samplers.sample`` (with a progress bar if ``progress``), or a noise-level ``Solver``."""
+    if isinstance(sampler, Solver):
+        return sampler.sample(model, d, x_T, generator)
+    return sample(model, d, x_T, sampler, generator, progress=progress)
