@@ -1,0 +1,81 @@
+"""MPS has no float64: nothing the course runs may put a float64 tensor on the model's device.
+
+The "meta" device stands in for it on a CPU: tensors there have shapes and dtypes but no values,
+and a dispatch mode sees every operation, so any float64 tensor that reaches the device, as an
+input or an output of any op, is caught where it is made (the schedule tables themselves are
+float64 by design and stay on the CPU).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from helpers.device import cpu_generator
+from helpers.diffusion import Diffusion
+from helpers.samplers import DDIM, DDPM, Guided, ddim_invert, sample
+from helpers.solvers import SOLVERS, Solver
+from helpers.training import TrainConfig, Trainer
+from helpers.unet import UNet
+
+from conftest import SMALL_UNET
+from test_training import tiny_dataset
+
+META = torch.device("meta")
+
+
+class Float64OnDevice(TorchDispatchMode):
+    """Records each op that takes or makes a float64 tensor on the meta device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if any(isinstance(v, torch.Tensor) and v.device.type == "meta" and v.dtype == torch.float64 for v in tree_leaves((args, kwargs, out))):
+            self.ops.append(str(func))
+        return out
+
+
+def _watched(fn) -> list[str]:
+    with Float64OnDevice() as watch:
+        fn()
+    return watch.ops
+
+
+@pytest.mark.parametrize("prediction,weighting", [("eps", "min_snr"), ("v", "snr"), ("x0", "none")])
+def test_a_training_step_puts_no_float64_on_the_device(prediction, weighting):
+    d = Diffusion.from_schedule("cosine", 100, prediction=prediction, loss_weighting=weighting)
+    config = TrainConfig(steps=2, batch_size=8, lr=1e-3, ema_decay=0.9, p_uncond=0.5)
+    trainer = Trainer(UNet(**SMALL_UNET, num_classes=10), d, tiny_dataset(), config, device="meta", progress=False)
+    x0, y = next(iter(torch.utils.data.DataLoader(trainer.dataset, batch_size=8)))
+    assert _watched(lambda: trainer.train_step(x0, y)) == []
+
+
+SAMPLERS = [DDPM(), DDPM("fixed_large"), DDIM(10), DDIM(10, eta=1.0), DDIM(10, clip_x0=False)]
+SOLVER_NAMES = [name for name in SOLVERS if name != "pc"]  # PC reads a norm back to decide its step: no values on meta
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_sampling_puts_no_float64_on_the_device(prediction):
+    d = Diffusion.from_schedule("linear", 20, prediction=prediction)
+    model = UNet(**SMALL_UNET, num_classes=10).to(META)
+    guided = Guided(model, torch.arange(4), 3.0)
+    shape = (4, 1, 16, 16)
+    for sampler in SAMPLERS:
+        assert _watched(lambda: sample(guided, d, shape, sampler, cpu_generator(0), progress=False)) == [], sampler
+    for name in SOLVER_NAMES:
+        assert _watched(lambda: Solver(name, 4).sample(guided, d, shape, cpu_generator(0))) == [], name
+    x0 = torch.zeros(shape, device=META)
+    assert _watched(lambda: ddim_invert(guided, d, x0, 5, progress=False)) == []
+
+
+def test_the_watch_sees_a_float64_tensor_on_the_device():
+    """The watch itself: a schedule table moved to the device as float64 is caught."""
+    d = Diffusion.from_schedule("linear", 20)
+    x = torch.zeros(4, 1, 16, 16, device=META)
+    assert _watched(lambda: x * d.alpha_bars.to(META)[3]) != []
+    assert _watched(lambda: x * d.alpha_bars.to(torch.float32).to(META)[3]) == []
