@@ -8,7 +8,7 @@
 batch size: eager vs ``torch.compile``, float32 vs bf16 autocast where the device has it, and
 (with ``--reference diffusers``, if diffusers is installed) diffusers' ``UNet2DModel`` of the
 same widths in the same step.
-``sample`` times DDPM over all T steps and DDIM-50, and how much of the time is spent outside
+``sample`` times DDPM over all T steps, DDIM-50 and DPM-Solver++(2M) at 20 NFE, and how much of the time is spent outside
 the network (the sampler's overhead). ``quality`` trains the profile's recipe (the same profile
 object and ``Trainer`` as notebook 03) and lucidrains' denoising-diffusion-pytorch at its own
 defaults (``helpers.reference``) for the same wall-clock minutes on the same device and data, then
@@ -35,7 +35,8 @@ from torch import nn
 from helpers.config import PROFILES, Profile, get_profile
 from helpers.device import amp_dtype, cpu_generator, describe, pick_device
 from helpers.diffusion import Diffusion
-from helpers.samplers import DDIM, DDPM, sample
+from helpers.samplers import DDIM, DDPM, Sampler
+from helpers.solvers import Solver, draw
 from helpers.unet import UNet
 
 __all__ = ["sync", "peak_memory_mb", "reset_peak_memory", "bench_train", "bench_sample", "sampler_overhead", "bench_quality"]
@@ -143,12 +144,12 @@ def bench_train(
 
 @torch.no_grad()
 def sampler_overhead(
-    model: nn.Module, d: Diffusion, shape: tuple[int, ...], sampler: DDPM | DDIM, device: torch.device, repeats: int = 2
+    model: nn.Module, d: Diffusion, shape: tuple[int, ...], sampler: Sampler | Solver, device: torch.device, repeats: int = 2
 ) -> dict[str, float]:
-    """Seconds of a full ``sample`` call, of the same number of bare forward passes, and the share
-    of the total spent outside the network. Each is the best of ``repeats`` runs after a warm-up;
-    a slightly negative share means the overhead is below the timing noise."""
-    n_calls = len(sampler.timesteps(d.T))
+    """Seconds of a full sampling run (``draw``), of the same number of bare forward passes, and
+    the share of the total spent outside the network. Each is the best of ``repeats`` runs after a
+    warm-up; a slightly negative share means the overhead is below the timing noise."""
+    n_calls = sampler.spent if isinstance(sampler, Solver) else len(sampler.timesteps(d.T))
     x = torch.randn(shape, device=device)
     t = torch.full((shape[0],), d.T // 2, device=device, dtype=torch.long)
     model.eval()
@@ -158,7 +159,7 @@ def sampler_overhead(
             model(x, t)
 
     def full() -> None:
-        sample(model, d, shape, sampler, cpu_generator(0), progress=False)
+        draw(model, d, shape, sampler, cpu_generator(0))
 
     forward_only()  # warm-up (kernel selection, caches)
     best = {}
@@ -169,16 +170,16 @@ def sampler_overhead(
 
 
 def bench_sample(profile: Profile, device: torch.device, n: int = 64) -> list[dict[str, Any]]:
-    """Images/s of DDPM (all T steps) and DDIM-50 with a freshly built model of the profile."""
+    """Images/s of DDPM (all T steps), DDIM-50 and DPM-Solver++(2M) at 20 NFE with a freshly built model of the profile."""
     d = Diffusion.from_schedule(profile.schedule, profile.T)
     model = UNet(**profile.model).to(device)
     shape = (n, profile.channels, profile.image_size, profile.image_size)
     rows = []
-    for sampler in (DDPM(), DDIM(min(50, d.T))):
+    for sampler in (DDPM(), DDIM(min(50, d.T)), Solver("dpmpp-2m", 20)):
         reset_peak_memory(device)
         r = sampler_overhead(model, d, shape, sampler, device)
         mem, what = peak_memory_mb(device)
-        label = f"DDPM-{d.T}" if isinstance(sampler, DDPM) else f"DDIM-{sampler.steps}"
+        label = f"DDPM-{d.T}" if isinstance(sampler, DDPM) else f"DDIM-{sampler.steps}" if isinstance(sampler, DDIM) else f"DPM-Solver++(2M)-{sampler.spent}"
         rows.append({"sampler": label, "batch": n, "img_per_s": n / r["total_s"], "ms_per_image": 1000 * r["total_s"] / n,
                      "overhead": r["overhead"], "memory_mb": mem, "memory": what})  # fmt: skip
     return rows

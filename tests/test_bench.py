@@ -9,6 +9,7 @@ from helpers.samplers import DDIM
 from helpers.bench import bench_sample, bench_train, peak_memory_mb, sampler_overhead
 from helpers.config import PROFILES
 from helpers.diffusion import Diffusion
+from helpers.solvers import Solver
 
 
 
@@ -82,9 +83,28 @@ def test_bench_train_times_the_trainers_own_step_on_the_profile_recipe(monkeypat
     assert (configs[0].lr, configs[0].grad_clip, configs[0].ema_decay) == (recipe.lr, recipe.grad_clip, recipe.ema_decay)
 
 
-def test_bench_sample_runs_both_samplers():
+def test_sampler_overhead_of_a_solver_counts_its_network_evaluations(monkeypatch):
+    # Each network call costs 1 s and nothing else does: Heun at a budget of 9 makes 9 calls, and
+    # the bare forward passes it is compared with must be the same 9.
+    clock = [0.0]
+    monkeypatch.setattr(bench_mod.time, "perf_counter", lambda: clock[0])
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, t):
+            clock[0] += 1.0
+            return torch.zeros_like(x)
+
+    r = sampler_overhead(Net(), Diffusion.from_schedule("linear", 20), (2, 1, 16, 16), Solver("heun", 9), torch.device("cpu"))
+    assert (r["total_s"], r["forward_s"], r["overhead"]) == (9.0, 9.0, 0.0)
+
+
+def test_bench_sample_runs_ddpm_ddim_and_dpm_solver():
     smoke = PROFILES["smoke"]
     profile = dataclasses.replace(smoke, T=20)
-    assert [r["sampler"] for r in bench_sample(profile, torch.device("cpu"), n=2)] == ["DDPM-20", "DDIM-20"]
+    assert [r["sampler"] for r in bench_sample(profile, torch.device("cpu"), n=2)] == ["DDPM-20", "DDIM-20", "DPM-Solver++(2M)-20"]
     mb, what = peak_memory_mb(torch.device("cpu"))
     assert mb > 0 and what == "process peak RSS"
