@@ -25,6 +25,7 @@ from torchvision.datasets.utils import check_integrity
 from torchvision.transforms import functional as TF
 
 from helpers.config import Profile, data_root, repo_root
+from helpers.distributed import ShardedBatches, World
 
 __all__ = [
     "DATASETS",
@@ -231,16 +232,21 @@ def make_loader(
     start: int = 0,
     num_workers: int = 0,
     pin_memory: bool = False,
+    world: World | None = None,
 ) -> DataLoader:
     """A DataLoader that is safe inside notebooks.
 
     ``shuffle=True`` gives the endless, resumable batches of ``StepBatchSampler`` starting at batch
-    ``start``; ``shuffle=False`` one pass in order (for evaluation). ``num_workers=0`` (the default)
+    ``start`` (with several processes, ``world``'s slice of each: ``helpers.distributed``);
+    ``shuffle=False`` one pass in order (for evaluation). ``num_workers=0`` (the default)
     loads in the main process: no worker processes to hang a Jupyter kernel or to fork under MPS.
     """
     common = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)
     if shuffle:
-        sampler = StepBatchSampler(len(dataset), batch_size, seed, start)
+        sampler: Sampler[list[int]] = StepBatchSampler(len(dataset), batch_size, seed, start)
+        if world is not None and world.distributed:
+            world.local_batch(batch_size)  # refuses a batch that does not divide among the processes
+            sampler = ShardedBatches(sampler, world)
         # the loader's own generator seeds workers, so that iterators never draw from the global RNG
         return DataLoader(dataset, batch_sampler=sampler, generator=torch.Generator().manual_seed(seed), **common)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, **common)

@@ -4,9 +4,11 @@
     python -m helpers.train --profile full --steps 800000 --resume      # continue after a stop
     python -m helpers.train --profile laptop --prediction v --schedule cosine --loss-weighting min_snr
     python -m helpers.train --profile laptop --num-classes 10 --p-uncond 0.1
+    torchrun --standalone --nproc_per_node 2 -m helpers.train --profile smoke   # 2 processes (helpers.distributed)
 
 The run is the one notebook 03 starts (same ``Trainer``), with checkpoints every ten minutes (or
 ``--save-every`` steps) and on Ctrl-C or SIGTERM, so a long run can be stopped and resumed exactly.
+Under torchrun each process takes its share of the same global batch; rank 0 writes the files.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from helpers.checkpoints import CheckpointError, load_checkpoint
 from helpers.config import PROFILES, Profile, TrainConfig, get_profile
 from helpers.device import describe, pick_device, seed_everything
 from helpers.diffusion import LOSS_WEIGHTINGS, PREDICTIONS, Diffusion
+from helpers.distributed import World
 from helpers.run_safety import SAVE_MINUTES, RunLockedError
 from helpers.schedules import SCHEDULES
 
@@ -98,15 +101,28 @@ def lazy_evaluator(profile: Profile, diffusion: Diffusion, device: torch.device,
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        world = World.from_env()
+    except ValueError as err:
+        return _fail(str(err))
+    try:
+        return run(build_parser().parse_args(argv), world)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def run(args: argparse.Namespace, world: World) -> int:
+    """Train as ``args`` say, as process ``world.rank`` of ``world.size``; the exit code."""
     from helpers.data import DatasetUnavailableError, profile_dataset
     from helpers.training import Trainer
     from helpers.unet import UNet
 
     if args.save_every is not None and args.save_every < 1:
         return _fail(f"--save-every must be at least 1 step, got {args.save_every}")
+    say = print if world.main else lambda *a, **k: None
     try:
-        device = pick_device(args.device)
+        device = world.device(pick_device(args.device))
         profile = get_profile(args.profile, device)
     except ValueError as err:  # DIFFUSION_DEVICE or DIFFUSION_PROFILE names something unknown
         return _fail(str(err))
@@ -140,24 +156,31 @@ def main(argv: list[str] | None = None) -> int:
             given_model = {k: getattr(args, k) for k in ("schedule", "prediction", "loss_weighting", "min_snr_gamma") if getattr(args, k) is not None}
             diffusion = profile.diffusion(**given_model)
             config = TrainConfig.from_profile(profile, **given)
-        seed_everything(config.seed)
+        seed_everything(config.seed)  # the same on every process: they draw the same global-batch noise
         model = UNet(**model_config)
+        world.local_batch(config.batch_size)
+        world.init(device)
+        if not world.main:
+            world.barrier()  # rank 0 prepares the data folder first (extracting, downloading)
         dataset = profile_dataset(profile)
+        if world.main:
+            world.barrier()
         evaluator = lazy_evaluator(profile, diffusion, device, args.fid_features) if config.eval_every else None
         trainer = Trainer(
             model, diffusion, dataset, config, device, out_dir=out.parent.parent / "logs" / out.stem,
-            evaluator=evaluator, progress=not args.no_progress, num_workers=args.workers,
+            evaluator=evaluator, progress=not args.no_progress, num_workers=args.workers, world=world,
         )  # fmt: skip
         if args.resume:
             trainer.load(out)
-            print(f"resuming {out} at step {trainer.step}")
+            say(f"resuming {out} at step {trainer.step}")
     except (ValueError, KeyError, CheckpointError, DatasetUnavailableError) as err:  # bad settings, a damaged checkpoint, no data
         return _fail(str(err))
     except OSError as err:  # e.g. a read-only artifacts folder
         return _fail(f"cannot write the run's files ({err.strerror or err}: {err.filename})")
-    print(f"profile {profile.name} on {describe(device)}: {sum(p.numel() for p in model.parameters()):,} parameters, {diffusion}")
+    processes = f", {world.size} processes, {config.batch_size // world.size} images each per step" if world.distributed else ""
+    say(f"profile {profile.name} on {describe(device)}{processes}: {sum(p.numel() for p in model.parameters()):,} parameters, {diffusion}")
     if trainer.step >= config.steps:
-        print(f"{out} is already at step {trainer.step} (target {config.steps}); nothing to do")
+        say(f"{out} is already at step {trainer.step} (target {config.steps}); nothing to do")
         return 0
     try:
         trainer.train(save_to=out, save_every=args.save_every, profile=profile.name)
@@ -171,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # a read-only folder, a full disk
         return _fail(f"could not write the run's files ({err.strerror or err}: {err.filename or out})", 1)
     last = next((r for r in reversed(trainer.history) if "loss" in r), None)
-    print(f"saved {out} at step {trainer.step}" + (f", loss {last['loss']:.4f}" if last else ""))
+    say(f"saved {out} at step {trainer.step}" + (f", loss {last['loss']:.4f}" if last else ""))
     return 0
 
 

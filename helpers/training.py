@@ -17,6 +17,7 @@ import contextlib
 import math
 import signal
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -31,6 +32,7 @@ from helpers.checkpoints import CheckpointError, damaged, load_checkpoint, non_f
 from helpers.config import TrainConfig
 from helpers.device import amp_dtype, cpu_generator
 from helpers.diffusion import Diffusion
+from helpers.distributed import World
 from helpers.ema import EMA
 from helpers.run_safety import SAVE_MINUTES, RunLock, deferred_interrupts
 from helpers.samplers import DDIM, Guided, sample
@@ -55,6 +57,11 @@ class Trainer:
         progress: show a tqdm bar.
         num_workers: DataLoader worker processes (0, the default, is safe in notebooks and keeps
             resuming exact when the dataset draws random flips).
+        world: this process's place among several (``helpers.distributed``); default: the torchrun
+            environment, or one process without it. With several, ``config.batch_size`` is the
+            global batch, the model is wrapped in DistributedDataParallel, every rank keeps the
+            same EMA (its weights stay identical), and only rank 0 logs, draws grids, evaluates
+            and saves while the others wait for it.
     """
 
     def __init__(
@@ -68,20 +75,30 @@ class Trainer:
         evaluator: Callable[[nn.Module], dict[str, float]] | None = None,
         progress: bool = True,
         num_workers: int = 0,
+        world: World | None = None,
     ) -> None:
-        self.device = torch.device(device)
+        self.world = World.from_env() if world is None else world
+        self.device = self.world.device(torch.device(device))
         self.config, self.diffusion, self.dataset = config, diffusion, dataset
-        self.evaluator, self.progress, self.num_workers = evaluator, progress, num_workers
+        self.evaluator, self.progress, self.num_workers = evaluator, progress and self.world.main, num_workers
         self.out_dir = Path(out_dir) if out_dir is not None else None
         if config.batch_size > len(dataset):
             raise ValueError(f"batch_size {config.batch_size} exceeds the {len(dataset)} images of the dataset")
         if config.eval_every and evaluator is None:
             raise ValueError("eval_every is set, but no evaluator was given to compute FID/KID")
 
+        self.world.local_batch(config.batch_size)  # a global batch that does not divide is an error
+        self.world.init(self.device)
         self.model = model.to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        net = self.model
+        if self.world.distributed:  # averages the gradients over the processes in backward
+            net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+            # 1x1 kernels' gradients can carry other strides on their size-1 dimensions (the same
+            # memory layout); DDP compares strides literally and warns at every step
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        self.forward = torch.compile(net) if config.compile else net
         self.amp = amp_dtype(self.device) if config.amp in (None, True) else None
         if config.amp and self.amp is None:
             raise ValueError(f"bf16 autocast was asked for, but {self.device} has none (it needs a CUDA GPU of the Ampere generation or newer)")
@@ -98,7 +115,7 @@ class Trainer:
         self.num_classes: int | None = getattr(model, "num_classes", None)
 
         self.step = 0
-        self.log = TrainLog(self.out_dir)  # the metrics rows (helpers.train_log)
+        self.log = TrainLog(self.out_dir if self.world.main else None)  # the metrics rows (helpers.train_log)
         self.grids: list[tuple[int, torch.Tensor]] = []  # (step, images) sample grids of this session
 
     @property
@@ -112,22 +129,26 @@ class Trainer:
         """One optimiser step on a batch; returns (per-image losses, their timesteps, grad norm) on the device.
 
         Nothing here waits for the device (no ``.item()``), so a GPU stays busy while the next batch
-        loads; the loss is checked for NaN/inf at every log step.
+        loads; the loss is checked for NaN/inf at every log step. The label dropout, t and noise
+        are drawn for the global batch (``len(x0)`` times the number of processes) and this
+        process keeps its slice, so N processes draw what one process would.
         """
-        cfg, d = self.config, self.diffusion
+        cfg, d, world = self.config, self.diffusion, self.world
         x0 = x0.to(self.device, non_blocking=True)
-        if cfg.channels_last:
-            x0 = x0.contiguous(memory_format=torch.channels_last)
+        n = len(x0) * world.size  # the global batch
         if self.num_classes is not None:
             # label dropout: each label becomes "no label" with probability p_uncond
             y = y.to(self.device, non_blocking=True)
-            drop = torch.rand(y.shape, device=self.device) < cfg.p_uncond
+            drop = world.shard(torch.rand(n, device=self.device)) < cfg.p_uncond
             y = torch.where(drop, torch.full_like(y, self.num_classes), y)
         else:
             y = None
-        t = torch.randint(0, d.T, (x0.shape[0],), device=self.device)
+        t = world.shard(torch.randint(0, d.T, (n,), device=self.device))
+        noise = world.shard(torch.randn(n, *x0.shape[1:], device=self.device))
+        if cfg.channels_last:
+            x0, noise = (v.contiguous(memory_format=torch.channels_last) for v in (x0, noise))
         with torch.autocast(self.device.type, dtype=self.amp) if self.amp else contextlib.nullcontext():
-            losses = d.loss(self.forward, x0, y, t=t, reduction="none")
+            losses = d.loss(self.forward, x0, y, t=t, noise=noise, reduction="none")
         self.optimizer.zero_grad(set_to_none=True)
         losses.mean().backward()
         clip = cfg.grad_clip if cfg.grad_clip else math.inf
@@ -165,11 +186,12 @@ class Trainer:
 
         loader = make_loader(
             self.dataset, cfg.batch_size, shuffle=True, seed=cfg.seed, start=self.step,
-            num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+            num_workers=self.num_workers, pin_memory=self.device.type == "cuda", world=self.world,
         )  # fmt: skip
+        main = self.world.main
         if self.step == 0:  # a fresh run starts a fresh log, without an earlier run's grids
             self.log.rewrite()
-            if self.out_dir is not None:
+            if self.out_dir is not None and main:
                 for old in (self.out_dir / "grids").glob("step_*.png"):
                     old.unlink()
         batches = iter(loader)
@@ -183,7 +205,8 @@ class Trainer:
         with contextlib.ExitStack() as guards:
             stop: list[int] = []
             if save_to is not None:
-                guards.enter_context(RunLock(save_to))
+                if main:
+                    guards.enter_context(RunLock(save_to))
                 stop = guards.enter_context(deferred_interrupts())
             guards.callback(bar.close)
             while self.step < end:
@@ -192,23 +215,31 @@ class Trainer:
                 window.add(losses, t * N_BUCKETS // self.diffusion.T, grad_norm)
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == end:
+                    for sums in (window.bucket_sum, window.bucket_count):  # the global batch's losses
+                        self.world.all_sum(sums)
                     row = self.log.summarise(window, self.step, self.scheduler.get_last_lr()[0], self.model, cfg.batch_size)
                     bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}", refresh=False)
                     self._emit(row, callback)
                     window = Window(self.device)
                 paused = time.perf_counter()
-                if cfg.sample_every and self.step % cfg.sample_every == 0:
+                if cfg.sample_every and self.step % cfg.sample_every == 0 and main:
                     self.sample_grid()
-                if cfg.eval_every and self.step % cfg.eval_every == 0:
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and main:
                     self.evaluate(callback)
                 window.t0 += time.perf_counter() - paused  # keep sampling and evaluation out of img/s
                 due = self.step % save_every == 0 if save_every else time.monotonic() - last_save >= 60 * SAVE_MINUTES
-                if save_to is not None and (self.step == end or due or stop):
-                    self.save(save_to, profile)
+                if save_to is None:
+                    continue
+                halt = self.world.any(bool(stop), self.device)  # a signal to any process stops them all at this step
+                if self.world.any(self.step == end or due, self.device) or halt:
+                    if main:
+                        self.save(save_to, profile)
+                    self.world.barrier()  # the others wait until the checkpoint is on disk
                     last_save = time.monotonic()
-                if stop:
+                if halt:
+                    signame = signal.Signals(stop[0]).name if stop else "a signal to another process"
                     raise KeyboardInterrupt(
-                        f"{signal.Signals(stop[0]).name} after step {self.step}: saved {save_to}; "
+                        f"{signame} after step {self.step}: saved {save_to}; "
                         f"load it (python -m helpers.train ... --resume) to continue exactly from here"
                     )
         return self

@@ -20,12 +20,12 @@ def tiny_dataset(n=64, flip=True):
     return ImageDataset(images, torch.arange(n) % 10, tuple(str(i) for i in range(10)), flip=flip)
 
 
-def make_trainer(seed=0, conditional=True, evaluator=None, out_dir=None, **cfg):
+def make_trainer(seed=0, conditional=True, evaluator=None, out_dir=None, unet_dropout=0.1, flip=True, world=None, **cfg):
     torch.manual_seed(seed)
-    model = UNet(**{**SMALL_UNET, "dropout": 0.1}, num_classes=10 if conditional else None)
+    model = UNet(**{**SMALL_UNET, "dropout": unet_dropout}, num_classes=10 if conditional else None)
     d = Diffusion.from_schedule("linear", 100, prediction="v")
     config = TrainConfig(**{**dict(steps=8, batch_size=8, lr=1e-3, warmup_steps=3, ema_decay=0.9, log_every=1, p_uncond=0.2), **cfg})
-    return Trainer(model, d, tiny_dataset(), config, progress=False, evaluator=evaluator, out_dir=out_dir)
+    return Trainer(model, d, tiny_dataset(flip=flip), config, progress=False, evaluator=evaluator, out_dir=out_dir, world=world)
 
 
 def test_resume_is_exact(tmp_path):

@@ -1,0 +1,111 @@
+"""Training on several processes with PyTorch's own engine: torchrun + DistributedDataParallel.
+
+    torchrun --standalone --nproc_per_node 2 -m helpers.train --profile smoke
+
+``World`` is where this process stands: its rank among ``size`` processes (1 without torchrun).
+The recipe's ``batch_size`` is the **global** batch: each of N processes takes its own slice of
+every batch (``ShardedBatches``), draws the same global-batch randomness as the others (t, noise,
+label dropout, from the same seed) and keeps its slice of that too, and DDP averages the
+gradients. So N processes follow the single-process run step for step, up to the order of float
+sums, and a checkpoint written by one loads in the other. Only rank 0 writes logs, grids and
+checkpoints; the others wait for it at a barrier.
+
+Backends: NCCL on CUDA GPUs (one per process, ``cuda:<LOCAL_RANK>``), gloo on CPUs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+__all__ = ["World", "ShardedBatches"]
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's ``rank`` of ``size`` and its ``local_rank`` on its machine."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> World:
+        """The torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK), or one process without it."""
+        if "WORLD_SIZE" not in os.environ:
+            return cls()
+        try:
+            rank, size, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+        except (KeyError, ValueError) as err:
+            raise ValueError(f"WORLD_SIZE is set but RANK/LOCAL_RANK are not usable ({err}); start several processes with torchrun") from None
+        if not 0 <= rank < size:
+            raise ValueError(f"RANK {rank} is outside WORLD_SIZE {size}")
+        return cls(rank, size, local)
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes the run's files (rank 0)."""
+        return self.rank == 0
+
+    def device(self, device: torch.device) -> torch.device:
+        """One GPU per process: ``cuda:<local_rank>`` when training on CUDA; other devices as they are."""
+        if self.distributed and device.type == "cuda":
+            return torch.device("cuda", self.local_rank)
+        return device
+
+    def init(self, device: torch.device) -> None:
+        """Join the process group (NCCL on CUDA, gloo otherwise), once; nothing for one process."""
+        if self.distributed and not dist.is_initialized():
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=self.rank, world_size=self.size)
+
+    def local_batch(self, batch_size: int) -> int:
+        """This process's share of a global batch; the global batch must divide evenly."""
+        if batch_size % self.size:
+            raise ValueError(f"the batch of {batch_size} does not divide among {self.size} processes; choose a batch size that is a multiple of {self.size}")
+        return batch_size // self.size
+
+    def shard(self, global_tensor: torch.Tensor) -> torch.Tensor:
+        """This process's contiguous slice of a tensor drawn for the whole global batch."""
+        b = len(global_tensor) // self.size
+        return global_tensor[self.rank * b : (self.rank + 1) * b]
+
+    def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` summed over the processes, in place (itself for one process)."""
+        if self.distributed:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """Whether ``flag`` is set on any process (so that all stop at the same step)."""
+        if not self.distributed:
+            return flag
+        return bool(self.all_sum(torch.tensor(int(flag), device=device)))
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+class ShardedBatches(Sampler[list[int]]):
+    """Rank ``world.rank``'s contiguous slice of every batch of ``batches`` (a batch sampler of
+    global batches, such as ``StepBatchSampler``): the union over the ranks is the global batch, in
+    order, so resuming at a step resumes every rank exactly."""
+
+    def __init__(self, batches: Sampler[list[int]], world: World) -> None:
+        self.batches, self.world = batches, world
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            b = len(batch) // self.world.size
+            yield batch[self.world.rank * b : (self.world.rank + 1) * b]
