@@ -7,7 +7,10 @@ The recipe's ``batch_size`` is the **global** batch: each of N processes takes i
 every batch (``ShardedBatches``), draws the same global-batch randomness as the others (t, noise,
 label dropout, from the same seed) and keeps its slice of that too, and DDP averages the
 gradients. So N processes follow the single-process run step for step, up to the order of float
-sums, and a checkpoint written by one loads in the other. Only rank 0 writes logs, grids and
+sums, and a checkpoint written by one loads in the other. What is drawn per image inside the data
+and the network (random flips, U-Net dropout) each process draws for itself from a seed of its
+own (``World.own_randomness``): exact against one process only for recipes without them (smoke,
+laptop); with them (full) the same recipe with other random numbers. Only rank 0 writes logs, grids and
 checkpoints; the others wait for it at a barrier.
 
 Backends: NCCL on CUDA GPUs (one per process, ``cuda:<LOCAL_RANK>``), gloo on CPUs.
@@ -15,6 +18,7 @@ Backends: NCCL on CUDA GPUs (one per process, ``cuda:<LOCAL_RANK>``), gloo on CP
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -95,6 +99,24 @@ class World:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+    def own_randomness(self, *key: int, device: torch.device) -> contextlib.AbstractContextManager:
+        """A block whose random numbers are this process's own, seeded by ``key`` and the rank; the
+        global generators (CPU, and ``device``'s if CUDA) continue afterwards as if it had not run.
+
+        Without it, processes in step draw identical dropout masks and flips for their slices,
+        correlating the images of one global batch. One process: the global stream, as always."""
+        if not self.distributed:
+            return contextlib.nullcontext()
+        return _seeded(hash((*key, self.rank)), device)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        yield
 
 
 class ShardedBatches(Sampler[list[int]]):

@@ -147,7 +147,8 @@ class Trainer:
         noise = world.shard(torch.randn(n, *x0.shape[1:], device=self.device))
         if cfg.channels_last:
             x0, noise = (v.contiguous(memory_format=torch.channels_last) for v in (x0, noise))
-        with torch.autocast(self.device.type, dtype=self.amp) if self.amp else contextlib.nullcontext():
+        autocast = torch.autocast(self.device.type, dtype=self.amp) if self.amp else contextlib.nullcontext()
+        with autocast, world.own_randomness(cfg.seed, self.step, 0, device=self.device):  # dropout: each process its own
             losses = d.loss(self.forward, x0, y, t=t, noise=noise, reduction="none")
         self.optimizer.zero_grad(set_to_none=True)
         losses.mean().backward()
@@ -210,7 +211,8 @@ class Trainer:
                 stop = guards.enter_context(deferred_interrupts())
             guards.callback(bar.close)
             while self.step < end:
-                x0, y = next(batches)
+                with self.world.own_randomness(cfg.seed, self.step, 1, device=self.device):  # random flips: each process its own
+                    x0, y = next(batches)
                 losses, t, grad_norm = self.train_step(x0, y)
                 window.add(losses, t * N_BUCKETS // self.diffusion.T, grad_norm)
                 bar.update(1)

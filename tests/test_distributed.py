@@ -116,3 +116,21 @@ def test_a_global_batch_that_does_not_divide_is_refused():
         World(0, 3, 0).local_batch(8)
     with pytest.raises(ValueError, match="does not divide among 3 processes"):
         Trainer(torch.nn.Conv2d(1, 1, 1), None, tiny_dataset(), make_trainer().config, world=World(0, 3, 0))
+
+
+def test_each_process_draws_its_own_dropout_and_flips_and_the_shared_stream_goes_on():
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state()
+    draws = []
+    for rank in (0, 1):
+        with World(rank, 2, rank).own_randomness(3, 7, device=cpu):
+            draws.append(torch.rand(5))
+        assert torch.equal(torch.random.get_rng_state(), before)  # t and noise stay the same on every rank
+    assert not torch.equal(draws[0], draws[1])
+    with World(0, 2, 0).own_randomness(3, 7, device=cpu):
+        assert torch.equal(torch.rand(5), draws[0])  # a function of (seed, step, rank): a resumed run draws the same
+    with World().own_randomness(3, 7, device=cpu):
+        single = torch.rand(5)
+    torch.manual_seed(0)
+    assert torch.equal(single, torch.rand(5))  # one process: the global stream itself, as before
