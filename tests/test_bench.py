@@ -13,20 +13,23 @@ from helpers.solvers import Solver
 
 
 
+class ClockedNet(torch.nn.Module):
+    """A network whose every call advances a fake clock by 1 s."""
+
+    def __init__(self, clock):
+        super().__init__()
+        self.clock, self.p = clock, torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, t):
+        self.clock[0] += 1.0
+        return torch.zeros_like(x)
+
+
 def test_sampler_overhead_is_the_share_of_time_spent_outside_the_network(monkeypatch):
     # A fake clock instead of a timing assertion: each network call costs 1 s and each sampler
     # step 0.25 s of it, so 10 DDIM steps take 12.5 s of which 2.5 s (20%) are the sampler's.
     clock = [0.0]
     monkeypatch.setattr(bench_mod.time, "perf_counter", lambda: clock[0])
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.p = torch.nn.Parameter(torch.zeros(()))
-
-        def forward(self, x, t):
-            clock[0] += 1.0
-            return torch.zeros_like(x)
 
     real = S.ddim_step
 
@@ -35,7 +38,7 @@ def test_sampler_overhead_is_the_share_of_time_spent_outside_the_network(monkeyp
         return real(*args, **kwargs)
 
     monkeypatch.setattr(S, "ddim_step", step)
-    r = sampler_overhead(Net(), Diffusion.from_schedule("linear", 20), (2, 1, 16, 16), DDIM(10), torch.device("cpu"))
+    r = sampler_overhead(ClockedNet(clock), Diffusion.from_schedule("linear", 20), (2, 1, 16, 16), DDIM(10), torch.device("cpu"))
     assert (r["total_s"], r["forward_s"]) == (12.5, 10.0) and r["overhead"] == pytest.approx(0.2)
 
 
@@ -89,16 +92,7 @@ def test_sampler_overhead_of_a_solver_counts_its_network_evaluations(monkeypatch
     clock = [0.0]
     monkeypatch.setattr(bench_mod.time, "perf_counter", lambda: clock[0])
 
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.p = torch.nn.Parameter(torch.zeros(()))
-
-        def forward(self, x, t):
-            clock[0] += 1.0
-            return torch.zeros_like(x)
-
-    r = sampler_overhead(Net(), Diffusion.from_schedule("linear", 20), (2, 1, 16, 16), Solver("heun", 9), torch.device("cpu"))
+    r = sampler_overhead(ClockedNet(clock), Diffusion.from_schedule("linear", 20), (2, 1, 16, 16), Solver("heun", 9), torch.device("cpu"))
     assert (r["total_s"], r["forward_s"], r["overhead"]) == (9.0, 9.0, 0.0)
 
 
