@@ -22,6 +22,8 @@ from torch import nn
 from .diffusion import Diffusion
 from .ema import EMA
 from .samplers import Guided, ddim_step, ddim_timesteps
+from .solvers import ancestral_split as _ancestral_split
+from .toy import GaussianMixture
 from .unet import AttentionBlock, ResBlock
 
 __all__ = ["EXERCISES", "check"]
@@ -255,12 +257,33 @@ def guidance_w_form(fn: Callable[..., Any]) -> None:
         _close(fn(eps_cond, eps_uncond, w), Guided(model, y, 1 + w)(x, t), f"w = {w}")
 
 
+# ---- 09 · scores, SDEs and solvers -------------------------------------------------------------------
+
+
+def tweedie(fn: Callable[..., Any]) -> None:
+    """fn(x, sigma, score) = E[x_0 | x] = x + sigma^2 score (Tweedie's formula), against the exact
+    denoiser of a Gaussian mixture."""
+    mix = GaussianMixture.ring(k=5, radius=1.5, std=0.3)
+    x = 2 * torch.randn(64, 2, generator=_gen(), dtype=torch.float64)
+    for sigma in (0.1, 0.7, 3.0):
+        _close(fn(x.clone(), sigma, mix.score(x, sigma)), mix(x, sigma), f"sigma = {sigma}", atol=1e-8)
+
+
+def ancestral_split(fn: Callable[..., Any]) -> None:
+    """fn(sigma, sigma_next) = (sigma_down, sigma_up) of an Euler-ancestral step, against helpers.solvers."""
+    for sigma, sigma_next in ((80.0, 40.0), (2.0, 1.0), (1.0, 0.9), (0.5, 0.0)):
+        got, want = fn(sigma, sigma_next), _ancestral_split(sigma, sigma_next)
+        assert len(got) == 2, f"return the pair (sigma_down, sigma_up), got {got!r}"
+        for what, g, w in zip(("sigma_down", "sigma_up"), got, want):
+            assert math.isclose(float(g), w, rel_tol=1e-6, abs_tol=1e-9), f"{sigma} -> {sigma_next}: {what} {float(g):.6g}, expected {w:.6g}"
+
+
 EXERCISES: dict[str, Check] = {
     check.__name__: check
     for check in (
         forward_step, snr_crossing, resblock_parameters, multihead_attention, min_snr_weight, initial_loss,
         x0_from_eps, posterior_mean_from_eps, leading_timesteps, ddim_sigma, ema_update, ema_half_life,
-        x0_from_v, eps_from_v, drop_labels, guidance_w_form,
+        x0_from_v, eps_from_v, drop_labels, guidance_w_form, tweedie, ancestral_split,
     )
 }
 

@@ -33,6 +33,7 @@ __all__ = [
     "sample_heun",
     "sample_dpmpp_2m",
     "sample_euler_ancestral",
+    "ancestral_split",
     "sample_reverse_diffusion",
     "sample_pc",
     "SOLVERS",
@@ -164,7 +165,7 @@ def sample_dpmpp_2m(denoiser: DenoiserFn, x: torch.Tensor, sigmas: torch.Tensor,
     return x
 
 
-def _ancestral_split(sigma: float, sigma_next: float) -> tuple[float, float]:
+def ancestral_split(sigma: float, sigma_next: float) -> tuple[float, float]:
     """(sigma_down, sigma_up): a deterministic step to sigma_down, then fresh noise of std sigma_up,
     with sigma_down^2 + sigma_up^2 = sigma_next^2 and sigma_up^2 the DDPM posterior variance in VE units."""
     up = min(sigma_next, math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2))
@@ -176,11 +177,11 @@ def sample_euler_ancestral(
     denoiser: DenoiserFn, x: torch.Tensor, sigmas: torch.Tensor, generator: torch.Generator | None = None, callback: Callback = None
 ) -> torch.Tensor:
     """Euler-ancestral: an Euler step down to sigma_down, then noise of std sigma_up back up to
-    sigma_next (``_ancestral_split``). One NFE per step; noise from ``generator`` (CPU)."""
+    sigma_next (``ancestral_split``). One NFE per step; noise from ``generator`` (CPU)."""
     for i, (sigma, sigma_next) in enumerate(_pairs(sigmas)):
         denoised = denoiser(x, sigma)
         _report(callback, i, x, sigma, denoised)
-        down, up = _ancestral_split(sigma, sigma_next)
+        down, up = ancestral_split(sigma, sigma_next)
         x = x + (down - sigma) * (x - denoised) / sigma
         if sigma_next > 0:
             x = x + up * randn(x.shape, generator, x.device)

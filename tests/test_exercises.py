@@ -87,6 +87,8 @@ MISTAKES = {  # a slip a student might make in each exercise
     "eps_from_v": lambda ab, x, v: ab**0.5 * x + (1 - ab) ** 0.5 * v,  # the roles of the two factors swapped
     "drop_labels": lambda y, p, null, g: torch.where(torch.rand(y.shape, generator=g) < 1 - p, torch.full_like(y, null), y),
     "guidance_w_form": lambda c, u, w: u + w * (c - u),  # our s-form with s = w
+    "tweedie": lambda x, sigma, score: x + sigma * score,  # sigma where sigma^2 belongs
+    "ancestral_split": lambda s, s_next: (0.0, s_next) if s_next == 0 else (s_next * s_next / s, (s**2 - s_next**2) ** 0.5),  # the full reverse-diffusion noise
 }
 
 

@@ -1,0 +1,539 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 09 · Scores, SDEs and fast solvers
+#
+# DDPM and DDIM step along the timesteps the model was trained on. The samplers people use
+# today (Heun, DPM-Solver++, Euler-ancestral in k-diffusion and diffusers) work in another set
+# of coordinates: the noise level $\sigma$ of Karras et al. (2022). This notebook shows why a model
+# trained with the plain $\varepsilon$ loss of notebook 03 fits them: its output is a **score**,
+# the sampling process is a stochastic or ordinary differential equation in that score (Song et
+# al. 2021), and any good ODE solver can integrate it. It writes each solver by hand, checks it
+# against `helpers.solvers`, and measures quality against the number of network evaluations.
+#
+# It needs `03_ddpm_eps.pt` from notebook 03 (under `laptop`, the shipped model in `pretrained/`
+# when 03 has not been run).
+
+# %%
+import json
+import math
+import time
+
+import matplotlib.pyplot as plt
+import torch
+
+from helpers.bench import sync
+from helpers.checkpoints import load_model, require
+from helpers.config import setup
+from helpers.device import cpu_generator
+from helpers.toy import GaussianMixture
+from helpers.viz import show_grid
+
+device, profile = setup(seed=0)
+model, d, ckpt = load_model(require(profile.checkpoint("03_ddpm_eps.pt"), "03_training"), device)
+model.eval()
+print(f"model after {ckpt['step']} training steps; {d}")
+
+# %% [markdown]
+# ## The score, and Tweedie's formula
+#
+# The **score** of a density is $\nabla_x \log p(x)$: the direction in which the density rises
+# fastest. Noise the data as $x = x_0 + \sigma\varepsilon$ and call the noisy density $p_\sigma$.
+# Tweedie's formula (Efron 2011) says that the best guess of the clean image is one step up the
+# score:
+#
+# $$\mathbb E[x_0 \mid x] = x + \sigma^2\,\nabla_x \log p_\sigma(x).$$
+#
+# For DDPM's $x_t = \sqrt{\bar\alpha_t}x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$ the same argument gives
+# $\nabla_{x_t}\log q(x_t) = -\mathbb E[\varepsilon \mid x_t]/\sqrt{1-\bar\alpha_t}$, and the network
+# trained on the $\varepsilon$ loss estimates exactly that expectation, so
+#
+# $$s_\theta(x_t, t) = -\frac{\hat\varepsilon_\theta(x_t, t)}{\sqrt{1-\bar\alpha_t}} .$$
+#
+# In two dimensions the score can be drawn. Take a mixture of six Gaussians on a ring,
+# $x_0 \sim \frac16\sum_k \mathcal N(\mu_k, s^2 I)$. Noised, each component stays Gaussian with
+# variance $s^2+\sigma^2$, so the score is the responsibility-weighted pull towards each mean:
+# $\nabla\log p_\sigma(x) = \sum_k r_k(x)\,(\mu_k - x)/(s^2+\sigma^2)$. By hand, against
+# `helpers.toy.GaussianMixture`:
+
+# %%
+toy = GaussianMixture.ring(k=6, radius=2.0, std=0.25)
+
+
+def mixture_score(x, sigma):
+    var = toy.stds**2 + sigma**2  # each component's variance after noising
+    log_w = toy.weights.log() - ((x[:, None] - toy.means) ** 2).sum(-1) / (2 * var) - var.log()  # log w_k N(x; mu_k, var_k I) + const (2-D)
+    r = log_w.softmax(dim=1)  # responsibilities r_k(x)
+    return (r[..., None] * (toy.means - x[:, None]) / var[:, None]).sum(1)
+
+
+probe = 2 * torch.randn(500, 2, generator=cpu_generator(0), dtype=torch.float64)
+for sigma in (0.1, 0.5, 2.0):
+    assert torch.allclose(mixture_score(probe, sigma), toy.score(probe, sigma))
+    assert torch.allclose(toy(probe, sigma), probe + sigma**2 * toy.score(probe, sigma))  # Tweedie
+print("score by hand == GaussianMixture.score; its denoiser == x + sigma^2 score (Tweedie)")
+
+# %% [markdown]
+# The score field at three noise levels, over the noisy density. Arrows show
+# $\sigma\,\nabla\log p_\sigma = -\mathbb E[\varepsilon \mid x]$, which has the scale of one noise
+# sample at every $\sigma$: at small $\sigma$ the field points into the nearest component, at large
+# $\sigma$ everything points towards the middle of the ring.
+
+# %%
+lim = 4.0
+ticks = torch.linspace(-lim, lim, 121, dtype=torch.float64)
+dense = torch.cartesian_prod(ticks, ticks).flip(1)  # (x_1, x_2) pairs, x_1 varying fastest
+coarse = torch.cartesian_prod(*[torch.linspace(-lim, lim, 13, dtype=torch.float64)] * 2)
+fig, axes = plt.subplots(1, 3, figsize=(13, 4.4), constrained_layout=True)
+for ax, sigma in zip(axes, (0.1, 0.6, 2.0)):
+    ax.contourf(ticks, ticks, toy.log_prob(dense, sigma).exp().reshape(121, 121), levels=8, cmap="Blues")
+    arrows = sigma * toy.score(coarse, sigma)
+    ax.quiver(coarse[:, 0], coarse[:, 1], arrows[:, 0], arrows[:, 1], color="tab:red", angles="xy", scale_units="xy", scale=3, width=0.004)
+    ax.set(title=f"sigma = {sigma}", xlabel="x_1", ylabel="x_2", aspect="equal")
+fig.suptitle(f"noisy density p_sigma (blue) and sigma * score (red arrows, a third of their length) of the ring mixture [{profile.name} profile]");
+
+# %% [markdown]
+# ## From the score to a sampler: SDEs and the probability-flow ODE
+#
+# Song et al. (2021) write a noising process as a stochastic differential equation
+# $\mathrm dx = f(x, t)\,\mathrm dt + g(t)\,\mathrm dw$. DDPM's chain is, in the limit of many
+# small steps, the **variance-preserving** (VP) SDE $\mathrm dx = -\tfrac12\beta(t)\,x\,\mathrm dt + \sqrt{\beta(t)}\,\mathrm dw$
+# (their eq. 11); adding noise without shrinking the signal, $\mathrm dx = \sqrt{\mathrm d[\sigma^2]/\mathrm dt}\;\mathrm dw$,
+# is the **variance-exploding** (VE) SDE (eq. 9). Every such SDE has
+#
+# * a **reverse-time SDE** (Anderson 1982; Song et al. eq. 6),
+#   $\mathrm dx = [f - g^2\,\nabla_x\log p_t(x)]\,\mathrm dt + g\,\mathrm d\bar w$, which runs
+#   from noise to data, and
+# * a **probability-flow ODE** (eq. 13), $\mathrm dx = [f - \tfrac12 g^2\,\nabla_x\log p_t(x)]\,\mathrm dt$,
+#   with no noise at all, whose solutions have the same marginals $p_t$ at every $t$.
+#
+# The two views are one. Divide DDPM's $x_t$ by $\sqrt{\bar\alpha_t}$: $x = x_t/\sqrt{\bar\alpha_t} = x_0 + \sigma_t\varepsilon$
+# with $\sigma_t = \sqrt{(1-\bar\alpha_t)/\bar\alpha_t}$, a VE process. There the probability-flow
+# ODE with $\sigma$ as its clock is, with Tweedie's formula,
+#
+# $$\frac{\mathrm dx}{\mathrm d\sigma} = -\sigma\,\nabla_x\log p_\sigma(x) = \frac{x - D(x;\sigma)}{\sigma},
+# \qquad D(x;\sigma) = \mathbb E[x_0 \mid x],$$
+#
+# (Karras et al. 2022, eq. 3 with $s(t) = 1$, $\sigma(t) = t$). All we need is a **denoiser**
+# $D(x;\sigma)$. The DDPM network becomes one in four lines: scale $x$ back to the $x_t$ it was
+# trained on, $x_t = x/\sqrt{1+\sigma^2}$; find the timestep whose $\sigma_t$ is nearest to
+# $\sigma$ (in $\log\sigma$); read $\hat\varepsilon$; return $x - \sigma\hat\varepsilon$:
+
+# %%
+from helpers.solvers import Denoiser, karras_sigmas
+
+sigma_table = ((1 - d.alpha_bars) / d.alpha_bars).sqrt()  # sigma_t for t = 0..T-1, float64
+
+
+def denoise_by_hand(x, sigma):
+    t = int((sigma_table.log() - math.log(sigma)).abs().argmin())  # nearest trained timestep in log sigma
+    eps = model(x / (1 + sigma**2) ** 0.5, torch.full((len(x),), t, device=device))
+    return x - sigma * eps
+
+
+denoiser = Denoiser(model, d)
+x_probe = 3 * torch.randn(4, profile.channels, profile.image_size, profile.image_size, generator=cpu_generator(1)).to(device)
+with torch.no_grad():
+    for sigma in (0.05, 1.0, 7.3, denoiser.sigma_max):
+        assert torch.allclose(denoise_by_hand(x_probe, sigma), denoiser(x_probe, sigma), atol=1e-5)
+print(f"denoiser by hand == helpers.solvers.Denoiser; the model spans sigma {denoiser.sigma_min:.4f} .. {denoiser.sigma_max:.1f}")
+
+# %% [markdown]
+# The same picture on the trained image model: a test image noised to several $t$, the network's
+# $\hat\varepsilon = -\sqrt{1-\bar\alpha_t}\,s_\theta$, and Tweedie's estimate of $x_0$. The last row is
+# what `Diffusion.predict_x0` returns, computed here from the score.
+
+# %%
+from helpers.data import profile_dataset
+
+image = profile_dataset(profile, train=False).tensors()[0][:1].to(device)
+fracs = (0.05, 0.2, 0.35, 0.5, 0.65, 0.8)
+rows = {"x_t": [], "eps_hat = -sqrt(1 - alpha_bar) score": [], "Tweedie: (x_t + (1 - alpha_bar) score) / sqrt(alpha_bar)": []}
+with torch.no_grad():
+    for frac in fracs:
+        t = int(frac * (d.T - 1))
+        tt = torch.full((1,), t, device=device)
+        ab = float(d.alpha_bars[t])
+        x_t = d.q_sample(image, tt, torch.randn(image.shape, generator=cpu_generator(2)).to(device))
+        score = -model(x_t, tt) / (1 - ab) ** 0.5
+        x0_tweedie = (x_t + (1 - ab) * score) / ab**0.5
+        assert torch.allclose(x0_tweedie, d.predict_x0(x_t, t, -score * (1 - ab) ** 0.5), atol=1e-4)
+        for key, v in zip(rows, (x_t, -(1 - ab) ** 0.5 * score, x0_tweedie)):
+            rows[key].append(v.clamp(-1, 1).cpu())
+fig, axes = plt.subplots(3, 1, figsize=(9, 5.4), constrained_layout=True)
+for ax, (key, imgs) in zip(axes, rows.items()):
+    show_grid(torch.cat(imgs), key, nrow=len(fracs), ax=ax)
+fig.suptitle(f"one test image at t = {', '.join(str(int(f * (d.T - 1))) for f in fracs)} (left to right) [{profile.name} profile]");
+
+# %% [markdown]
+# At small $t$ Tweedie's estimate is close to the image itself. As $t$ grows it can only be the
+# average of every image the noisy one could have come from, so it blurs; and the network's error
+# in $\hat\varepsilon$ reaches it multiplied by $\sqrt{(1-\bar\alpha_t)/\bar\alpha_t} = \sigma_t$. One jump from
+# noise to data is not enough: a sampler takes many smaller steps, each trusting the estimate
+# only a little.
+#
+# ## Trajectories: the ODE and the SDE on the toy
+#
+# The mixture's exact denoiser (`toy(x, sigma)`, the posterior mean of each component weighted by
+# its responsibility) has the same signature as `Denoiser`, so every solver of `helpers.solvers`
+# runs on it unchanged. From the same eight starting points, the probability-flow ODE (Heun, below)
+# and the reverse SDE (Euler-ancestral, below) both end on the ring; the ODE's paths are smooth and
+# each start has one end, the SDE's jitter and may end in another component.
+
+# %%
+from helpers.solvers import sample_euler_ancestral, sample_heun
+
+toy_sigma_max = 4.0
+toy_grid = karras_sigmas(40, 0.01, toy_sigma_max)
+starts = toy_sigma_max * torch.randn(8, 2, generator=cpu_generator(3), dtype=torch.float64)
+paths = {}
+for name, solve in (("probability-flow ODE (Heun, 40 steps)", lambda cb: sample_heun(toy, starts, toy_grid, callback=cb)),
+                    ("reverse SDE (Euler-ancestral, 40 steps)", lambda cb: sample_euler_ancestral(toy, starts, toy_grid, cpu_generator(4), callback=cb))):
+    visited = []
+    end = solve(lambda step: visited.append(step["x"]))
+    paths[name] = torch.stack(visited + [end])  # [steps + 1, 8, 2]
+fig, axes = plt.subplots(1, 2, figsize=(11, 5), constrained_layout=True)
+data = toy.log_prob(dense, 0.0).exp().reshape(121, 121)
+for ax, (name, path) in zip(axes, paths.items()):
+    ax.contourf(ticks, ticks, data, levels=8, cmap="Blues")
+    for k in range(path.shape[1]):
+        ax.plot(path[:, k, 0], path[:, k, 1], "-", lw=1.2, color=f"C{k}")
+        ax.plot(*path[0, k], "o", color=f"C{k}", ms=4)
+        ax.plot(*path[-1, k], "*", color=f"C{k}", ms=11, mec="black", mew=0.5)
+    ax.set(title=name, xlabel="x_1", ylabel="x_2", xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
+fig.suptitle(f"from N(0, {toy_sigma_max:g}^2 I) (dots) to the ring mixture (stars) [{profile.name} profile]")
+ends = {name: torch.cdist(p[-1], toy.means).min(1).values.max().item() for name, p in paths.items()}
+print("farthest end from a component mean:", ", ".join(f"{name.split(' (')[0]} {v:.2f}" for name, v in ends.items()), f"(component std {toy.stds[0]:g})")
+
+# %% [markdown]
+# The same two samplers on the image model, from the same three noises: each column is the
+# denoiser's guess $D(x;\sigma)$ at one step of the path, from $\sigma_{\max}$ (left) down to the
+# sample (right). Along the ODE the guess only sharpens; along the SDE fresh noise can still change
+# which item it becomes.
+
+# %%
+image_grid = karras_sigmas(20, denoiser.sigma_min, denoiser.sigma_max)
+x_img = torch.randn(3, profile.channels, profile.image_size, profile.image_size, generator=cpu_generator(10)).to(device) * (1 + denoiser.sigma_max**2) ** 0.5
+fig, axes = plt.subplots(2, 1, figsize=(11, 4.2), constrained_layout=True)
+for ax, (name, solve) in zip(axes, (("probability-flow ODE (Heun)", lambda cb: sample_heun(denoiser, x_img, image_grid, callback=cb)),
+                                    ("reverse SDE (Euler-ancestral)", lambda cb: sample_euler_ancestral(denoiser, x_img, image_grid, cpu_generator(11), callback=cb)))):
+    guesses = []
+    end = solve(lambda step: guesses.append(step["denoised"].clamp(-1, 1).cpu()) if step["i"] % 2 == 0 else None)
+    frames = torch.stack(guesses + [end.clamp(-1, 1).cpu()], dim=1)  # [3 images, 11 frames, C, H, W]
+    show_grid(frames.flatten(0, 1), f"{name}: D(x; sigma) every 2nd of 20 steps, then the sample", nrow=frames.shape[1], ax=ax)
+fig.suptitle(f"denoised guesses along a path, sigma from {denoiser.sigma_max:.0f} (left) to 0 (right) [{profile.name} profile]");
+
+# %% [markdown]
+# ## Where to put the steps: the Karras grid
+#
+# A solver needs a grid $\sigma_0 > \sigma_1 > \dots > \sigma_{n-1} > 0$ and a last step to
+# $\sigma = 0$. Karras et al. (2022, eq. 5) space the steps evenly in $\sigma^{1/\rho}$,
+#
+# $$\sigma_i = \Big(\sigma_{\max}^{1/\rho} + \tfrac{i}{n-1}\big(\sigma_{\min}^{1/\rho} - \sigma_{\max}^{1/\rho}\big)\Big)^{\rho},$$
+#
+# and found $\rho = 7$ best: most steps go where $\sigma$ is small, where the image's details are
+# decided. Here $\sigma_{\max}$ and $\sigma_{\min}$ are the model's own $\sigma_{T-1}$ and $\sigma_0$. By hand,
+# against `karras_sigmas`, and beside the $\sigma_t$ of DDIM's trailing grid (uniform in $t$):
+
+# %%
+from helpers.samplers import ddim_timesteps
+
+
+def karras_by_hand(n, sigma_min, sigma_max, rho=7.0):
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    return torch.cat([(sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho, torch.zeros(1, dtype=torch.float64)])
+
+
+n = 10
+assert torch.allclose(karras_by_hand(n, denoiser.sigma_min, denoiser.sigma_max), karras_sigmas(n, denoiser.sigma_min, denoiser.sigma_max))
+grids = {"Karras, rho = 7": karras_sigmas(n, denoiser.sigma_min, denoiser.sigma_max)[:-1],
+         "Karras, rho = 1 (uniform in sigma)": karras_sigmas(n, denoiser.sigma_min, denoiser.sigma_max, rho=1.0)[:-1],
+         "DDIM trailing (uniform in t)": sigma_table[ddim_timesteps(d.T, n)]}
+fig, ax = plt.subplots(figsize=(7, 3.8))
+for name, g in grids.items():
+    ax.plot(range(n), g, "o-", label=name)
+ax.set(yscale="log", xlabel="step i", ylabel="noise level sigma (log scale)", title=f"{n}-step grids from sigma_max = {denoiser.sigma_max:.0f} to sigma_min = {denoiser.sigma_min:.3f} [{profile.name} profile]")
+ax.legend();
+for name, g in grids.items():
+    print(f"{name:<36} steps with sigma < 1: {int((g < 1).sum())} of {n}")
+
+# %% [markdown]
+# ## Five solvers by hand
+#
+# Each function below integrates from $x = \sqrt{1+\sigma_{\max}^2}\,x_T$ (DDPM's pure-noise $x_T$
+# in VE coordinates) down a grid `sigmas` that ends with 0, and is checked against its helper from
+# the same noise. The slope of the ODE is $(x - D)/\sigma$ throughout.
+#
+# **Euler** (first order, one evaluation per step): $x \leftarrow x + (\sigma' - \sigma)\,(x - D(x;\sigma))/\sigma$.
+#
+# **Heun** (Karras et al. 2022, algorithm 1; second order, two evaluations per step): take the
+# Euler step, evaluate the slope where it lands, and step again with the average of the two
+# slopes. The last step, to $\sigma = 0$, stays Euler: the slope there divides by zero.
+
+# %%
+from helpers.solvers import sample_dpmpp_2m, sample_euler, sample_pc
+
+sigmas = karras_sigmas(10, denoiser.sigma_min, denoiser.sigma_max)
+x_start = torch.randn(8, profile.channels, profile.image_size, profile.image_size, generator=cpu_generator(5)).to(device) * (1 + denoiser.sigma_max**2) ** 0.5
+pairs = list(zip(sigmas[:-1].tolist(), sigmas[1:].tolist()))
+
+
+@torch.no_grad()
+def euler_by_hand(x):
+    for s, s_next in pairs:
+        x = x + (s_next - s) * (x - denoiser(x, s)) / s
+    return x
+
+
+@torch.no_grad()
+def heun_by_hand(x):
+    for s, s_next in pairs:
+        slope = (x - denoiser(x, s)) / s
+        x_next = x + (s_next - s) * slope
+        if s_next > 0:  # the average of the slopes at both ends
+            x_next = x + (s_next - s) * (slope + (x_next - denoiser(x_next, s_next)) / s_next) / 2
+        x = x_next
+    return x
+
+
+assert torch.allclose(euler_by_hand(x_start), sample_euler(denoiser, x_start, sigmas), atol=1e-4)
+assert torch.allclose(heun_by_hand(x_start), sample_heun(denoiser, x_start, sigmas), atol=1e-4)
+
+# %% [markdown]
+# **DPM-Solver++(2M)** (Lu et al. 2022, algorithm 2). In $\lambda = -\log\sigma$ the ODE is
+# $x$ times a known factor plus a term in $D$, and the linear part can be integrated exactly:
+# with $D$ held fixed over a step, $x' = \frac{\sigma'}{\sigma}x + (1 - \frac{\sigma'}{\sigma})D$
+# (this alone is DDIM at $\eta = 0$). The "2M" refinement replaces $D$ by a linear extrapolation
+# from the previous step's $D$, which costs no extra evaluation and makes the method second order:
+# $\hat D = (1 + \frac1{2r})D - \frac1{2r}D_{\text{prev}}$, $r = h_{\text{prev}}/h$ the ratio of the
+# last two step lengths in $\lambda$; the first and last steps use $D$ itself.
+
+# %%
+@torch.no_grad()
+def dpmpp_2m_by_hand(x):
+    prev = None  # (D at the previous step, that step's length h in lambda)
+    for s, s_next in pairs:
+        D = denoiser(x, s)
+        h = math.log(s / s_next) if s_next > 0 else math.inf
+        D_hat = D if prev is None or s_next == 0 else (1 + 1 / (2 * prev[1] / h)) * D - 1 / (2 * prev[1] / h) * prev[0]
+        x = (s_next / s) * x + (1 - s_next / s) * D_hat
+        prev = (D, h)
+    return x
+
+
+assert torch.allclose(dpmpp_2m_by_hand(x_start), sample_dpmpp_2m(denoiser, x_start, sigmas), atol=1e-4)
+
+# %% [markdown]
+# **Euler-ancestral**: a stochastic sampler of the reverse SDE. Split the step to $\sigma'$ into a
+# deterministic Euler step down to $\sigma_\downarrow$ and fresh noise of standard deviation
+# $\sigma_\uparrow$ back up, with $\sigma_\downarrow^2 + \sigma_\uparrow^2 = \sigma'^2$ and
+# $\sigma_\uparrow^2 = \sigma'^2(\sigma^2 - \sigma'^2)/\sigma^2$, the DDPM posterior variance in
+# VE units (so on the full grid it is DDPM's $\tilde\beta_t$).
+#
+# **Predictor-corrector** (Song et al. 2021, algorithm 2 for the VE SDE). The predictor is a
+# reverse-diffusion step, $x' = x + (\sigma^2 - \sigma'^2)\,s + \sqrt{\sigma^2-\sigma'^2}\,z$ with the score
+# $s = (D - x)/\sigma^2$; the corrector then runs Langevin dynamics at $\sigma'$,
+# $x \leftarrow x + \epsilon s + \sqrt{2\epsilon}\,z$, with the step $\epsilon = 2(r\,\lVert z\rVert/\lVert s\rVert)^2$
+# set by a signal-to-noise ratio $r$ (0.16 in the paper; norms averaged over the batch, as in its code).
+
+# %%
+from helpers.solvers import Solver
+
+
+@torch.no_grad()
+def euler_ancestral_by_hand(x, gen):
+    for s, s_next in pairs:
+        up = min(s_next, (s_next**2 * (s**2 - s_next**2) / s**2) ** 0.5)
+        down = (s_next**2 - up**2) ** 0.5
+        x = x + (down - s) * (x - denoiser(x, s)) / s
+        if s_next > 0:
+            x = x + up * torch.randn(x.shape, generator=gen).to(device)
+    return x
+
+
+@torch.no_grad()
+def pc_by_hand(x, gen, snr=0.16):
+    norm = lambda v: v.flatten(1).norm(dim=1).mean()  # noqa: E731
+    for s, s_next in pairs:
+        D = denoiser(x, s)
+        if s_next == 0:  # the last predictor step: Tweedie's estimate itself
+            x = D
+            continue
+        x = x + (s**2 - s_next**2) * (D - x) / s**2 + (s**2 - s_next**2) ** 0.5 * torch.randn(x.shape, generator=gen).to(device)
+        score, z = (denoiser(x, s_next) - x) / s_next**2, torch.randn(x.shape, generator=gen).to(device)
+        step = 2 * (snr * norm(z) / norm(score)) ** 2
+        x = x + step * score + (2 * step) ** 0.5 * z
+    return x
+
+
+assert torch.allclose(euler_ancestral_by_hand(x_start, cpu_generator(6)), sample_euler_ancestral(denoiser, x_start, sigmas, cpu_generator(6)), atol=1e-4)
+assert torch.allclose(pc_by_hand(x_start, cpu_generator(7)), sample_pc(denoiser, x_start, sigmas, generator=cpu_generator(7)), atol=1e-4)
+print("Euler, Heun, DPM-Solver++(2M), Euler-ancestral and PC by hand == helpers.solvers on the same noise")
+
+# %% [markdown]
+# What a run costs is its number of network evaluations (NFE), not its number of steps. `Solver`
+# turns a budget into a grid: Heun spends two per step and one on the last, PC one per predictor
+# and one per corrector step. On a budget of 10:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for name in ("euler", "heun", "dpmpp-2m", "euler-a", "pc"):
+    print(Solver(name, 10))
+
+# %% [markdown]
+# ## Quality against network evaluations
+#
+# Every sampler draws the same images from the same noise (the evaluator's seed), and each set
+# is scored with FID against the real-data floor at the same count (notebook 06). DDIM here is
+# $\eta = 0$ on the trailing grid, DDPM the full ancestral chain of $T$ steps; the solvers use the
+# Karras grid with $\rho = 7$. On a CPU this is the notebook's long cell: per image it makes $T$
+# network evaluations for DDPM and up to each budget for each of the six others.
+
+# %% tags=["nbval-ignore-output"]
+from helpers.evaluation import Evaluator
+from helpers.metrics import get_features
+from helpers.samplers import DDIM, DDPM
+
+features = get_features(profile, device)
+evaluator = Evaluator.for_profile(profile, d, features, n=min(250, profile.sample.fid_samples))
+
+# %%
+budgets = [n for n in (5, 10, 20, 50, 100) if n <= d.T][: 2 if profile.name == "smoke" else None]  # smoke: CI's minutes
+methods = {"DDIM": lambda nfe: DDIM(nfe)} | {name: (lambda nfe, name=name: Solver(name, nfe)) for name in ("euler", "heun", "dpmpp-2m", "euler-a", "pc")}
+results = []
+for method, make in [("DDPM", lambda nfe: DDPM())] + list(methods.items()):
+    for nfe in [d.T] if method == "DDPM" else budgets:
+        sampler = make(nfe)
+        sync(device)
+        start = time.perf_counter()
+        images, _ = evaluator.images(model, sampler=sampler)
+        sync(device)
+        seconds = time.perf_counter() - start
+        q = evaluator.score(images)
+        spent = sampler.spent if isinstance(sampler, Solver) else len(sampler.timesteps(d.T))
+        results.append({"method": method, "budget": nfe, "nfe": spent, "sampler": str(sampler), "fid": q.fid, "kid": q.kid, "seconds": seconds})
+floor = q.floor
+print(f"{q.n_fake} images per sampler, {q.features} features, {q.n_real} real images; real-data floor {floor}")
+print(f"{'sampler':<10} {'NFE':>5} {'FID':>8} {'FID / floor':>12} {'s':>7}")
+for r in results:
+    print(f"{r['method']:<10} {r['nfe']:>5} {r['fid']:>8.2f} {r['fid'] / floor.fid:>12.1f} {r['seconds']:>7.1f}")
+
+# %%
+fig, ax = plt.subplots(figsize=(8, 4.8))
+for k, method in enumerate(methods):
+    rs = [r for r in results if r["method"] == method]
+    ax.plot([r["nfe"] for r in rs], [r["fid"] for r in rs], "o-", color=f"C{k}", label=method)
+ddpm = next(r for r in results if r["method"] == "DDPM")
+ax.plot([ddpm["nfe"]], [ddpm["fid"]], "*", ms=14, color="black", label=f"DDPM ({ddpm['nfe']} steps)")
+ax.axhline(ddpm["fid"], color="black", lw=0.8, ls=":")
+ax.axhspan(floor.fid - floor.fid_std, floor.fid + floor.fid_std, color="gray", alpha=0.25, label="real-data floor ± std")
+ax.set(xscale="log", yscale="log", xlabel="network evaluations per image (NFE, log scale)", ylabel=f"FID, {q.n_fake} samples (log scale)",
+       title=f"quality against network evaluations [{profile.name} profile]")
+ax.legend(ncol=2, fontsize=9);
+
+# %% [markdown]
+# What the table says, from its own numbers (a difference smaller than the floor's spread is
+# noise at this sample count):
+
+# %%
+for nfe in [b for b in (10, 50) if b in budgets]:
+    b = min((r for r in results if r["method"] != "DDPM" and r["budget"] == nfe), key=lambda r: r["fid"])
+    print(f"best at a budget of {nfe} NFE: {b['method']} ({b['nfe']} NFE), FID {b['fid']:.1f} = {b['fid'] / ddpm['fid']:.2f}x DDPM-{ddpm['nfe']}'s {ddpm['fid']:.1f}")
+second_order = [r for r in results if r["method"] in ("heun", "dpmpp-2m") and 10 <= r["nfe"] <= 20]
+if second_order:
+    b = min(second_order, key=lambda r: r["fid"])
+    verdict = "within" if b["fid"] <= 1.5 * ddpm["fid"] else "not within"
+    print(f"best second-order ODE solver at 10-20 NFE: {b['method']} at {b['nfe']} NFE, FID {b['fid']:.1f}: {verdict} 1.5x DDPM-{ddpm['nfe']}'s FID")
+top = max(budgets)
+at_top = sorted(((r["fid"], r["method"]) for r in results if r["budget"] == top))
+print(f"at a budget of {top}: " + ", ".join(f"{m} {f:.1f}" for f, m in at_top) + f"; DDPM-{ddpm['nfe']} {ddpm['fid']:.1f}; floor {floor.fid:.1f} ± {floor.fid_std:.1f}")
+
+# %% [markdown]
+# Why the curves look as they do. DDIM, Euler, Heun and DPM-Solver++ integrate the same
+# probability-flow ODE, so as the budget grows their samples approach the same images and their
+# FIDs one value, the ODE's own; a better solver gets there in fewer evaluations, which is all it
+# can do. Euler-ancestral (and DDPM) sample the reverse SDE instead and approach its samples.
+# Which limit is better is a property of the model: Karras et al. (2022, section 4) found that the
+# fresh noise of a stochastic sampler corrects earlier errors, which helps a network with large
+# errors (as η = 1 helped this model in notebook 05) and costs detail with a very good one. PC's
+# predictor is the Euler–Maruyama step of the reverse SDE, whose noise of variance
+# $\sigma^2-\sigma'^2$ is right only for steps with $\sigma'/\sigma$ near 1: Song et al. (2021,
+# Table 1) ran it with 1,000 predictor and 1,000 corrector steps, far beyond these budgets.
+
+# %% [markdown]
+# The same eight noises through every sampler at a budget of 10 evaluations, with DDPM's full
+# chain on top for reference:
+
+# %%
+x_T = torch.randn(8, profile.channels, profile.image_size, profile.image_size, generator=cpu_generator(8))
+from helpers.solvers import draw
+
+shown = [("DDPM", DDPM())] + [(m, make(min(10, d.T))) for m, make in methods.items()]
+fig, axes = plt.subplots(len(shown), 1, figsize=(9, 1.45 * len(shown)), constrained_layout=True)
+for ax, (method, sampler) in zip(axes, shown):
+    show_grid(draw(model, d, x_T, sampler, cpu_generator(9)).cpu(), str(sampler), nrow=8, ax=ax)
+fig.suptitle(f"the same noise, NFE = 10 except DDPM [{profile.name} profile]");
+
+# %% [markdown]
+# The deterministic samplers (DDIM, Euler, Heun, DPM-Solver++) follow the same ODE, so each
+# noise becomes much the same item under all four, drawn more or less cleanly (Heun, with only
+# five steps, least); Euler-ancestral and DDPM add fresh noise on the way and draw other items,
+# and PC at this budget is still noise.
+#
+# ## What this notebook leaves
+#
+# The FID-against-NFE table, in `artifacts/<profile>/figures/09_nfe_fid.json`. The solvers are on the
+# command line too: `python -m helpers.sample --checkpoint ... --sampler dpmpp-2m --nfe 20`.
+
+# %%
+path = profile.artifacts / "figures" / "09_nfe_fid.json"
+path.parent.mkdir(parents=True, exist_ok=True)
+path.write_text(json.dumps({"device": str(device), "features": q.features, "n": q.n_fake, "floor": floor.fid, "floor_std": floor.fid_std, "rows": results}, indent=2))
+print(f"saved {path}")
+
+# %% [markdown]
+# ## Exercises
+#
+# Each exercise is a function to write. The cell after it checks your function against
+# `helpers` and prints ✓, what is wrong, or "not done yet". The solutions are in
+# `notebooks/solutions/09_score_sde_solvers.py`.
+#
+# **1. Tweedie's formula.** Given a noisy point $x$, its noise level $\sigma$ and the score
+# $\nabla\log p_\sigma(x)$ there, return the posterior mean $\mathbb E[x_0 \mid x]$. The check uses the
+# ring mixture, whose denoiser is exact.
+
+# %%
+def tweedie(x, sigma, score):
+    """E[x_0 | x] for x = x_0 + sigma eps, from the score of the noisy density at x."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+from helpers.exercises import check
+
+check(tweedie)
+
+# %% [markdown]
+# **2. The ancestral split.** Return $(\sigma_\downarrow, \sigma_\uparrow)$ for a step from $\sigma$ to
+# $\sigma'$: $\sigma_\uparrow^2 = \sigma'^2(\sigma^2-\sigma'^2)/\sigma^2$ and $\sigma_\downarrow^2 + \sigma_\uparrow^2 = \sigma'^2$.
+# Why does $\sigma_\uparrow$ vanish at both $\sigma' = 0$ and $\sigma' = \sigma$?
+
+# %%
+def ancestral_split(sigma, sigma_next):
+    """(sigma_down, sigma_up) of an Euler-ancestral step from sigma to sigma_next (floats)."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+check(ancestral_split)
