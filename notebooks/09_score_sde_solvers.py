@@ -219,8 +219,9 @@ print("farthest end from a component mean:", ", ".join(f"{name.split(' (')[0]} {
 # %% [markdown]
 # The same two samplers on the image model, from the same three noises: each column is the
 # denoiser's guess $D(x;\sigma)$ at one step of the path, from $\sigma_{\max}$ (left) down to the
-# sample (right). Along the ODE the guess only sharpens; along the SDE fresh noise can still change
-# which item it becomes.
+# sample (right). At high $\sigma$ the guess is mostly the network's error magnified by $\sigma$ (as
+# in Tweedie's row above); then it becomes a blur of an item and sharpens. The ODE's path is fixed
+# by its start; the SDE's fresh noise takes it elsewhere, so the two need not end on the same item.
 
 # %%
 image_grid = karras_sigmas(20, denoiser.sigma_min, denoiser.sigma_max)
