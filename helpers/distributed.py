@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
 __all__ = ["World", "ShardedBatches"]
+
+S = TypeVar("S", torch.Tensor, Sequence[int])
 
 
 @dataclass(frozen=True)
@@ -79,10 +82,11 @@ class World:
             raise ValueError(f"the batch of {batch_size} does not divide among {self.size} processes; choose a batch size that is a multiple of {self.size}")
         return batch_size // self.size
 
-    def shard(self, global_tensor: torch.Tensor) -> torch.Tensor:
-        """This process's contiguous slice of a tensor drawn for the whole global batch."""
-        b = len(global_tensor) // self.size
-        return global_tensor[self.rank * b : (self.rank + 1) * b]
+    def shard(self, global_batch: S) -> S:
+        """This process's contiguous slice of something made for the whole global batch (a tensor
+        drawn for it, or the list of its image indices)."""
+        b = len(global_batch) // self.size
+        return global_batch[self.rank * b : (self.rank + 1) * b]
 
     def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor`` summed over the processes, in place (itself for one process)."""
@@ -129,5 +133,4 @@ class ShardedBatches(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.batches:
-            b = len(batch) // self.world.size
-            yield batch[self.world.rank * b : (self.world.rank + 1) * b]
+            yield self.world.shard(batch)
