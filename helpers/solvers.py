@@ -29,6 +29,8 @@ from helpers.samplers import Sampler, eval_mode, sample, starting_noise
 __all__ = [
     "karras_sigmas",
     "Denoiser",
+    "euler_step",
+    "heun_step",
     "sample_euler",
     "sample_heun",
     "sample_dpmpp_2m",
@@ -41,7 +43,8 @@ __all__ = [
     "draw",
 ]
 
-DenoiserFn = Callable[[torch.Tensor, float], torch.Tensor]
+Sigma = float | torch.Tensor  # one noise level, or one per image as a [B, 1, 1, 1] tensor
+DenoiserFn = Callable[[torch.Tensor, Sigma], torch.Tensor]
 Callback = Callable[[dict[str, Any]], None] | None
 
 
@@ -84,24 +87,37 @@ class Denoiser:
     def sigma_max(self) -> float:
         return float(self.sigmas[-1])
 
-    def timestep(self, sigma: float) -> float:
-        """The (fractional) timestep whose sigma_t is sigma, interpolating linearly in log sigma."""
-        log_sigma = math.log(min(max(sigma, self.sigma_min), self.sigma_max))
-        i = int(torch.searchsorted(self.log_sigmas, torch.tensor(log_sigma, dtype=torch.float64)).clamp(1, self.d.T - 1))
-        lo, hi = float(self.log_sigmas[i - 1]), float(self.log_sigmas[i])
-        return i - 1 + (log_sigma - lo) / (hi - lo)
+    def timestep(self, sigma: float | torch.Tensor) -> float | torch.Tensor:
+        """The (fractional) timestep whose sigma_t is sigma, interpolating linearly in log sigma
+        (a float for a float, a float64 tensor of timesteps for a tensor of sigmas)."""
+        log_sigma = torch.as_tensor(sigma, dtype=torch.float64).cpu().clamp(self.sigma_min, self.sigma_max).log()
+        i = torch.searchsorted(self.log_sigmas, log_sigma).clamp(1, self.d.T - 1)
+        lo, hi = self.log_sigmas[i - 1], self.log_sigmas[i]
+        t = i - 1 + (log_sigma - lo) / (hi - lo)
+        return float(t) if isinstance(sigma, (float, int)) else t
 
-    def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+        """D(x, sigma) for one sigma (a float) or one per image (a tensor of shape [B, 1, 1, 1])."""
         t = self.timestep(sigma)
-        t = round(t) if self.quantize else t
         device = next(self.model.parameters()).device
-        timesteps = torch.full((len(x),), t, device=device, dtype=torch.long if self.quantize else torch.float32)
-        out = self.model(x / math.sqrt(1 + sigma**2), timesteps).float()
+        if isinstance(t, float):
+            timesteps = torch.full((len(x),), round(t) if self.quantize else t, device=device)
+        else:
+            timesteps = (t.round() if self.quantize else t).flatten().expand(len(x)).to(device)
+        timesteps = timesteps.to(torch.long if self.quantize else torch.float32)
+        if isinstance(sigma, torch.Tensor):
+            sigma = sigma.to(device=x.device, dtype=x.dtype)
+            var = 1 + sigma**2
+            scale = var.sqrt()
+        else:
+            var = 1 + sigma**2
+            scale = math.sqrt(var)
+        out = self.model(x / scale, timesteps).float()
         if self.d.prediction == "eps":
             return x - sigma * out
         if self.d.prediction == "x0":
             return out
-        return x / (1 + sigma**2) - sigma / math.sqrt(1 + sigma**2) * out
+        return x / var - sigma / scale * out
 
 
 def _report(callback: Callback, i: int, x: torch.Tensor, sigma: float, denoised: torch.Tensor) -> None:
@@ -114,31 +130,42 @@ def _pairs(sigmas: torch.Tensor) -> list[tuple[float, float]]:
     return list(zip(s[:-1], s[1:]))
 
 
+def euler_step(denoiser: DenoiserFn, x: torch.Tensor, sigma: Sigma, sigma_next: Sigma, denoised: torch.Tensor | None = None) -> torch.Tensor:
+    """One Euler step of the probability-flow ODE, x + (sigma_next - sigma) (x - D(x, sigma)) / sigma
+    (``denoised``: D(x, sigma) if already computed). Sigmas are floats or per-image tensors [B, 1, 1, 1]."""
+    denoised = denoiser(x, sigma) if denoised is None else denoised
+    return x + (sigma_next - sigma) * (x - denoised) / sigma
+
+
+def heun_step(denoiser: DenoiserFn, x: torch.Tensor, sigma: Sigma, sigma_next: Sigma, denoised: torch.Tensor | None = None) -> torch.Tensor:
+    """One Heun step (Karras et al. 2022, algorithm 1, deterministic) to sigma_next > 0: an Euler
+    step, then the average of the slopes at both ends. Two NFE (one if ``denoised`` is given)."""
+    denoised = denoiser(x, sigma) if denoised is None else denoised
+    slope = (x - denoised) / sigma
+    x_euler = x + (sigma_next - sigma) * slope
+    slope_next = (x_euler - denoiser(x_euler, sigma_next)) / sigma_next
+    return x + (sigma_next - sigma) * (slope + slope_next) / 2
+
+
 @torch.no_grad()
 def sample_euler(denoiser: DenoiserFn, x: torch.Tensor, sigmas: torch.Tensor, callback: Callback = None) -> torch.Tensor:
-    """Euler's method on the probability-flow ODE: x += (sigma_next - sigma) (x - D) / sigma. One NFE per step."""
+    """Euler's method on the probability-flow ODE (``euler_step`` down the grid). One NFE per step."""
     for i, (sigma, sigma_next) in enumerate(_pairs(sigmas)):
         denoised = denoiser(x, sigma)
         _report(callback, i, x, sigma, denoised)
-        x = x + (sigma_next - sigma) * (x - denoised) / sigma
+        x = euler_step(denoiser, x, sigma, sigma_next, denoised)
     return x
 
 
 @torch.no_grad()
 def sample_heun(denoiser: DenoiserFn, x: torch.Tensor, sigmas: torch.Tensor, callback: Callback = None) -> torch.Tensor:
-    """Heun's method (Karras et al. 2022, algorithm 1, deterministic): an Euler step, then the
-    average of the slopes at both ends; the last step, to sigma = 0, stays Euler (the slope there is
-    undefined). NFE = 2 (steps) - 1 when the grid ends at 0."""
+    """Heun's method (``heun_step`` down the grid); the last step, to sigma = 0, stays Euler (the
+    slope there is undefined). NFE = 2 (steps) - 1 when the grid ends at 0."""
     for i, (sigma, sigma_next) in enumerate(_pairs(sigmas)):
         denoised = denoiser(x, sigma)
         _report(callback, i, x, sigma, denoised)
-        slope = (x - denoised) / sigma
-        x_euler = x + (sigma_next - sigma) * slope
-        if sigma_next == 0:
-            x = x_euler
-        else:
-            slope_next = (x_euler - denoiser(x_euler, sigma_next)) / sigma_next
-            x = x + (sigma_next - sigma) * (slope + slope_next) / 2
+        step = euler_step if sigma_next == 0 else heun_step
+        x = step(denoiser, x, sigma, sigma_next, denoised)
     return x
 
 
@@ -326,10 +353,11 @@ class Solver:
 
 
 def draw(
-    model: nn.Module, d: Diffusion, x_T: torch.Tensor | tuple[int, ...], sampler: Sampler | Solver, generator: torch.Generator | None = None, progress: bool = False
+    model: nn.Module, d: Diffusion, x_T: torch.Tensor | tuple[int, ...], sampler: Any, generator: torch.Generator | None = None, progress: bool = False
 ) -> torch.Tensor:
     """Images in [-1, 1] from x_T with any sampler of the course: ``DDPM``/``DDIM`` through
-    ``samplers.sample`` (with a progress bar if ``progress``), or a noise-level ``Solver``."""
-    if isinstance(sampler, Solver):
-        return sampler.sample(model, d, x_T, generator)
-    return sample(model, d, x_T, sampler, generator, progress=progress)
+    ``samplers.sample`` (with a progress bar if ``progress``), or one with its own
+    ``sample(model, d, x_T, generator)``: a noise-level ``Solver`` or ``consistency.MultistepConsistency``."""
+    if isinstance(sampler, Sampler):
+        return sample(model, d, x_T, sampler, generator, progress=progress)
+    return sampler.sample(model, d, x_T, generator)
