@@ -154,6 +154,7 @@ class Profile:
     compare_steps: int  # per model, where a notebook trains several to compare them (06, 07)
     prediction: str = "eps"  # what the network predicts (helpers.diffusion)
     loss_weighting: str = "none"
+    distil: dict[str, Any] = field(default_factory=dict)  # consistency distillation (helpers.consistency.DistilConfig)
 
     @property
     def seed(self) -> int:
@@ -219,6 +220,7 @@ PROFILES: dict[str, Profile] = {
         classifier_epochs=1,
         classifier_width=16,
         compare_steps=150,
+        distil=dict(steps=30, batch_size=16, sigma_max=20.0, log_every=10),
     ),
     "laptop": Profile(
         name="laptop",
@@ -265,6 +267,7 @@ PROFILES: dict[str, Profile] = {
         classifier_width=32,
         compare_steps=400,
         loss_weighting="min_snr",
+        distil=dict(steps=1600, batch_size=64, sigma_max=20.0, log_every=50),
     ),
     "full": Profile(
         name="full",
@@ -309,6 +312,7 @@ PROFILES: dict[str, Profile] = {
         classifier_epochs=15,
         classifier_width=64,
         compare_steps=100_000,
+        distil=dict(steps=100_000, batch_size=128, sigma_max=80.0, log_every=100),
     ),
 }
 

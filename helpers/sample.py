@@ -5,6 +5,7 @@
     python -m helpers.sample --checkpoint pretrained/03_ddpm_eps.pt --sampler dpmpp-2m --nfe 20
     python -m helpers.sample --checkpoint pretrained/08_cfg.pt --class-id -1 --guidance-scale 3 --n 10000 --out samples.npz
     python -m helpers.sample --checkpoint pretrained/03_ddpm_eps.pt --n 10000 --out samples/
+    python -m helpers.sample --checkpoint pretrained/11_cd.pt --sampler consistency --nfe 2
 
 ``.npz`` holds ``arr_0``, uint8 [N, H, W, C], and for a conditional model ``arr_1``, the labels:
 the layout guided-diffusion's evaluation suite reads. A folder gets one PNG per image, as
@@ -14,6 +15,7 @@ clean-fid and torch-fidelity read them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -25,6 +27,7 @@ import torch
 from PIL import Image
 
 from helpers.checkpoints import CheckpointError, load_model
+from helpers.consistency import MultistepConsistency, consistency_record
 from helpers.device import cpu_generator, describe, pick_device
 from helpers.samplers import DDIM, DDPM, SPACINGS, VARIANCES, Guided
 from helpers.solvers import SOLVERS, Solver, draw
@@ -71,12 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint written by notebook 03/06/07/08 or python -m helpers.train")
     p.add_argument("--n", type=int, default=64, help="number of images (default: 64)")
     p.add_argument("--out", type=Path, default=Path("grid.png"), help="a .png grid, an .npz (arr_0 uint8 NxHxWxC, arr_1 labels), or a folder (ending in / or without a suffix) for one PNG per image (default: grid.png)")
-    p.add_argument("--sampler", choices=("ddpm", "ddim", *SOLVERS), default="ddpm",
-                   help="ancestral DDPM over all T steps, DDIM, or a noise-level solver (helpers.solvers): euler, heun, dpmpp-2m (ODE), euler-a, pc (SDE) (default: ddpm)")
+    p.add_argument("--sampler", choices=("ddpm", "ddim", *SOLVERS, "consistency"), default="ddpm",
+                   help="ancestral DDPM over all T steps, DDIM, a noise-level solver (helpers.solvers): euler, heun, dpmpp-2m (ODE), euler-a, pc (SDE), "
+                   "or consistency for a model distilled by python -m helpers.distil (default: ddpm)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: T)")
     p.add_argument("--eta", type=float, default=None, help="DDIM noise: 0 deterministic, 1 DDPM-like (default: 0)")
     p.add_argument("--spacing", choices=SPACINGS, default=None, help="DDIM timestep grid (default: trailing, which starts at t = T-1; Lin et al. 2024)")
-    p.add_argument("--nfe", type=int, default=None, help="network evaluations of a noise-level solver, on a Karras grid (default: 50)")
+    p.add_argument("--nfe", type=int, default=None, help="network evaluations of a noise-level solver, on a Karras grid (default: 50), or of consistency sampling (default: 1)")
     p.add_argument("--variance", choices=VARIANCES, default=None, help="DDPM step variance: beta tilde (fixed_small, the default) or beta (fixed_large)")
     p.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
     p.add_argument("--class-id", type=int, default=None, help="class of every image, for conditional models; -1 cycles through all classes (default: unconditional)")
@@ -102,13 +106,13 @@ def check_destination(out: Path) -> None:
         raise CliError(f"--out {out}: {target} is not writable")
 
 
-def build_sampler(args: argparse.Namespace) -> DDPM | DDIM | Solver:
+def build_sampler(args: argparse.Namespace) -> DDPM | DDIM | Solver | MultistepConsistency:
     """The sampler the flags describe; flags of another sampler are an error, not ignored."""
-    family = "solver" if args.sampler in SOLVERS else args.sampler
+    family = "solver" if args.sampler in (*SOLVERS, "consistency") else args.sampler
     ignored = [flag for flag, value, owner in (("--steps", args.steps, "ddim"), ("--eta", args.eta, "ddim"),
                ("--spacing", args.spacing, "ddim"), ("--variance", args.variance, "ddpm"), ("--nfe", args.nfe, "solver")) if value is not None and family != owner]  # fmt: skip
     if args.no_clip and family == "solver":
-        ignored.append("--no-clip")  # the noise-level solvers never clip x0
+        ignored.append("--no-clip")  # the noise-level solvers and consistency sampling never clip x0
     if ignored:
         raise CliError(f"{', '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect with --sampler {args.sampler}")
     try:
@@ -116,6 +120,8 @@ def build_sampler(args: argparse.Namespace) -> DDPM | DDIM | Solver:
             return DDPM(args.variance or "fixed_small", clip_x0=not args.no_clip)
         if family == "ddim":
             return DDIM(args.steps, 0.0 if args.eta is None else args.eta, args.spacing or "trailing", clip_x0=not args.no_clip)
+        if args.sampler == "consistency":
+            return MultistepConsistency(1 if args.nfe is None else args.nfe)
         return Solver(args.sampler, 50 if args.nfe is None else args.nfe)
     except ValueError as err:
         raise CliError(str(err)) from None
@@ -146,6 +152,13 @@ def run(args: argparse.Namespace) -> str:
         model, d, ckpt = load_model(args.checkpoint, device, ema=not args.raw)
     except (FileNotFoundError, CheckpointError) as err:
         raise CliError(str(err)) from None
+    record = consistency_record(ckpt)
+    if isinstance(sampler, MultistepConsistency) and record is None:
+        raise CliError(f"{args.checkpoint} holds a diffusion model; --sampler consistency needs one distilled from it (python -m helpers.distil)")
+    if record is not None and not isinstance(sampler, MultistepConsistency):
+        raise CliError(f"{args.checkpoint} holds a consistency model (distilled from {record['teacher']}); sample it with --sampler consistency --nfe 1 or 2")
+    if record is not None:
+        sampler = dataclasses.replace(sampler, sigma_max=record["config"]["sigma_max"])
     if args.class_id is not None and model.num_classes is None:
         raise CliError(f"--class-id given, but {args.checkpoint} holds an unconditional model")
     if args.class_id is not None and args.class_id >= model.num_classes:

@@ -2,13 +2,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import distil as distil_cli
 from helpers import sample as sample_cli
 from helpers import train as train_cli
 from helpers.checkpoints import load_checkpoint
 
 
 def test_help_explains_every_flag(capsys):
-    for cli in (train_cli, sample_cli):
+    for cli in (train_cli, sample_cli, distil_cli):
         with pytest.raises(SystemExit) as exit_:
             cli.main(["--help"])
         assert exit_.value.code == 0
@@ -67,3 +68,29 @@ def test_conditional_training_from_the_command_line_remembers_classes(tmp_path, 
     assert sample_cli.main(base + ["--out", str(tmp_path / "pngs")]) == 0
     pngs = sorted((tmp_path / "pngs").glob("*.png"))
     assert len(pngs) == 3 and np.array_equal(np.asarray(Image.open(pngs[1])), saved["arr_0"][1, ..., 0]), "same seed, same image"
+
+
+def test_distil_resume_and_consistency_sampling_from_the_command_line(tmp_path, data_env, capsys):
+    teacher, cd = tmp_path / "teacher.pt", tmp_path / "cd.pt"
+    assert train_cli.main(["--profile", "smoke", "--out", str(teacher), "--no-progress", "--steps", "2", "--batch-size", "8",
+                           "--sample-every", "0", "--eval-every", "0"]) == 0  # fmt: skip
+    common = ["--teacher", str(teacher), "--profile", "smoke", "--out", str(cd), "--no-progress", "--batch-size", "8"]
+    assert distil_cli.main(common + ["--steps", "2", "--n-levels", "6"]) == 0
+    state = load_checkpoint(cd)
+    assert state["step"] == 2 and state["extra"]["consistency"]["teacher"] == str(teacher)
+    assert state["extra"]["consistency"]["config"]["n_levels"] == 6, "every DistilConfig field is a flag, and reaches the run"
+    assert distil_cli.main(common + ["--steps", "3"]) == 2, "refuses to overwrite without --resume"
+    assert distil_cli.main(common + ["--steps", "3", "--resume", "--lr", "0.5"]) == 2
+    assert "distilled with lr=" in capsys.readouterr().err
+    assert distil_cli.main(common + ["--steps", "3", "--resume"]) == 0
+    assert load_checkpoint(cd)["step"] == 3 and "resuming" in capsys.readouterr().out
+    assert distil_cli.main(["--teacher", str(cd), "--profile", "smoke", "--out", str(tmp_path / "x.pt"), "--no-progress"]) == 2
+    assert "is itself a consistency model" in capsys.readouterr().err
+
+    out = tmp_path / "grid.png"
+    assert sample_cli.main(["--checkpoint", str(cd), "--n", "4", "--sampler", "consistency", "--nfe", "2", "--out", str(out)]) == 0
+    assert out.read_bytes().startswith(b"\x89PNG") and "consistency, 2 NFE from sigma 20" in capsys.readouterr().out
+    assert sample_cli.main(["--checkpoint", str(cd), "--n", "4", "--sampler", "ddim", "--out", str(out)]) == 2
+    assert "holds a consistency model" in capsys.readouterr().err
+    assert sample_cli.main(["--checkpoint", str(teacher), "--n", "4", "--sampler", "consistency", "--out", str(out)]) == 2
+    assert "holds a diffusion model; --sampler consistency needs one distilled" in capsys.readouterr().err
