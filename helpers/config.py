@@ -155,6 +155,7 @@ class Profile:
     prediction: str = "eps"  # what the network predicts (helpers.diffusion)
     loss_weighting: str = "none"
     distil: dict[str, Any] = field(default_factory=dict)  # consistency distillation (helpers.consistency.DistilConfig)
+    autoencoder: dict[str, Any] = field(default_factory=dict)  # latent diffusion's autoencoder: "model" (Autoencoder kwargs), "train" (train_autoencoder kwargs)
 
     @property
     def seed(self) -> int:
@@ -221,6 +222,7 @@ PROFILES: dict[str, Profile] = {
         classifier_width=16,
         compare_steps=150,
         distil=dict(steps=30, batch_size=16, sigma_max=20.0, log_every=10),
+        autoencoder=dict(model=dict(ch=16, latent_channels=4), train=dict(steps=60, batch_size=32, lr=2e-3, kl_weight=1e-6, log_every=10)),
     ),
     "laptop": Profile(
         name="laptop",
@@ -267,7 +269,8 @@ PROFILES: dict[str, Profile] = {
         classifier_width=32,
         compare_steps=400,
         loss_weighting="min_snr",
-        distil=dict(steps=1600, batch_size=64, sigma_max=20.0, log_every=50),
+        distil=dict(steps=1600, batch_size=64, sigma_max=10.0, log_every=50),
+        autoencoder=dict(model=dict(ch=32, latent_channels=4), train=dict(steps=1200, batch_size=64, lr=1e-3, kl_weight=1e-6, log_every=50)),
     ),
     "full": Profile(
         name="full",
@@ -313,6 +316,7 @@ PROFILES: dict[str, Profile] = {
         classifier_width=64,
         compare_steps=100_000,
         distil=dict(steps=100_000, batch_size=128, sigma_max=80.0, log_every=100),
+        autoencoder=dict(model=dict(ch=64, latent_channels=4), train=dict(steps=50_000, batch_size=128, lr=2e-4, kl_weight=1e-6, log_every=100)),
     ),
 }
 
@@ -337,6 +341,15 @@ def get_profile(name: str | None = None, device: torch.device | None = None) -> 
 def repo_root() -> Path:
     """The checkout this package lives in (it is installed in editable mode)."""
     return Path(__file__).resolve().parents[1]
+
+
+def portable_path(path: str | Path) -> str:
+    """``path`` relative to the repository when it lies inside it (as a checkpoint records the files
+    it was made from, so that the record holds on another machine), else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(repo_root()))
+    except ValueError:
+        return str(path)
 
 
 def artifacts_root() -> Path:

@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from helpers.checkpoints import CheckpointError, load_checkpoint, non_finite, save_checkpoint
-from helpers.config import Profile
+from helpers.config import Profile, portable_path
 from helpers.device import cpu_generator
 from helpers.diffusion import Diffusion
 from helpers.ema import EMA
@@ -238,7 +238,7 @@ class Distiller:
         if config.sigma_max is not None and config.sigma_max > Denoiser(teacher, d).sigma_max:
             raise ValueError(f"sigma_max {config.sigma_max:g} lies above the teacher's highest noise level, {Denoiser(teacher, d).sigma_max:.4g}")
         self.config, self.d, self.device, self.progress = config, d, torch.device(device), progress
-        self.teacher_path = None if teacher_path is None else str(teacher_path)
+        self.teacher_path = None if teacher_path is None else portable_path(teacher_path)
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
         self.student = copy.deepcopy(self.teacher).train().requires_grad_(True)
         self.target = copy.deepcopy(self.teacher)  # eval mode, no gradient: only ever loaded from target_ema

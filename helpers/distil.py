@@ -19,6 +19,7 @@ from helpers.checkpoints import CheckpointError, load_checkpoint, load_model
 from helpers.config import PROFILES, get_profile
 from helpers.consistency import DistilConfig, Distiller, consistency_record
 from helpers.device import describe, pick_device, seed_everything
+from helpers.latent import latent_record
 
 _TYPES = {"int": int, "float": float, "float | None": float, "str": str}
 
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         teacher, d, ckpt = load_model(args.teacher, device)
         if consistency_record(ckpt) is not None:
             return _fail(f"{args.teacher} is itself a consistency model; distil a diffusion model (e.g. pretrained/03_ddpm_eps.pt)")
+        if latent_record(ckpt) is not None:
+            return _fail(f"{args.teacher} is a latent model; distillation here runs on pixels, so distil a pixel-space model")
         if (teacher.image_size, teacher.in_channels) != (profile.image_size, profile.channels):
             return _fail(f"{args.teacher} holds a {teacher.image_size}px model, but the {profile.name} profile's data is {profile.image_size}px; pass --profile {ckpt.get('profile')}")
         if args.resume:

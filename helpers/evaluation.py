@@ -12,9 +12,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from helpers.autoencoder import Autoencoder
 from helpers.config import Profile
 from helpers.device import cpu_generator
 from helpers.diffusion import Diffusion
+from helpers.latent import decode, unclipped
 from helpers.metrics import Features, Floor, Quality, extract_both, fid_kid, inception_score, real_features, real_floor
 from helpers.samplers import DDIM, Guided, Sampler
 from helpers.solvers import Solver, draw
@@ -67,20 +69,26 @@ class Evaluator:
         return DDIM(self.steps, self.eta, self.spacing)
 
     @torch.no_grad()
-    def images(self, model: nn.Module, guidance_scale: float | None = None, sampler: Sampler | Solver | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def images(
+        self, model: nn.Module, guidance_scale: float | None = None, sampler: Sampler | Solver | None = None, autoencoder: Autoencoder | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(samples [n, C, H, W] on the CPU, their labels or None), drawn with ``sampler`` (default:
-        this evaluator's DDIM) from the evaluator's seed: the same noise whatever the sampler."""
+        this evaluator's DDIM) from the evaluator's seed: the same noise whatever the sampler. A
+        latent model (``helpers.latent``) samples unclipped latents, decoded by ``autoencoder``."""
         gen = cpu_generator(self.seed)
         num_classes = getattr(model, "num_classes", None)
         shape = (model.in_channels, model.image_size, model.image_size)
         scale = self.guidance_scale if guidance_scale is None else guidance_scale
         sampler = self.sampler if sampler is None else sampler
+        if autoencoder is not None:
+            sampler = unclipped(sampler)
         xs, ys = [], []
         for start in range(0, self.n, self.batch_size):
             b = min(self.batch_size, self.n - start)
             y = (torch.arange(start, start + b) % num_classes) if num_classes is not None else None
             net = Guided(model, y, scale) if y is not None else model
-            xs.append(draw(net, self.d, (b, *shape), sampler, gen).cpu())
+            x = draw(net, self.d, (b, *shape), sampler, gen, clamp=autoencoder is None)
+            xs.append((decode(autoencoder, x) if autoencoder is not None else x).cpu())
             ys.append(y)
         return torch.cat(xs), (torch.cat(ys) if num_classes is not None else None)
 

@@ -19,6 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .autoencoder import DiagonalGaussian
+from .consistency import c_out as _c_out
+from .consistency import c_skip as _c_skip
+from .consistency import pseudo_huber as _pseudo_huber
 from .diffusion import Diffusion
 from .ema import EMA
 from .samplers import Guided, ddim_step, ddim_timesteps
@@ -278,12 +282,52 @@ def ancestral_split(fn: Callable[..., Any]) -> None:
             assert math.isclose(float(g), w, rel_tol=1e-6, abs_tol=1e-9), f"{sigma} -> {sigma_next}: {what} {float(g):.6g}, expected {w:.6g}"
 
 
+# ---- 10 · latent diffusion ----------------------------------------------------------------------------
+
+
+def kl_to_standard_normal(fn: Callable[..., Any]) -> None:
+    """fn(mean, logvar) = KL(N(mean, diag exp(logvar)) || N(0, I)) per image, against helpers.autoencoder."""
+    g = _gen()
+    for scale in (0.1, 1.0, 3.0):
+        mean, logvar = scale * torch.randn(4, 4, 8, 8, generator=g), scale * torch.randn(4, 4, 8, 8, generator=g)
+        _close(fn(mean.clone(), logvar.clone()), DiagonalGaussian(mean, logvar).kl(), f"latents of scale {scale:g}", atol=1e-3)
+
+
+def latent_scale_factor(fn: Callable[..., Any]) -> None:
+    """fn(latents) = 1 / std(latents), the factor that gives unit variance (as Autoencoder.measure_scale)."""
+    for std, mean in ((5.0, 0.0), (0.2, 1.0), (1.0, -3.0)):
+        z = mean + std * torch.randn(16, 4, 8, 8, generator=_gen())
+        got = float(fn(z.clone()))
+        assert math.isclose(float((got * z).std()), 1.0, rel_tol=1e-4), f"latents of std {std:g} and mean {mean:g}: std(c z) = {float((got * z).std()):.4g}, not 1"
+
+
+# ---- 11 · consistency models --------------------------------------------------------------------------
+
+
+def consistency_coefficients(fn: Callable[..., Any]) -> None:
+    """fn(sigma, sigma_min) = (c_skip, c_out) of Song et al. 2023 (sigma_data = 0.5), against helpers.consistency."""
+    for sigma, sigma_min in ((0.002, 0.002), (0.01, 0.002), (0.5, 0.01), (3.0, 0.01), (80.0, 0.002)):
+        got = fn(sigma, sigma_min)
+        assert len(got) == 2, f"return the pair (c_skip, c_out), got {got!r}"
+        for what, g, w in zip(("c_skip", "c_out"), got, (_c_skip(sigma, sigma_min), _c_out(sigma, sigma_min))):
+            assert math.isclose(float(g), w, rel_tol=1e-6, abs_tol=1e-12), f"sigma = {sigma}, sigma_min = {sigma_min}: {what} {float(g):.6g}, expected {w:.6g}"
+
+
+def pseudo_huber(fn: Callable[..., Any]) -> None:
+    """fn(a, b) = sqrt(||a - b||^2 + c^2) - c per image, c = 0.00054 sqrt(dim), against helpers.consistency."""
+    a = torch.randn(6, 1, 28, 28, generator=_gen())
+    for scale in (1e-4, 1e-2, 1.0):
+        b = a + scale * torch.randn(a.shape, generator=_gen(1))
+        _close(fn(a.clone(), b.clone()), _pseudo_huber(a, b), f"errors of size {scale:g}", atol=1e-6)
+
+
 EXERCISES: dict[str, Check] = {
     check.__name__: check
     for check in (
         forward_step, snr_crossing, resblock_parameters, multihead_attention, min_snr_weight, initial_loss,
         x0_from_eps, posterior_mean_from_eps, leading_timesteps, ddim_sigma, ema_update, ema_half_life,
-        x0_from_v, eps_from_v, drop_labels, guidance_w_form, tweedie, ancestral_split,
+        x0_from_v, eps_from_v, drop_labels, guidance_w_form, tweedie, ancestral_split, kl_to_standard_normal, latent_scale_factor,
+        consistency_coefficients, pseudo_huber,
     )
 }
 

@@ -44,31 +44,35 @@ def export(checkpoint: str | Path, out: str | Path, info: dict[str, Any]) -> Pat
     ``out`` plus its card (``info`` and the step, recipe and process from the checkpoint)."""
     model, _, ckpt = load_model(checkpoint)  # with the EMA weights copied in where there are any
     weights = {k: v.contiguous() for k, v in model.state_dict().items()}
-    slim = {k: ckpt[k] for k in ("model_config", "diffusion", "step", "train", "profile")}
+    slim = {k: ckpt.get(k) for k in ("model_config", "diffusion", "step", "train", "profile", "extra")}  # a distilled model: no train, its record in extra
     out = save_checkpoint(out, {**slim, "model": weights, "ema": None, "history": ckpt.get("history", [])})
-    meta = {**info, "step": ckpt["step"], "model_config": ckpt["model_config"], "diffusion": ckpt["diffusion"], "train": ckpt["train"]}
+    meta = {**info, "step": ckpt["step"], "model_config": ckpt["model_config"], "diffusion": ckpt["diffusion"]}
+    meta.update({"train": ckpt["train"]} if ckpt.get("train") else {"distillation": (ckpt.get("extra") or {}).get("consistency")})
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=list) + "\n")
     return out
 
 
 def measure(path: str | Path, guidance_scale: float | None = None, device: str = "cpu") -> dict[str, Any]:
     """What a card records and the regression tests check: the laptop Evaluator's FID/KID/IS of the
-    model at ``path`` (its ``fid_samples`` DDIM samples from a fixed seed, classifier features) with
-    the real-data floor; for a conditional model also the classifier's accuracy on the asked-for
-    classes at ``guidance_scale``."""
+    model at ``path`` (its ``fid_samples`` DDIM samples from a fixed seed, or one-step samples for a
+    consistency model; classifier features) with the real-data floor; for a conditional model also
+    the classifier's accuracy on the asked-for classes at ``guidance_scale``."""
     from helpers.classifier import classifier_scores, load_or_train_classifier
+    from helpers.consistency import MultistepConsistency, consistency_record
     from helpers.evaluation import Evaluator
     from helpers.metrics import get_features
 
     profile = PROFILES["laptop"]
-    model, d, _ = load_model(path, device)
+    model, d, ckpt = load_model(path, device)
     evaluator = Evaluator.for_profile(profile, d, get_features(profile, device, verbose=False))
-    images, labels = evaluator.images(model, guidance_scale)
+    record = consistency_record(ckpt)
+    sampler = MultistepConsistency(1, record["config"]["sigma_max"]) if record is not None else evaluator.sampler
+    images, labels = evaluator.images(model, guidance_scale, sampler=sampler)
     q = evaluator.score(images)
     out: dict[str, Any] = {
         "fid": q.fid, "kid": q.kid, "inception_score": q.inception_score, "fid_floor": q.floor.fid,
         "fid_floor_std": q.floor.fid_std, "samples": q.n_fake, "real": q.n_real, "features": q.features,
-        "sampler": f"{evaluator.sampler}, seed {evaluator.seed}",
+        "sampler": f"{sampler}, seed {evaluator.seed}",
     }  # fmt: skip
     if labels is not None:
         classifier, _ = load_or_train_classifier(profile, device, progress=False)

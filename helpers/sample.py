@@ -6,6 +6,7 @@
     python -m helpers.sample --checkpoint pretrained/08_cfg.pt --class-id -1 --guidance-scale 3 --n 10000 --out samples.npz
     python -m helpers.sample --checkpoint pretrained/03_ddpm_eps.pt --n 10000 --out samples/
     python -m helpers.sample --checkpoint pretrained/11_cd.pt --sampler consistency --nfe 2
+    python -m helpers.sample --checkpoint artifacts/laptop/checkpoints/10_latent.pt --sampler ddim --steps 50   # decoded by its autoencoder
 
 ``.npz`` holds ``arr_0``, uint8 [N, H, W, C], and for a conditional model ``arr_1``, the labels:
 the layout guided-diffusion's evaluation suite reads. A folder gets one PNG per image, as
@@ -26,9 +27,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from helpers.autoencoder import Autoencoder, load_autoencoder
 from helpers.checkpoints import CheckpointError, load_model
+from helpers.config import repo_root
 from helpers.consistency import MultistepConsistency, consistency_record
 from helpers.device import cpu_generator, describe, pick_device
+from helpers.latent import check_autoencoder, decode, latent_record, unclipped
 from helpers.samplers import DDIM, DDPM, SPACINGS, VARIANCES, Guided
 from helpers.solvers import SOLVERS, Solver, draw
 from helpers.viz import save_grid
@@ -86,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-id", type=int, default=None, help="class of every image, for conditional models; -1 cycles through all classes (default: unconditional)")
     p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance scale s: 1 plain conditional, 0 unconditional (default: 1)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
+    p.add_argument("--autoencoder", type=Path, default=None, help="for a latent model (notebook 10): the autoencoder that decodes its samples (default: the one its checkpoint names; another is refused)")
     p.add_argument("--seed", type=int, default=0, help="seed of the CPU generator behind all noise, the same on any device (default: 0)")
     p.add_argument("--batch-size", type=int, default=256, help="images per sampling batch (default: 256)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
@@ -127,6 +132,26 @@ def build_sampler(args: argparse.Namespace) -> DDPM | DDIM | Solver | MultistepC
         raise CliError(str(err)) from None
 
 
+def latent_autoencoder(args: argparse.Namespace, ckpt: dict, device: torch.device) -> Autoencoder | None:
+    """The autoencoder that decodes a latent model's samples (``--autoencoder``, else the one its
+    checkpoint names), checked against the checkpoint; None for a pixel model."""
+    record = latent_record(ckpt)
+    if record is None:
+        if args.autoencoder is not None:
+            raise CliError(f"--autoencoder given, but {args.checkpoint} holds a pixel-space model")
+        return None
+    recorded = Path(record["path"])
+    path = args.autoencoder or (recorded if recorded.is_absolute() else repo_root() / recorded)  # portable_path: relative to the repository
+    try:
+        ae = load_autoencoder(path, device)
+        check_autoencoder(record, ae, str(args.checkpoint))
+    except FileNotFoundError:
+        raise CliError(f"{args.checkpoint} is a latent model and its autoencoder {path} is missing; pass --autoencoder") from None
+    except CheckpointError as err:
+        raise CliError(str(err)) from None
+    return ae
+
+
 def class_ids(args: argparse.Namespace, start: int, b: int, num_classes: int | None) -> torch.Tensor | None:
     """Labels of images start..start+b-1: all ``--class-id``, or 0, 1, 2, ... in turn for -1."""
     if args.class_id is None:
@@ -159,6 +184,9 @@ def run(args: argparse.Namespace) -> str:
         raise CliError(f"{args.checkpoint} holds a consistency model (distilled from {record['teacher']}); sample it with --sampler consistency --nfe 1 or 2")
     if record is not None:
         sampler = dataclasses.replace(sampler, sigma_max=record["config"]["sigma_max"])
+    ae = latent_autoencoder(args, ckpt, device)
+    if ae is not None:
+        sampler = unclipped(sampler)
     if args.class_id is not None and model.num_classes is None:
         raise CliError(f"--class-id given, but {args.checkpoint} holds an unconditional model")
     if args.class_id is not None and args.class_id >= model.num_classes:
@@ -173,7 +201,8 @@ def run(args: argparse.Namespace) -> str:
         b = min(args.batch_size, args.n - start)
         y = class_ids(args, start, b, model.num_classes)
         net = Guided(model, y, args.guidance_scale) if y is not None else model
-        images.append(draw(net, d, (b, *shape), sampler, gen, progress=True).cpu())
+        x = draw(net, d, (b, *shape), sampler, gen, progress=True, clamp=ae is None)
+        images.append((decode(ae, x) if ae is not None else x).cpu())
     seconds = time.perf_counter() - t0
     x = torch.cat(images)
     if not torch.isfinite(x).all():

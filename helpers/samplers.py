@@ -317,6 +317,7 @@ def sample(
     generator: torch.Generator | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = True,
+    clamp: bool = True,
 ) -> torch.Tensor:
     """Draw images from x_T ~ N(0, I) with a sampler (``DDPM()``, ``DDIM(steps, eta, spacing)``).
 
@@ -330,9 +331,11 @@ def sample(
         callback: called after every step with a dict (i, steps, t, x_t, x0, x_prev); x0 is the
             prediction the step used. ``Trajectory`` is one.
         progress: show a progress bar.
+        clamp: clamp the result to the pixel range [-1, 1]; off for samples that are not pixels
+            (an autoencoder's latents, ``helpers.latent``; with a sampler whose ``clip_x0`` is off).
 
     Returns:
-        x_0 in [-1, 1] (clamped), on the model's device.
+        x_0 in [-1, 1] (clamped, unless ``clamp`` is off), on the model's device.
     """
     device = next(model.parameters()).device
     x = starting_noise(x_T, generator, device)
@@ -345,7 +348,7 @@ def sample(
             if callback is not None:
                 callback({"i": i, "steps": len(grid), "t": t, "x_t": x, "x0": x0, "x_prev": x_prev})
             x = x_prev
-    return x.clamp(-1, 1)
+    return x.clamp(-1, 1) if clamp else x
 
 
 @torch.no_grad()

@@ -334,10 +334,16 @@ class Solver:
 
     @torch.no_grad()
     def sample(
-        self, model: nn.Module, d: Diffusion, x_T: torch.Tensor | tuple[int, ...], generator: torch.Generator | None = None, callback: Callback = None
+        self,
+        model: nn.Module,
+        d: Diffusion,
+        x_T: torch.Tensor | tuple[int, ...],
+        generator: torch.Generator | None = None,
+        callback: Callback = None,
+        clamp: bool = True,
     ) -> torch.Tensor:
         """Images in [-1, 1] from x_T ~ N(0, I) (the same x_T as ``samplers.sample`` starts from:
-        x = x_T sqrt(1 + sigma_max^2) in the VE coordinates)."""
+        x = x_T sqrt(1 + sigma_max^2) in the VE coordinates); ``clamp`` off leaves the range open (latents)."""
         denoiser = Denoiser(model, d)
         x = starting_noise(x_T, generator, next(model.parameters()).device) * math.sqrt(1 + denoiser.sigma_max**2)
         sigmas = karras_sigmas(self.steps, denoiser.sigma_min, denoiser.sigma_max, self.rho)
@@ -349,15 +355,24 @@ class Solver:
                 x = solve(denoiser, x, sigmas, generator=generator, callback=callback)
             else:
                 x = solve(denoiser, x, sigmas, callback=callback)
-        return x.clamp(-1, 1)
+        return x.clamp(-1, 1) if clamp else x
 
 
 def draw(
-    model: nn.Module, d: Diffusion, x_T: torch.Tensor | tuple[int, ...], sampler: Any, generator: torch.Generator | None = None, progress: bool = False
+    model: nn.Module,
+    d: Diffusion,
+    x_T: torch.Tensor | tuple[int, ...],
+    sampler: Any,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    clamp: bool = True,
 ) -> torch.Tensor:
     """Images in [-1, 1] from x_T with any sampler of the course: ``DDPM``/``DDIM`` through
     ``samplers.sample`` (with a progress bar if ``progress``), or one with its own
-    ``sample(model, d, x_T, generator)``: a noise-level ``Solver`` or ``consistency.MultistepConsistency``."""
+    ``sample(model, d, x_T, generator)``: a noise-level ``Solver`` or ``consistency.MultistepConsistency``.
+    ``clamp`` off (DDPM, DDIM, Solver) leaves samples that are not pixels, such as latents, unclamped."""
     if isinstance(sampler, Sampler):
-        return sample(model, d, x_T, sampler, generator, progress=progress)
+        return sample(model, d, x_T, sampler, generator, progress=progress, clamp=clamp)
+    if not clamp:
+        return sampler.sample(model, d, x_T, generator, clamp=False)
     return sampler.sample(model, d, x_T, generator)

@@ -4,6 +4,7 @@
     python -m helpers.train --profile full --steps 800000 --resume      # continue after a stop
     python -m helpers.train --profile laptop --prediction v --schedule cosine --loss-weighting min_snr
     python -m helpers.train --profile laptop --num-classes 10 --p-uncond 0.1
+    python -m helpers.train --profile laptop --autoencoder artifacts/laptop/checkpoints/10_autoencoder.pt   # latent diffusion
     torchrun --standalone --nproc_per_node 2 -m helpers.train --profile smoke   # 2 processes (helpers.distributed)
 
 The run is the one notebook 03 starts (same ``Trainer``), with checkpoints every ten minutes (or
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default=None, help="weight of the MSE per timestep; min_snr is Hang et al. 2023 (default: the profile's)")
     g.add_argument("--min-snr-gamma", type=float, default=None, help="gamma of min-SNR weighting (default: 5)")
     g.add_argument("--num-classes", type=int, default=None, help="train a class-conditional model with this many classes, 10 for the datasets here (default: unconditional)")
+    g.add_argument("--autoencoder", type=Path, default=None, help="train on this autoencoder's scaled latents (helpers.autoencoder, notebook 10): latent diffusion; the checkpoint records which autoencoder it needs")
     groups = {name: p.add_argument_group(name) for name in ("optimisation", "logging and evaluation", "speed")}
     for f in fields(TrainConfig):  # the training settings, straight from their one definition
         kw: dict = {"default": None, "help": f"{f.metadata['help']} (default: the profile's)"}
@@ -114,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, world: World) -> int:
     """Train as ``args`` say, as process ``world.rank`` of ``world.size``; the exit code."""
+    from helpers.autoencoder import load_autoencoder
     from helpers.data import DatasetUnavailableError, profile_dataset
+    from helpers.latent import autoencoder_record, check_autoencoder, encode_dataset, latent_record, latent_unet_config
     from helpers.training import Trainer
     from helpers.unet import UNet
 
@@ -126,7 +130,8 @@ def run(args: argparse.Namespace, world: World) -> int:
         profile = get_profile(args.profile, device)
     except ValueError as err:  # DIFFUSION_DEVICE or DIFFUSION_PROFILE names something unknown
         return _fail(str(err))
-    out = args.out or profile.checkpoint(default_checkpoint(args.prediction or profile.prediction, args.num_classes))
+    latent = args.autoencoder is not None
+    out = args.out or profile.checkpoint("10_latent.pt" if latent else default_checkpoint(args.prediction or profile.prediction, args.num_classes))
     if args.resume and not out.is_file():
         return _fail(f"--resume, but there is no checkpoint at {out}")
     if not args.resume and out.is_file():
@@ -135,11 +140,23 @@ def run(args: argparse.Namespace, world: World) -> int:
     given = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
     if "ema_decay" in given:
         given["ema_decay"] = given["ema_decay"] or None  # 0 switches EMA off
+    if latent:
+        pixel_only = [f"--{k.replace('_', '-')}" for k in ("sample_every", "eval_every") if given.get(k)]
+        if pixel_only:
+            return _fail(f"{', '.join(pixel_only)}: grids and FID during training are drawn in pixel space; with --autoencoder, "
+                         "sample the saved model with python -m helpers.sample")  # fmt: skip
+        given.update(sample_every=0, eval_every=0)
     try:
+        ae = load_autoencoder(args.autoencoder, device) if latent else None
         if args.resume:
             ckpt = load_checkpoint(out)
             saved_diffusion, model_config = ckpt["diffusion"], ckpt["model_config"]
-            if model_config.get("image_size") != profile.image_size or model_config.get("in_channels") != profile.channels:
+            record = latent_record(ckpt)
+            if record is not None or ae is not None:
+                if ae is None:
+                    return _fail(f"{out} is a latent model; resume it with --autoencoder {record['path']}")
+                check_autoencoder(record, ae, str(out))
+            elif model_config.get("image_size") != profile.image_size or model_config.get("in_channels") != profile.channels:
                 return _fail(f"{out} holds a {model_config.get('image_size')}px model, but the {profile.name} profile trains on "
                              f"{profile.image_size}px images; resume it under the profile it was trained with ({ckpt.get('profile')})")  # fmt: skip
             saved_model = {**saved_diffusion, "num_classes": model_config.get("num_classes")}
@@ -153,6 +170,8 @@ def run(args: argparse.Namespace, world: World) -> int:
             diffusion = Diffusion.from_config(saved_diffusion)
         else:
             model_config = {**profile.model, "num_classes": args.num_classes}
+            if ae is not None:
+                model_config = latent_unet_config(model_config, ae)
             given_model = {k: getattr(args, k) for k in ("schedule", "prediction", "loss_weighting", "min_snr_gamma") if getattr(args, k) is not None}
             diffusion = profile.diffusion(**given_model)
             config = TrainConfig.from_profile(profile, **given)
@@ -163,17 +182,20 @@ def run(args: argparse.Namespace, world: World) -> int:
         if not world.main:
             world.barrier()  # rank 0 prepares the data folder first (extracting, downloading)
         dataset = profile_dataset(profile)
+        if ae is not None:
+            dataset = encode_dataset(ae, dataset, progress=not args.no_progress and world.main)
         if world.main:
             world.barrier()
         evaluator = lazy_evaluator(profile, diffusion, device, args.fid_features) if config.eval_every else None
         trainer = Trainer(
             model, diffusion, dataset, config, device, out_dir=out.parent.parent / "logs" / out.stem,
             evaluator=evaluator, progress=not args.no_progress, num_workers=args.workers, world=world,
+            extra={"autoencoder": autoencoder_record(ae, args.autoencoder)} if ae is not None else None,
         )  # fmt: skip
         if args.resume:
             trainer.load(out)
             say(f"resuming {out} at step {trainer.step}")
-    except (ValueError, KeyError, CheckpointError, DatasetUnavailableError) as err:  # bad settings, a damaged checkpoint, no data
+    except (FileNotFoundError, ValueError, KeyError, CheckpointError, DatasetUnavailableError) as err:  # bad settings, a damaged checkpoint, no data
         return _fail(str(err))
     except OSError as err:  # e.g. a read-only artifacts folder
         return _fail(f"cannot write the run's files ({err.strerror or err}: {err.filename})")

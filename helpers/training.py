@@ -57,6 +57,8 @@ class Trainer:
         progress: show a tqdm bar.
         num_workers: DataLoader worker processes (0, the default, is safe in notebooks and keeps
             resuming exact when the dataset draws random flips).
+        extra: plain data every checkpoint of this run carries in ``extra`` (a latent model's
+            autoencoder record, ``helpers.latent``).
         world: this process's place among several (``helpers.distributed``); default: the torchrun
             environment, or one process without it. With several, ``config.batch_size`` is the
             global batch, the model is wrapped in DistributedDataParallel, every rank keeps the
@@ -76,8 +78,10 @@ class Trainer:
         progress: bool = True,
         num_workers: int = 0,
         world: World | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         self.world = World.from_env() if world is None else world
+        self.extra = dict(extra or {})
         self.device = self.world.device(torch.device(device))
         self.config, self.diffusion, self.dataset = config, diffusion, dataset
         self.evaluator, self.progress, self.num_workers = evaluator, progress and self.world.main, num_workers
@@ -301,7 +305,7 @@ class Trainer:
             "history": self.log.rows,
             "rng": rng_state(),
             "profile": profile,
-            "extra": extra or {},
+            "extra": {**self.extra, **(extra or {})},
         }
 
     def save(self, path: str | Path, profile: str | None = None, extra: dict[str, Any] | None = None) -> Path:

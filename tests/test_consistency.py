@@ -200,3 +200,17 @@ def test_distillation_round_trips_and_resumes_exactly(tmp_path):
     other = Distiller(random_unet(), d, tiny_dataset(), DistilConfig(steps=4, batch_size=8, lr=2e-3), progress=False)
     with pytest.raises(CheckpointError, match=r"distilled with lr=0.001 \(not 0.002\)"):
         other.load(tmp_path / "cd.pt")
+
+
+def test_a_distilled_model_exports_with_its_record(tmp_path):
+    from helpers.pretrained import card, export
+
+    d = Diffusion.from_schedule("linear", 100)
+    distiller = Distiller(random_unet(), d, tiny_dataset(), DistilConfig(steps=1, batch_size=8, sigma_max=20.0), teacher_path="t.pt", progress=False)
+    distiller.train(save_to=tmp_path / "cd.pt")
+    slim = export(tmp_path / "cd.pt", tmp_path / "slim.pt", {"minutes": 0.1})
+    model, _, ckpt = load_model(slim)
+    assert consistency_record(ckpt)["config"]["sigma_max"] == 20.0 and ckpt.get("optimizer") is None
+    assert card(slim)["distillation"]["teacher"] == "t.pt"
+    for name, value in distiller.ema.shadow.items():
+        torch.testing.assert_close(model.state_dict()[name], value)

@@ -88,6 +88,10 @@ MISTAKES = {  # a slip a student might make in each exercise
     "drop_labels": lambda y, p, null, g: torch.where(torch.rand(y.shape, generator=g) < 1 - p, torch.full_like(y, null), y),
     "guidance_w_form": lambda c, u, w: u + w * (c - u),  # our s-form with s = w
     "tweedie": lambda x, sigma, score: x + sigma * score,  # sigma where sigma^2 belongs
+    "kl_to_standard_normal": lambda m, lv: 0.5 * (m**2 + lv.exp() - 1 - lv).flatten(1).mean(1),  # a mean over latents, not the sum
+    "latent_scale_factor": lambda z: 1 / float(z.abs().mean()),  # the mean magnitude, not the standard deviation
+    "consistency_coefficients": lambda s, m: (0.25 / ((s - m) ** 2 + 0.25), s * 0.5 / (s**2 + 0.25) ** 0.5),  # EDM's c_out: no shift by sigma_min
+    "pseudo_huber": lambda a, b: ((a - b).flatten(1).pow(2).sum(1) + (0.00054 * 28) ** 2).sqrt(),  # forgot to subtract c
     "ancestral_split": lambda s, s_next: (0.0, s_next) if s_next == 0 else (s_next * s_next / s, (s**2 - s_next**2) ** 0.5),  # the full reverse-diffusion noise
 }
 
