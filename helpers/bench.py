@@ -1,13 +1,18 @@
 """Benchmarks: training speed, sampling speed, and sample quality at equal minutes.
 
     python -m helpers.bench train [--profile full] [--steps 20] [--reference diffusers]
+    python -m helpers.bench train --nproc 1 2 [--profile full]     # several processes (DDP)
+    python -m helpers.bench evaluate --nproc 1 2 [--profile full]  # sharded FID sampling
     python -m helpers.bench sample [--profile full] [--n 64]
     python -m helpers.bench quality --minutes 10 20 [--fid-n 1000] [--dims 64,matched]
 
 ``train`` times ``Trainer.train_step`` (the step notebook 03 takes) on the profile's U-Net and
 batch size: eager vs ``torch.compile``, float32 vs bf16 autocast where the device has it, and
 (with ``--reference diffusers``, if diffusers is installed) diffusers' ``UNet2DModel`` of the
-same widths in the same step.
+same widths in the same step. With ``--nproc`` it times the same step under DistributedDataParallel
+instead, for each process count (``helpers.distributed``: the global batch split among the
+processes, gloo on the CPU, one GPU per process with NCCL), and ``evaluate`` times the sharded
+FID evaluation (``Evaluator`` with its sampling shared) at each count.
 ``sample`` times DDPM over all T steps, DDIM-50 and DPM-Solver++(2M) at 20 NFE, and how much of the time is spent outside
 the network (the sampler's overhead). ``quality`` trains the profile's recipe (the same profile
 object and ``Trainer`` as notebook 03) and lucidrains' denoising-diffusion-pytorch at its own
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import platform
 import resource
 import sys
@@ -39,7 +45,9 @@ from helpers.samplers import DDIM, DDPM, Sampler
 from helpers.solvers import Solver, draw
 from helpers.unet import UNet
 
-__all__ = ["sync", "peak_memory_mb", "reset_peak_memory", "bench_train", "bench_sample", "sampler_overhead", "bench_quality"]
+__all__ = [
+    "sync", "peak_memory_mb", "reset_peak_memory", "bench_train", "bench_processes", "bench_sample", "sampler_overhead", "bench_quality",
+]  # fmt: skip
 
 
 def sync(device: torch.device) -> None:
@@ -140,6 +148,97 @@ def bench_train(
                 rows.append({"model": name, "params": params, "mode": mode, "precision": precision, "batch": bs,
                              "img_per_s": bs / seconds, "ms_per_step": 1000 * seconds, "memory_mb": mem, "memory": what})  # fmt: skip
     return rows
+
+
+def _fixed_batch(profile: Profile, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n images in [-1, 1] of the profile's shape and n labels, the same in every process (seed 0)."""
+    gen = cpu_generator(0)
+    x0 = torch.rand(n, profile.channels, profile.image_size, profile.image_size, generator=gen) * 2 - 1
+    return x0, torch.randint(0, 10, (n,), generator=gen)
+
+
+def _process_worker(rank: int, size: int, port: int, what: str, profile: Profile, device_name: str, steps: int, warmup: int, out: str) -> None:
+    """Process ``rank`` of ``size`` (torch.multiprocessing): time ``steps`` training steps of the
+    global batch, or ``steps`` FID evaluations, after ``warmup``; rank 0 writes the seconds to ``out``."""
+    from helpers.distributed import World
+    from helpers.training import TrainConfig, Trainer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    world = World(rank, size, rank)
+    device = world.device(torch.device(device_name))
+    if device.type == "cpu":  # the cores shared out, as torchrun's one thread per process does on 2 cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // size))
+    world.init(device)
+    torch.manual_seed(0)
+    model = UNet(**profile.model)
+    if what == "train":
+        config = TrainConfig.from_profile(profile, compile=False, sample_every=0, eval_every=0)
+        x0, y = (world.shard(v).to(device) for v in _fixed_batch(profile, config.batch_size))
+        trainer = Trainer(model, profile.diffusion(), torch.utils.data.TensorDataset(x0, y), config, device, progress=False, world=world)
+        fn: Callable[[], Any] = lambda: trainer.train_step(x0, y)
+    else:
+        evaluator = _random_evaluator(profile, model.to(device), world)
+        fn = lambda: evaluator(model)
+    world.barrier()
+    seconds = _time(fn, device, steps, warmup)
+    world.barrier()
+    if world.main:
+        torch.save({"seconds": seconds, "threads": torch.get_num_threads()}, out)
+    if world.distributed:
+        torch.distributed.destroy_process_group()
+
+
+def _random_evaluator(profile: Profile, model: nn.Module, world: Any) -> Any:
+    """The profile's Evaluator (sample count, batch, DDIM steps) with the features of an untrained
+    classifier: what it costs, not what it scores."""
+    from helpers.classifier import Classifier
+    from helpers.evaluation import Evaluator
+    from helpers.metrics import ClassifierFeatures, extract
+
+    device = next(model.parameters()).device
+    features = ClassifierFeatures(Classifier(profile.channels, profile.image_size), profile.dataset).to(device)
+    real = extract(features, _fixed_batch(profile, 64)[0])
+    s = profile.sample
+    return Evaluator(profile.diffusion(), features, real, s.fid_samples, s.ddim_steps, s.batch_size, min(s.kid_subset_size, 64), world=world)
+
+
+def bench_processes(profile: Profile, device: torch.device, what: str, counts: list[int], steps: int, warmup: int) -> list[dict[str, Any]]:
+    """For each process count N: ``what`` = "train": img/s of the global batch through ``Trainer.train_step``
+    under DistributedDataParallel (eager, bf16 where the device has it), each process taking batch/N;
+    "evaluate": samples/s of the profile's FID evaluation with the sampling shared. One
+    torch.multiprocessing run per count; on the CPU the N processes share the cores."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    from helpers.distributed import World
+
+    if device.type == "cuda" and max(counts) > torch.cuda.device_count():
+        raise ValueError(f"{max(counts)} processes need as many GPUs; this machine has {torch.cuda.device_count()}")
+    if device.type == "mps" and max(counts) > 1:
+        raise ValueError("several processes need CUDA GPUs or the CPU; MPS has no DistributedDataParallel backend")
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for n in counts:
+            if what == "train":
+                World(0, n, 0).local_batch(profile.train.batch_size)  # an error now, not in n processes
+            out = f"{folder}/{n}.pt"
+            mp.spawn(_process_worker, args=(n, _free_port(), what, profile, str(device), steps, warmup, out), nprocs=n, join=True)
+            r = torch.load(out)
+            images = profile.train.batch_size if what == "train" else profile.sample.fid_samples
+            row = {"processes": n, "threads_each": r["threads"] if device.type == "cpu" else "-", "images": images,
+                   "img_per_s": images / r["seconds"], "s_per_call": r["seconds"]}  # fmt: skip
+            row["speed_up"] = row["img_per_s"] / rows[0]["img_per_s"] if rows else 1.0
+            rows.append(row)
+    return rows
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @torch.no_grad()
@@ -281,7 +380,7 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m helpers.bench", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("what", choices=("train", "sample", "quality"), help="what to measure")
+    p.add_argument("what", choices=("train", "evaluate", "sample", "quality"), help="what to measure (evaluate needs --nproc)")
     p.add_argument("--profile", choices=list(PROFILES), default=None, help="model and batch size of this profile (default: $DIFFUSION_PROFILE, else by device)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--steps", type=int, default=20, help="timed training steps per variant")
@@ -290,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=64, help="images per sampling batch")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     p.add_argument("--reference", choices=("diffusers",), default=None, help="also time diffusers' UNet2DModel of the same widths (needs diffusers)")
+    p.add_argument("--nproc", type=int, nargs="+", default=None, help="train/evaluate: time DDP with each of these process counts (e.g. 1 2); one GPU per process on CUDA")
     g = p.add_argument_group("quality")
     g.add_argument("--minutes", type=float, nargs="+", default=[10.0, 20.0], help="training minutes per system; one run per system, scored at each mark")
     g.add_argument("--fid-n", type=int, default=1000, help="generated images per score (the floor uses as many held-out real ones)")
@@ -303,7 +403,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size:
         profile = replace(profile, train=replace(profile.train, batch_size=args.batch_size))
     print(f"{profile.name} profile on {describe(device)}, torch {torch.__version__}, {platform.platform()}")
-    if args.what == "train":
+    if args.nproc is not None or args.what == "evaluate":
+        if args.what not in ("train", "evaluate") or args.nproc is None or min(args.nproc) < 1:
+            p.error("--nproc takes process counts of at least 1, for train or evaluate (evaluate needs it)")
+        try:
+            rows = bench_processes(profile, device, args.what, args.nproc, args.steps, args.warmup)
+        except ValueError as err:
+            p.error(str(err))
+        print(_table(rows, list(rows[0])))
+    elif args.what == "train":
         rows = bench_train(profile, device, args.steps, args.warmup, not args.no_compile, args.reference == "diffusers")
         print(_table(rows, ["model", "params", "mode", "precision", "batch", "img_per_s", "ms_per_step", "memory_mb", "memory"]))
     elif args.what == "quality":

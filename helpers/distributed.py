@@ -31,6 +31,7 @@ from torch.utils.data import Sampler
 __all__ = ["World", "ShardedBatches"]
 
 S = TypeVar("S", torch.Tensor, Sequence[int])
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,29 @@ class World:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+    def share(self, count: int) -> range:
+        """This process's contiguous share of ``count`` items (batches of an evaluation), as even as
+        can be: the first ``count % size`` ranks take one more; the shares, in rank order, are 0..count-1."""
+        per, extra = divmod(count, self.size)
+        start = self.rank * per + min(self.rank, extra)
+        return range(start, start + per + (self.rank < extra))
+
+    def gather(self, obj: T) -> list[T] | None:
+        """Every process's ``obj``, in rank order, on rank 0 (None on the others); ``[obj]`` for one process."""
+        if not self.distributed:
+            return [obj]
+        out: list[T] | None = [None] * self.size if self.main else None  # type: ignore[list-item]
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+    def broadcast(self, obj: T) -> T:
+        """Rank 0's ``obj`` on every process."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def own_randomness(self, *key: int, device: torch.device) -> contextlib.AbstractContextManager:
         """A block whose random numbers are this process's own, seeded by ``key`` and the rank; the

@@ -2,11 +2,14 @@
 look at beside it (x_0 error by timestep, pixel diversity).
 
 ``Evaluator`` draws a fixed number of DDIM samples from a fixed seed, so that two models, or raw
-and EMA weights, are scored on the same noise; ``helpers.metrics`` turns them into numbers.
+and EMA weights, are scored on the same noise; ``helpers.metrics`` turns them into numbers. Under
+torchrun (``helpers.distributed``) the processes share the sampling and feature extraction, and
+the numbers are the ones one process gets.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -16,6 +19,7 @@ from helpers.autoencoder import Autoencoder
 from helpers.config import Profile
 from helpers.device import cpu_generator
 from helpers.diffusion import Diffusion
+from helpers.distributed import World
 from helpers.latent import decode, unclipped
 from helpers.metrics import Features, Floor, Quality, extract_both, fid_kid, inception_score, real_features, real_floor
 from helpers.samplers import DDIM, Guided, Sampler
@@ -30,6 +34,10 @@ class Evaluator:
     Samples ``n`` images with DDIM (``steps`` on the ``spacing`` grid, noise level ``eta``) from a
     fixed seed, so that two models (or raw and EMA weights) are compared on the same noise. A
     class-conditional model gets labels 0, 1, 2, ... in turn and ``guidance_scale``.
+
+    ``world`` (default: one process): the processes that call the evaluator together. Each samples
+    a contiguous share of the batches, batch k from the same noise as one process gives it, and
+    rank 0 scores the gathered features, so the row does not depend on the number of processes.
     """
 
     def __init__(
@@ -46,8 +54,9 @@ class Evaluator:
         spacing: str = "trailing",
         floor: Floor | None = None,
         eta: float = 0.0,
+        world: World | None = None,
     ) -> None:
-        self.d, self.features, self.real, self.floor = diffusion, features, real, floor
+        self.d, self.features, self.real, self.floor, self.world = diffusion, features, real, floor, world or World()
         self.n, self.steps, self.batch_size, self.spacing, self.eta = n, min(steps, diffusion.T), batch_size, spacing, eta
         self.kid_subset_size, self.guidance_scale, self.seed = kid_subset_size, guidance_scale, seed
 
@@ -68,13 +77,20 @@ class Evaluator:
         """The sampler behind every score: DDIM with this evaluator's steps, eta and spacing."""
         return DDIM(self.steps, self.eta, self.spacing)
 
+    def _batches(self) -> list[tuple[int, int]]:
+        """(first index, size) of each sampling batch."""
+        return [(start, min(self.batch_size, self.n - start)) for start in range(0, self.n, self.batch_size)]
+
     @torch.no_grad()
-    def images(
-        self, model: nn.Module, guidance_scale: float | None = None, sampler: Sampler | Solver | None = None, autoencoder: Autoencoder | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(samples [n, C, H, W] on the CPU, their labels or None), drawn with ``sampler`` (default:
-        this evaluator's DDIM) from the evaluator's seed: the same noise whatever the sampler. A
-        latent model (``helpers.latent``) samples unclipped latents, decoded by ``autoencoder``."""
+    def _draw(
+        self, model: nn.Module, guidance_scale: float | None, sampler: Sampler | Solver | None, autoencoder: Autoencoder | None, own: range | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(samples on the CPU, their labels or None) of each batch in ``own`` (default: all), from the
+        one generator of the evaluator's seed that every batch draws from in turn.
+
+        The batches before and between one's own are passed through the sampler with ``_Idle``
+        instead of the network: the samplers draw noise by shape alone, so the generator is left
+        where sampling those batches would leave it, and batch k gets the same noise in any share."""
         gen = cpu_generator(self.seed)
         num_classes = getattr(model, "num_classes", None)
         shape = (model.in_channels, model.image_size, model.image_size)
@@ -82,31 +98,79 @@ class Evaluator:
         sampler = self.sampler if sampler is None else sampler
         if autoencoder is not None:
             sampler = unclipped(sampler)
-        xs, ys = [], []
-        for start in range(0, self.n, self.batch_size):
-            b = min(self.batch_size, self.n - start)
+        batches = self._batches()
+        own = range(len(batches)) if own is None else own
+        if not own:  # more processes than batches
+            return
+        for k, (start, b) in enumerate(batches[: own.stop]):
+            if k not in own:
+                draw(_Idle(), self.d, (b, *shape), sampler, gen)
+                continue
             y = (torch.arange(start, start + b) % num_classes) if num_classes is not None else None
             net = Guided(model, y, scale) if y is not None else model
             x = draw(net, self.d, (b, *shape), sampler, gen, clamp=autoencoder is None)
-            xs.append((decode(autoencoder, x) if autoencoder is not None else x).cpu())
-            ys.append(y)
-        return torch.cat(xs), (torch.cat(ys) if num_classes is not None else None)
+            yield (decode(autoencoder, x) if autoencoder is not None else x).cpu(), y
+
+    @torch.no_grad()
+    def images(
+        self, model: nn.Module, guidance_scale: float | None = None, sampler: Sampler | Solver | None = None, autoencoder: Autoencoder | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(samples [n, C, H, W] on the CPU, their labels or None), drawn with ``sampler`` (default:
+        this evaluator's DDIM) from the evaluator's seed: the same noise whatever the sampler. A
+        latent model (``helpers.latent``) samples unclipped latents, decoded by ``autoencoder``."""
+        xs, ys = zip(*self._draw(model, guidance_scale, sampler, autoencoder))
+        return torch.cat(xs), (torch.cat(ys) if ys[0] is not None else None)
+
+    @torch.no_grad()
+    def sample_features(
+        self, model: nn.Module, guidance_scale: float | None = None, sampler: Sampler | Solver | None = None, autoencoder: Autoencoder | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(features [n, dim], class logits [n, classes]) of the samples ``images`` draws, on rank 0
+        (None on the others): each of the ``world``'s processes samples its share of the batches and
+        extracts their features, batch by batch, and rank 0 gathers them in batch order, so the
+        result does not depend on the number of processes."""
+        own = self.world.share(len(self._batches()))
+        parts = [extract_both(self.features, x) for x, _ in self._draw(model, guidance_scale, sampler, autoencoder, own)]
+        gathered = self.world.gather(parts)
+        if gathered is None:
+            return None
+        feats, logits = zip(*(part for rank in gathered for part in rank))
+        return torch.cat(feats), torch.cat(logits)
 
     def score(self, images: torch.Tensor) -> Quality:
         """FID/KID/IS of ``images`` (in [-1, 1]) against the real features, with the floor."""
-        feats, logits = extract_both(self.features, images)
+        return self._quality(*extract_both(self.features, images))
+
+    def _quality(self, feats: torch.Tensor, logits: torch.Tensor) -> Quality:
         q = fid_kid(self.real, feats, self.features.name, self.kid_subset_size)
-        q.inception_score = inception_score(logits, min(10, len(images)))[0]
+        q.inception_score = inception_score(logits, min(10, len(feats)))[0]
         q.floor = self.floor
         return q
 
     def __call__(self, model: nn.Module) -> dict[str, Any]:
-        q = self.score(self.images(model)[0])
-        row = {"fid": q.fid, "kid": q.kid, "is": q.inception_score, "features": q.features, "n_fake": q.n_fake,
-               "n_real": q.n_real, "kid_subset_size": q.kid_subset_size}  # fmt: skip
-        if q.floor is not None:
-            row.update(fid_floor=q.floor.fid, fid_floor_std=q.floor.fid_std, kid_floor=q.floor.kid, is_floor=q.floor.inception_score)
-        return row
+        """The evaluation row (FID, KID, IS, what they were computed from, the floor), the same on every
+        process of the ``world``: they sample their shares and rank 0 scores the gathered features."""
+        gathered = self.sample_features(model)
+        row = None
+        if gathered is not None:
+            q = self._quality(*gathered)
+            row = {"fid": q.fid, "kid": q.kid, "is": q.inception_score, "features": q.features, "n_fake": q.n_fake,
+                   "n_real": q.n_real, "kid_subset_size": q.kid_subset_size}  # fmt: skip
+            if q.floor is not None:
+                row.update(fid_floor=q.floor.fid, fid_floor_std=q.floor.fid_std, kid_floor=q.floor.kid, is_floor=q.floor.inception_score)
+        return self.world.broadcast(row)
+
+
+class _Idle(nn.Module):
+    """A stand-in for the network that costs nothing (zeros for every input, on the CPU): run through
+    a sampler, it moves the generator past a batch exactly as the network would (see ``Evaluator._draw``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(()), requires_grad=False)  # where the samplers look for the device
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
 
 
 def pixel_diversity(x: torch.Tensor) -> float:

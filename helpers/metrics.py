@@ -350,10 +350,12 @@ def fid_kid(
             f"got {len(real)} real and {len(fake)} generated (lower kid_subset_size or sample more)"
         )
     dim = real.shape[1]
-    fid = FrechetInceptionDistance(feature=_Precomputed(dim))
+    # the features are whole sets already (gathered by the Evaluator under torchrun): torchmetrics
+    # must not sync its states with the other processes, which are not computing (it would hang)
+    fid = FrechetInceptionDistance(feature=_Precomputed(dim), sync_on_compute=False)
     with warnings.catch_warnings():  # KID keeps every feature vector: intended, and small here
         warnings.filterwarnings("ignore", message=".*will save all extracted features")
-        kid = KernelInceptionDistance(feature=_Precomputed(dim), subsets=kid_subsets, subset_size=kid_subset_size)
+        kid = KernelInceptionDistance(feature=_Precomputed(dim), subsets=kid_subsets, subset_size=kid_subset_size, sync_on_compute=False)
     for metric in (fid, kid):
         metric.update(real.double(), real=True)
         metric.update(fake.double(), real=False)
@@ -370,7 +372,7 @@ def inception_score(logits: torch.Tensor, splits: int = 10, seed: int = 0) -> tu
         raise ValueError(f"the Inception Score needs logits [N, classes] with N >= splits = {splits}, got {tuple(logits.shape)}")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*will save all extracted features")
-        metric = InceptionScore(feature=nn.Identity(), splits=splits)
+        metric = InceptionScore(feature=nn.Identity(), splits=splits, sync_on_compute=False)  # as in fid_kid
     metric.update(logits.double())
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(seed)

@@ -88,16 +88,23 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
-def lazy_evaluator(profile: Profile, diffusion: Diffusion, device: torch.device, kind: str | None) -> Callable[[nn.Module], dict]:
+def lazy_evaluator(profile: Profile, diffusion: Diffusion, device: torch.device, kind: str | None, world: World) -> Callable[[nn.Module], dict]:
     """An evaluator built at its first call: the FID features (a classifier trained for minutes
-    offline) are made only if an evaluation actually falls inside the run."""
+    offline) are made only if an evaluation actually falls inside the run. Every process of
+    ``world`` calls it together and shares the sampling; rank 0 builds first (training the
+    classifier, caching the real features), the others then read its caches."""
 
     @functools.cache
     def build() -> Callable[[nn.Module], dict]:
         from helpers.evaluation import Evaluator
         from helpers.metrics import get_features
 
-        return Evaluator.for_profile(profile, diffusion, get_features(profile, device, kind))
+        if not world.main:
+            world.barrier()
+        evaluator = Evaluator.for_profile(profile, diffusion, get_features(profile, device, kind, verbose=world.main), world=world)
+        if world.main:
+            world.barrier()
+        return evaluator
 
     return lambda model: build()(model)
 
@@ -186,7 +193,7 @@ def run(args: argparse.Namespace, world: World) -> int:
             dataset = encode_dataset(ae, dataset, progress=not args.no_progress and world.main)
         if world.main:
             world.barrier()
-        evaluator = lazy_evaluator(profile, diffusion, device, args.fid_features) if config.eval_every else None
+        evaluator = lazy_evaluator(profile, diffusion, device, args.fid_features, world) if config.eval_every else None
         trainer = Trainer(
             model, diffusion, dataset, config, device, out_dir=out.parent.parent / "logs" / out.stem,
             evaluator=evaluator, progress=not args.no_progress, num_workers=args.workers, world=world,

@@ -53,7 +53,8 @@ class Trainer:
         out_dir: where the metrics log (``metrics.jsonl``) and sample grids (``grids/``) go; None
             keeps them in memory only (``history``, ``grids``).
         evaluator: called as ``evaluator(model)`` every ``eval_every`` steps, on the raw weights
-            and (with EMA) on the averaged ones; returns a dict of numbers for the log.
+            and (with EMA) on the averaged ones; returns a dict of numbers for the log. With several
+            processes every one calls it: an ``Evaluator`` with the same ``world`` shares the work.
         progress: show a tqdm bar.
         num_workers: DataLoader worker processes (0, the default, is safe in notebooks and keeps
             resuming exact when the dataset draws random flips).
@@ -62,8 +63,8 @@ class Trainer:
         world: this process's place among several (``helpers.distributed``); default: the torchrun
             environment, or one process without it. With several, ``config.batch_size`` is the
             global batch, the model is wrapped in DistributedDataParallel, every rank keeps the
-            same EMA (its weights stay identical), and only rank 0 logs, draws grids, evaluates
-            and saves while the others wait for it.
+            same EMA (its weights stay identical), evaluations are shared, and only rank 0 logs,
+            draws grids and saves while the others wait for it.
     """
 
     def __init__(
@@ -230,7 +231,7 @@ class Trainer:
                 paused = time.perf_counter()
                 if cfg.sample_every and self.step % cfg.sample_every == 0 and main:
                     self.sample_grid()
-                if cfg.eval_every and self.step % cfg.eval_every == 0 and main:
+                if cfg.eval_every and self.step % cfg.eval_every == 0:  # every process: the evaluator shares the sampling
                     self.evaluate(callback)
                 window.t0 += time.perf_counter() - paused  # keep sampling and evaluation out of img/s
                 due = self.step % save_every == 0 if save_every else time.monotonic() - last_save >= 60 * SAVE_MINUTES

@@ -1,10 +1,14 @@
-"""Two processes (gloo, on the CPU) train exactly as one does with the same global batch and seed.
+"""Two processes (gloo, on the CPU) train and evaluate exactly as one does with the same global batch and seed.
 
 The recipe's batch is the global batch: each process takes its half, draws the same global-batch
 t, noise and label dropout, and DDP averages the gradients, so the only difference from one
 process is the order of float sums in the all-reduce. Tolerance: 1e-6 absolute on every weight
 (the steps move them by about 1e-3). Exact only without dropout and random flips (smoke and
 laptop): those draw from each process's own share of the stream (``helpers.distributed``).
+
+Evaluation: each process samples its share of the batches and rank 0 scores the gathered
+features; batch k gets the same noise in any share, so the features, and the FID, are those of
+one process (compared to 1e-6).
 """
 
 from __future__ import annotations
@@ -16,8 +20,16 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from helpers.distributed import ShardedBatches, World
+from conftest import random_unet
+from helpers.classifier import Classifier
+from helpers.consistency import MultistepConsistency
 from helpers.data import StepBatchSampler
+from helpers.diffusion import Diffusion
+from helpers.distributed import ShardedBatches, World
+from helpers.evaluation import Evaluator
+from helpers.metrics import ClassifierFeatures, extract
+from helpers.samplers import DDPM
+from helpers.solvers import Solver
 from helpers.training import Trainer
 
 from test_training import make_trainer, tiny_dataset
@@ -25,9 +37,21 @@ from test_training import make_trainer, tiny_dataset
 ATOL = 1e-6
 
 
+def _evaluator(world: World, diffusion: Diffusion, n: int = 12, batch_size: int = 5, **kw) -> Evaluator:
+    """An evaluator of 16px images with a small random classifier's features (the same in every
+    process) and ``n`` samples in batches of ``batch_size``: 12 in 5, 5, 2, so that the shares of
+    two processes differ in size and rank 1 starts after two batches."""
+    torch.manual_seed(0)
+    features = ClassifierFeatures(Classifier(1, 16, width=4, feature_dim=8), "fashion_mnist")
+    real = extract(features, torch.rand(24, 1, 16, 16) * 2 - 1)
+    return Evaluator(diffusion, features, real, n=n, steps=3, batch_size=batch_size, kid_subset_size=4, world=world, **kw)
+
+
 def _trainer(world: World) -> Trainer:
-    """The test_training trainer (conditional v-model, label dropout, EMA, warm-up), without U-Net dropout and flips."""
-    return make_trainer(steps=4, batch_size=8, log_every=2, unet_dropout=0.0, flip=False, world=world)
+    """The test_training trainer (conditional v-model, label dropout, EMA, warm-up), without U-Net
+    dropout and flips, evaluating at step 4 (raw and EMA weights, guidance scale 2)."""
+    evaluator = _evaluator(world, Diffusion.from_schedule("linear", 100, prediction="v"), guidance_scale=2.0)
+    return make_trainer(steps=4, batch_size=8, log_every=2, unet_dropout=0.0, flip=False, world=world, evaluator=evaluator, eval_every=4)
 
 
 def _two_process_runs(rank: int, port: int, folder: str) -> None:
@@ -81,10 +105,14 @@ def test_two_processes_train_as_one_with_the_same_global_batch(runs):
     _assert_same_weights(two["straight"]["model"], single.model.state_dict(), "2 processes x 4 steps vs 1 process")
     shadow = single.ema.state_dict()
     _assert_same_weights(two["straight"]["ema"]["shadow"], shadow["shadow"], "EMA weights")
-    # the log holds the global batch's loss, as one process logs it
-    losses = [(r["step"], r["loss"]) for r in two["straight"]["history"]]
-    assert [s for s, _ in losses] == [r["step"] for r in single.history]
-    assert all(abs(a - r["loss"]) <= 1e-5 * r["loss"] for (_, a), r in zip(losses, single.history))
+    # the log holds the global batch's loss, as one process logs it, and the same evaluation
+    assert [r["step"] for r in two["straight"]["history"]] == [r["step"] for r in single.history]
+    for a, r in zip(two["straight"]["history"], single.history):
+        assert a.keys() == r.keys()
+        for k in ("loss", "fid_raw", "fid_ema", "kid_ema", "is_ema"):
+            if k in r:
+                assert abs(a[k] - r[k]) <= 1e-5 * abs(r[k]), f"step {r['step']}: {k} {a[k]} vs {r[k]}"
+    assert any("fid_ema" in r for r in single.history), "the runs evaluate"
 
 
 def test_two_processes_resume_as_they_would_have_continued(runs):
@@ -109,6 +137,56 @@ def test_each_process_takes_its_slice_of_every_global_batch():
         assert sum(parts, []) == whole
         if k == 10:
             break
+
+
+EVAL_SAMPLERS = {"ddim": None, "ddpm": DDPM(), "euler-a": Solver("euler-a", 3), "pc": Solver("pc", 3), "consistency": MultistepConsistency(2)}
+
+
+def _evaluations(world: World) -> dict[str, tuple]:
+    """(features, logits, row) of a 12-sample evaluation of a random U-Net with each of EVAL_SAMPLERS
+    (deterministic and stochastic ones), and of a class-conditional one with guidance; on rank 0."""
+    d = Diffusion.from_schedule("linear", 20)
+    evaluator, model = _evaluator(world, d), random_unet()
+    out = {}
+    for name, sampler in EVAL_SAMPLERS.items():
+        out[name] = (evaluator.sample_features(model, sampler=sampler), evaluator(model) if sampler is None else None)
+    conditional = random_unet(num_classes=10)
+    out["guided"] = (evaluator.sample_features(conditional, guidance_scale=3.0, sampler=DDPM()), None)
+    return out
+
+
+def _two_process_evaluations(rank: int, port: int, folder: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    world = World(rank, 2, rank)
+    world.init(torch.device("cpu"))
+    out = _evaluations(world)
+    torch.save(out, f"{folder}/evaluations_{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_two_processes_evaluate_as_one(tmp_path):
+    """Each process samples its share (rank 0 batches 0-1, rank 1 batch 2, after passing over the
+    first two); the gathered features and the row equal one process's, for stochastic samplers too."""
+    single = _evaluations(World())
+    mp.spawn(_two_process_evaluations, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    first, second = (torch.load(tmp_path / f"evaluations_{r}.pt", weights_only=False) for r in (0, 1))
+    for name, ((feats, logits), row) in single.items():
+        (feats2, logits2), row2 = first[name]
+        assert feats2.shape == feats.shape == (12, 8)
+        err = max((feats2 - feats).abs().max().item(), (logits2 - logits).abs().max().item())
+        assert err <= ATOL, f"{name}: features differ by {err:.2e}"
+        assert second[name][0] is None, "the features are gathered on rank 0 only"
+        if row is not None:
+            assert row2 == second[name][1], "every process returns rank 0's row"
+            assert row2.keys() == row.keys() and abs(row2["fid"] - row["fid"]) <= 1e-6 * row["fid"]
+
+
+def test_shares_cover_every_batch_once_in_order():
+    for count in (0, 1, 5, 12):
+        for size in (1, 2, 3, 8):
+            shares = [World(r, size, r).share(count) for r in range(size)]
+            assert [k for s in shares for k in s] == list(range(count))
+            assert max(map(len, shares)) - min(map(len, shares)) <= 1
 
 
 def test_a_global_batch_that_does_not_divide_is_refused():
