@@ -125,9 +125,7 @@ def bench_train(
 
     d = profile.diffusion()
     bs = profile.train.batch_size
-    gen = cpu_generator(0)
-    x0 = torch.rand(bs, profile.channels, profile.image_size, profile.image_size, generator=gen) * 2 - 1
-    y = torch.randint(0, 10, (bs,), generator=gen)
+    x0, y = _fixed_batch(profile, bs)
     batch = torch.utils.data.TensorDataset(x0, y)
     x0, y = x0.to(device), y.to(device)  # already where the step needs them: no copy is timed
     precisions = [("fp32", False)] + ([("bf16", True)] if amp_dtype(device) else [])
@@ -173,8 +171,9 @@ def _process_worker(rank: int, size: int, port: int, what: str, profile: Profile
     model = UNet(**profile.model)
     if what == "train":
         config = TrainConfig.from_profile(profile, compile=False, sample_every=0, eval_every=0)
-        x0, y = (world.shard(v).to(device) for v in _fixed_batch(profile, config.batch_size))
-        trainer = Trainer(model, profile.diffusion(), torch.utils.data.TensorDataset(x0, y), config, device, progress=False, world=world)
+        batch = _fixed_batch(profile, config.batch_size)
+        trainer = Trainer(model, profile.diffusion(), torch.utils.data.TensorDataset(*batch), config, device, progress=False, world=world)
+        x0, y = (world.shard(v).to(device) for v in batch)  # this process's slice of the global batch
         fn: Callable[[], Any] = lambda: trainer.train_step(x0, y)
     else:
         evaluator = _random_evaluator(profile, model.to(device), world)
@@ -383,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("what", choices=("train", "evaluate", "sample", "quality"), help="what to measure (evaluate needs --nproc)")
     p.add_argument("--profile", choices=list(PROFILES), default=None, help="model and batch size of this profile (default: $DIFFUSION_PROFILE, else by device)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
-    p.add_argument("--steps", type=int, default=20, help="timed training steps per variant")
+    p.add_argument("--steps", type=int, default=20, help="timed training steps per variant (evaluate: timed evaluations)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
     p.add_argument("--batch-size", type=int, default=None, help="override the profile's training batch size")
     p.add_argument("--n", type=int, default=64, help="images per sampling batch")

@@ -92,7 +92,8 @@ def lazy_evaluator(profile: Profile, diffusion: Diffusion, device: torch.device,
     """An evaluator built at its first call: the FID features (a classifier trained for minutes
     offline) are made only if an evaluation actually falls inside the run. Every process of
     ``world`` calls it together and shares the sampling; rank 0 builds first (training the
-    classifier, caching the real features), the others then read its caches."""
+    classifier, caching the real features), the others then read its caches. Building it leaves
+    the training's random streams where they were, so a run does not depend on what was cached."""
 
     @functools.cache
     def build() -> Callable[[nn.Module], dict]:
@@ -101,7 +102,9 @@ def lazy_evaluator(profile: Profile, diffusion: Diffusion, device: torch.device,
 
         if not world.main:
             world.barrier()
-        evaluator = Evaluator.for_profile(profile, diffusion, get_features(profile, device, kind, verbose=world.main), world=world)
+        # making the classifier draws from the global generators: the run's stream must not see it
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            evaluator = Evaluator.for_profile(profile, diffusion, get_features(profile, device, kind, verbose=world.main), world=world)
         if world.main:
             world.barrier()
         return evaluator

@@ -94,3 +94,23 @@ def test_distil_resume_and_consistency_sampling_from_the_command_line(tmp_path, 
     assert "holds a consistency model" in capsys.readouterr().err
     assert sample_cli.main(["--checkpoint", str(teacher), "--n", "4", "--sampler", "consistency", "--out", str(out)]) == 2
     assert "holds a diffusion model; --sampler consistency needs one distilled" in capsys.readouterr().err
+
+
+def test_building_the_training_evaluator_leaves_the_run_s_random_stream_alone(monkeypatch):
+    """Constructing the FID classifier draws initial weights (and training it, dropout masks) from the
+    global generator; the run's t and noise must not depend on whether an evaluation fell inside it."""
+    import torch
+
+    from helpers import metrics
+    from helpers.config import PROFILES
+    from helpers.distributed import World
+    from helpers.evaluation import Evaluator
+
+    monkeypatch.setattr(metrics, "get_features", lambda *a, **k: torch.nn.Linear(4, 4))  # draws, as the classifier does
+    monkeypatch.setattr(Evaluator, "for_profile", classmethod(lambda cls, *a, **k: (torch.rand(2), lambda model: {"fid": 1.0})[1]))
+    evaluate = train_cli.lazy_evaluator(PROFILES["smoke"], None, torch.device("cpu"), None, World())
+    torch.manual_seed(0)
+    evaluate(None)
+    after = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.rand(3))
