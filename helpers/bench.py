@@ -210,7 +210,7 @@ def bench_processes(profile: Profile, device: torch.device, what: str, counts: l
 
     import torch.multiprocessing as mp
 
-    from helpers.distributed import World
+    from helpers.distributed import World, free_port
 
     if device.type == "cuda" and max(counts) > torch.cuda.device_count():
         raise ValueError(f"{max(counts)} processes need as many GPUs; this machine has {torch.cuda.device_count()}")
@@ -222,7 +222,7 @@ def bench_processes(profile: Profile, device: torch.device, what: str, counts: l
             if what == "train":
                 World(0, n, 0).local_batch(profile.train.batch_size)  # an error now, not in n processes
             out = f"{folder}/{n}.pt"
-            mp.spawn(_process_worker, args=(n, _free_port(), what, profile, str(device), steps, warmup, out), nprocs=n, join=True)
+            mp.spawn(_process_worker, args=(n, free_port(), what, profile, str(device), steps, warmup, out), nprocs=n, join=True)
             r = torch.load(out)
             images = profile.train.batch_size if what == "train" else profile.sample.fid_samples
             row = {"processes": n, "threads_each": r["threads"] if device.type == "cpu" else "-", "images": images,
@@ -230,14 +230,6 @@ def bench_processes(profile: Profile, device: torch.device, what: str, counts: l
             row["speed_up"] = row["img_per_s"] / rows[0]["img_per_s"] if rows else 1.0
             rows.append(row)
     return rows
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @torch.no_grad()

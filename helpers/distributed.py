@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -28,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-__all__ = ["World", "ShardedBatches"]
+__all__ = ["World", "ShardedBatches", "free_port"]
 
 S = TypeVar("S", torch.Tensor, Sequence[int])
 T = TypeVar("T")
@@ -158,3 +159,11 @@ class ShardedBatches(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.batches:
             yield self.world.shard(batch)
+
+
+def free_port() -> int:
+    """A TCP port that is free on this machine now: the rendezvous port for processes started here
+    without torchrun (``torch.multiprocessing`` in the tests and ``helpers.bench``)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -102,3 +102,16 @@ def test_bench_sample_runs_ddpm_ddim_and_dpm_solver():
     assert [r["sampler"] for r in bench_sample(profile, torch.device("cpu"), n=2)] == ["DDPM-20", "DDIM-20", "DPM-Solver++(2M)-20"]
     mb, what = peak_memory_mb(torch.device("cpu"))
     assert mb > 0 and what == "process peak RSS"
+
+
+def test_bench_processes_runs_ddp_at_each_count_and_refuses_what_cannot_run(capsys):
+    smoke = PROFILES["smoke"]
+    profile = dataclasses.replace(smoke, T=20, train=dataclasses.replace(smoke.train, batch_size=4))
+    rows = bench_mod.bench_processes(profile, torch.device("cpu"), "train", [1, 2], steps=1, warmup=0)
+    assert [(r["processes"], r["images"]) for r in rows] == [(1, 4), (2, 4)], "the global batch at every count"
+    assert rows[1]["speed_up"] == rows[1]["img_per_s"] / rows[0]["img_per_s"]
+    with pytest.raises(ValueError, match="does not divide among 3 processes"):
+        bench_mod.bench_processes(profile, torch.device("cpu"), "train", [3], steps=1, warmup=0)
+    with pytest.raises(SystemExit):
+        bench_mod.main(["sample", "--nproc", "2", "--profile", "smoke"])
+    assert "--nproc takes process counts" in capsys.readouterr().err

@@ -14,7 +14,6 @@ one process (compared to 1e-6).
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -25,7 +24,7 @@ from helpers.classifier import Classifier
 from helpers.consistency import MultistepConsistency
 from helpers.data import StepBatchSampler
 from helpers.diffusion import Diffusion
-from helpers.distributed import ShardedBatches, World
+from helpers.distributed import ShardedBatches, World, free_port
 from helpers.evaluation import Evaluator
 from helpers.metrics import ClassifierFeatures, extract
 from helpers.samplers import DDPM
@@ -75,12 +74,6 @@ def _two_process_runs(rank: int, port: int, folder: str) -> None:
     torch.distributed.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _assert_same_weights(a: dict, b: dict, what: str) -> None:
     assert a.keys() == b.keys()
     for k in a:
@@ -95,7 +88,7 @@ def runs(tmp_path_factory):
     one = World()
     single = _trainer(one).train(4)
     half = _trainer(one).train(2, save_to=folder / "one_at_2.pt", save_every=2)
-    mp.spawn(_two_process_runs, args=(_free_port(), str(folder)), nprocs=2, join=True)
+    mp.spawn(_two_process_runs, args=(free_port(), str(folder)), nprocs=2, join=True)
     two = {name: torch.load(folder / f"two_{name}.pt", weights_only=False) for name in ("straight", "resumed", "from_one")}
     return folder, single, half, two
 
@@ -168,7 +161,7 @@ def test_two_processes_evaluate_as_one(tmp_path):
     """Each process samples its share (rank 0 batches 0-1, rank 1 batch 2, after passing over the
     first two); the gathered features and the row equal one process's, for stochastic samplers too."""
     single = _evaluations(World())
-    mp.spawn(_two_process_evaluations, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_two_process_evaluations, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     first, second = (torch.load(tmp_path / f"evaluations_{r}.pt", weights_only=False) for r in (0, 1))
     for name, ((feats, logits), row) in single.items():
         (feats2, logits2), row2 = first[name]
