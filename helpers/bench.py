@@ -33,7 +33,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -41,9 +41,13 @@ from torch import nn
 from helpers.config import PROFILES, Profile, get_profile
 from helpers.device import amp_dtype, cpu_generator, describe, pick_device
 from helpers.diffusion import Diffusion
+from helpers.distributed import World, free_port
 from helpers.samplers import DDIM, DDPM, Sampler
 from helpers.solvers import Solver, draw
 from helpers.unet import UNet
+
+if TYPE_CHECKING:  # imported where used: it pulls in torchmetrics and torchvision
+    from helpers.evaluation import Evaluator
 
 __all__ = [
     "sync", "peak_memory_mb", "reset_peak_memory", "bench_train", "bench_processes", "bench_sample", "sampler_overhead", "bench_quality",
@@ -158,7 +162,6 @@ def _fixed_batch(profile: Profile, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 def _process_worker(rank: int, size: int, port: int, what: str, profile: Profile, device_name: str, steps: int, warmup: int, out: str) -> None:
     """Process ``rank`` of ``size`` (torch.multiprocessing): time ``steps`` training steps of the
     global batch, or ``steps`` FID evaluations, after ``warmup``; rank 0 writes the seconds to ``out``."""
-    from helpers.distributed import World
     from helpers.training import TrainConfig, Trainer
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -187,7 +190,7 @@ def _process_worker(rank: int, size: int, port: int, what: str, profile: Profile
         torch.distributed.destroy_process_group()
 
 
-def _random_evaluator(profile: Profile, model: nn.Module, world: Any) -> Any:
+def _random_evaluator(profile: Profile, model: nn.Module, world: World) -> Evaluator:
     """The profile's Evaluator (sample count, batch, DDIM steps) with the features of an untrained
     classifier: what it costs, not what it scores."""
     from helpers.classifier import Classifier
@@ -209,8 +212,6 @@ def bench_processes(profile: Profile, device: torch.device, what: str, counts: l
     import tempfile
 
     import torch.multiprocessing as mp
-
-    from helpers.distributed import World, free_port
 
     if device.type == "cuda" and max(counts) > torch.cuda.device_count():
         raise ValueError(f"{max(counts)} processes need as many GPUs; this machine has {torch.cuda.device_count()}")

@@ -102,9 +102,10 @@ class Evaluator:
         own = range(len(batches)) if own is None else own
         if not own:  # more processes than batches
             return
+        idle = _Idle()
         for k, (start, b) in enumerate(batches[: own.stop]):
             if k not in own:
-                draw(_Idle(), self.d, (b, *shape), sampler, gen)
+                draw(idle, self.d, (b, *shape), sampler, gen)
                 continue
             y = (torch.arange(start, start + b) % num_classes) if num_classes is not None else None
             net = Guided(model, y, scale) if y is not None else model
