@@ -24,6 +24,13 @@ def _isolated_artifacts(tmp_path_factory: pytest.TempPathFactory, monkeypatch: p
     return path
 
 
+@pytest.fixture(autouse=True)
+def _seeded_global_rng() -> None:
+    """Every test starts from the same global random state, so an unseeded model's initial weights
+    do not depend on which tests ran before it (order, ``-k``, a helper that draws)."""
+    torch.manual_seed(0)
+
+
 @pytest.fixture(scope="session")
 def datasets_root() -> Path:
     """``$DIFFUSION_DATA``, else ``../shared/datasets`` beside the checkout: must hold Fashion-MNIST."""

@@ -52,13 +52,13 @@ def test_the_posterior_sample_is_reparameterised():
 def test_the_scale_factor_makes_latents_unit_variance():
     ae = Autoencoder(image_size=16, ch=16)
     with torch.no_grad():
-        ae.encoder[-1].weight.mul_(7.0)  # latents far from unit variance
+        ae.encoder[-1].weight.mul_(20.0)  # latents with std about 5-7 (seeds 0-29), far from unit variance
     x = images(64, 16)
     scale = ae.measure_scale(x)
     assert float(ae.scale_factor) == pytest.approx(scale)
     with torch.no_grad():
         z = ae.encode(x).mean * ae.scale_factor
-    assert abs(float(z.std()) - 1.0) < 0.05 and abs(scale - 1.0) > 0.5
+    assert abs(float(z.std()) - 1.0) < 0.05 and scale < 0.5
 
 
 def test_training_reduces_the_reconstruction_error(data_env):

@@ -14,6 +14,7 @@ one process (compared to 1e-6).
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import pytest
 import torch
@@ -34,6 +35,15 @@ from helpers.training import Trainer
 from test_training import make_trainer, tiny_dataset
 
 ATOL = 1e-6
+TIMEOUT = timedelta(seconds=120)  # a collective left waiting (processes out of step) fails the test instead of hanging CI
+
+
+def _join(rank: int, port: int) -> World:
+    """Rank ``rank`` of 2 in a gloo group whose collectives give up after TIMEOUT (``World.init``
+    then finds the group already there)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2, timeout=TIMEOUT)
+    return World(rank, 2, rank)
 
 
 def _evaluator(world: World, diffusion: Diffusion, n: int = 12, batch_size: int = 5, **kw) -> Evaluator:
@@ -56,8 +66,7 @@ def _trainer(world: World) -> Trainer:
 def _two_process_runs(rank: int, port: int, folder: str) -> None:
     """Rank ``rank`` of 2: four steps straight; two steps, saved by rank 0 and resumed; and the
     one-process run's step-2 checkpoint resumed for two more."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    world = World(rank, 2, rank)
+    world = _join(rank, port)
     straight = _trainer(world).train(4)
     half = _trainer(world).train(2, save_to=f"{folder}/two_at_2.pt", save_every=2)
     assert half.step == 2
@@ -149,9 +158,7 @@ def _evaluations(world: World) -> dict[str, tuple]:
 
 
 def _two_process_evaluations(rank: int, port: int, folder: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    world = World(rank, 2, rank)
-    world.init(torch.device("cpu"))
+    world = _join(rank, port)
     out = _evaluations(world)
     torch.save(out, f"{folder}/evaluations_{rank}.pt")
     torch.distributed.destroy_process_group()
