@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         device = pick_device(args.device)
         profile = get_profile(args.profile, device)
-        out = args.out or profile.checkpoint("10_autoencoder.pt")
+        out = args.out or profile.checkpoint("autoencoder")
         if out.is_file():
             raise ValueError(f"{out} exists; pass --out to write elsewhere")
         seed_everything(profile.seed)

@@ -28,7 +28,6 @@ import contextlib
 import math
 import os
 import platform
-import resource
 import sys
 import time
 from collections.abc import Callable
@@ -39,7 +38,7 @@ import torch
 from torch import nn
 
 from helpers.config import PROFILES, Profile, get_profile
-from helpers.device import amp_dtype, cpu_generator, describe, pick_device
+from helpers.device import amp_dtype, cpu_generator, describe, peak_memory_mb, pick_device, reset_peak_memory, sync
 from helpers.diffusion import Diffusion
 from helpers.distributed import World, free_port
 from helpers.samplers import DDIM, DDPM, Sampler
@@ -50,32 +49,8 @@ if TYPE_CHECKING:  # imported where used: it pulls in torchmetrics and torchvisi
     from helpers.evaluation import Evaluator
 
 __all__ = [
-    "sync", "peak_memory_mb", "reset_peak_memory", "bench_train", "bench_processes", "bench_sample", "sampler_overhead", "bench_quality",
+    "bench_train", "bench_processes", "bench_sample", "sampler_overhead", "bench_quality",
 ]  # fmt: skip
-
-
-def sync(device: torch.device) -> None:
-    """Wait for the device's queued work (timings are wrong without it on CUDA and MPS)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_memory_mb(device: torch.device) -> tuple[float, str]:
-    """(MiB, what it measures): CUDA's peak allocation since the last reset, MPS's current driver
-    allocation, or the CPU process's peak resident memory (which never resets)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "peak CUDA allocation"
-    if device.type == "mps":
-        return torch.mps.driver_allocated_memory() / 2**20, "MPS driver allocation"
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if platform.system() == "Darwin" else 1)
-    return kb / 1024, "process peak RSS"
 
 
 def _time(fn: Callable[[], Any], device: torch.device, steps: int, warmup: int) -> float:

@@ -26,30 +26,13 @@ import torch
 from helpers.diffusion import Diffusion
 from helpers.unet import UNet
 
-__all__ = ["FORMAT", "CheckpointError", "require", "atomic_torch_save", "save_checkpoint", "first_line", "damaged", "non_finite", "safe_load", "load_checkpoint", "load_model", "rng_state", "set_rng_state"]
+__all__ = ["FORMAT", "CheckpointError", "atomic_torch_save", "save_checkpoint", "first_line", "damaged", "non_finite", "safe_load", "load_checkpoint", "load_model", "rng_state", "set_rng_state"]
 
 FORMAT = "diffusion-course/1"
 
 
 class CheckpointError(ValueError):
     """A file that is not a checkpoint of this course, or one that does not fit what it is loaded into."""
-
-
-def require(path: str | Path, made_by: str) -> Path:
-    """``path`` if it exists; under the laptop profile, else the shipped model in ``pretrained/``
-    (saying so in one line); else a FileNotFoundError telling the reader which notebook makes it."""
-    from helpers.pretrained import card, shipped_for  # pretrained builds on this module
-
-    path = Path(path)
-    if path.is_file():
-        return path
-    shipped = shipped_for(path)
-    if shipped is None:
-        raise FileNotFoundError(f"{path} is missing: run notebook {made_by} first, it saves this file")
-    info = card(shipped)
-    print(f"{path.name} is not in {path.parent}: using the shipped {shipped.relative_to(shipped.parent.parent)} "
-          f"(notebook {made_by} makes it in about {info['minutes']:.0f} minutes on {info['machine']})")  # fmt: skip
-    return shipped
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:

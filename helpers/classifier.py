@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from helpers.checkpoints import CheckpointError, atomic_torch_save, safe_load
 from helpers.config import Profile
-from helpers.pretrained import pretrained_dir
+from helpers.paths import pretrained_dir
 
 __all__ = ["Classifier", "train_classifier", "load_or_train_classifier", "accuracy", "classifier_scores"]
 

@@ -18,19 +18,19 @@ from typing import Any
 
 import torch
 
+from helpers.consistency import DISTANCES, TEACHER_STEPS
 from helpers.diffusion import Diffusion
+from helpers.paths import CHECKPOINTS, artifacts_root, checkpoint, checkpoint_file, require
 
 __all__ = [
     "TrainConfig",
+    "DistilConfig",
     "RESUMABLE_SETTINGS",
     "OPTIMIZERS",
     "SampleSettings",
     "Profile",
     "PROFILES",
     "get_profile",
-    "repo_root",
-    "artifacts_root",
-    "data_root",
     "setup",
 ]
 
@@ -122,6 +122,55 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose {' or '.join(OPTIMIZERS)}")
 
 
+def _distil_setting(default: Any, help: str) -> Any:
+    """A DistilConfig field; ``help`` becomes its flag's help in ``python -m helpers.distil``."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class DistilConfig:
+    """Settings of a consistency-distillation run, in one place: profiles hold their values
+    (``profile.distil``), ``Distiller`` takes one, checkpoints store one, and ``python -m
+    helpers.distil`` makes a flag of every field. Song et al. 2023 use N = 18 and mu = 0.95 for CD
+    on CIFAR-10."""
+
+    steps: int = _distil_setting(1600, "distil until this many optimiser steps in total")
+    batch_size: int = _distil_setting(64, "images per step")
+    lr: float = _distil_setting(2e-4, "Adam's learning rate")
+    n_levels: int = _distil_setting(18, "N, the noise levels of the CD grid (a Karras grid)")
+    sigma_max: float | None = _distil_setting(None, "top of the grid, where one-step sampling starts (default: the teacher's sigma_max)")
+    rho: float = _distil_setting(7.0, "rho of the Karras grid")
+    target_decay: float = _distil_setting(0.95, "mu, the decay of the EMA of the student that makes the targets")
+    ema_decay: float = _distil_setting(0.999, "decay of the EMA of the student that is sampled from")
+    distance: str = _distil_setting("pseudo-huber", "d, the distance between student and target: pseudo-huber or l2")
+    teacher_step: str = _distil_setting("heun", "the teacher's ODE step between adjacent levels: heun or euler (= DDIM)")
+    grad_clip: float = _distil_setting(1.0, "clip the gradient norm to this (0: no clipping)")
+    log_every: int = _distil_setting(50, "log the mean loss every N steps")
+    seed: int = _distil_setting(0, "seed of the levels, the noise and the data order")
+
+    @classmethod
+    def from_profile(cls, profile: Profile, **overrides: Any) -> DistilConfig:
+        """The profile's distillation settings (``profile.distil``) with ``overrides`` on top."""
+        return cls(**{**profile.distil, **overrides})
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "n_levels", "log_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (2 if name == "n_levels" else 1):
+                raise ValueError(f"{name} must be a positive integer{' >= 2' if name == 'n_levels' else ''}, got {value!r}")
+        if self.distance not in DISTANCES:
+            raise ValueError(f"unknown distance {self.distance!r}; choose {', '.join(DISTANCES)}")
+        if self.teacher_step not in TEACHER_STEPS:
+            raise ValueError(f"unknown teacher step {self.teacher_step!r}; choose {', '.join(TEACHER_STEPS)}")
+        for name in ("target_decay", "ema_decay"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.sigma_max is not None and not (math.isfinite(self.sigma_max) and self.sigma_max > 0):
+            raise ValueError(f"sigma_max must be a positive number, got {self.sigma_max}")
+
+
 @dataclass(frozen=True)
 class SampleSettings:
     """Sampling and evaluation settings."""
@@ -172,9 +221,14 @@ class Profile:
         """``artifacts/<profile>/``: checkpoints, grids, logs and caches of this profile."""
         return artifacts_root() / self.name
 
-    def checkpoint(self, name: str) -> Path:
-        """Path of the checkpoint ``name`` (e.g. "03_ddpm_eps.pt") of this profile."""
-        return self.artifacts / "checkpoints" / name
+    def checkpoint(self, key: str) -> Path:
+        """Path of the checkpoint ``key`` of ``helpers.paths.CHECKPOINTS`` (e.g. "eps": 03_ddpm_eps.pt) of this profile."""
+        return checkpoint(self.name, checkpoint_file(key))
+
+    def require(self, key: str) -> Path:
+        """This profile's checkpoint ``key`` if it exists, else (laptop only) the shipped one, else a
+        FileNotFoundError naming the notebook that makes it (``helpers.paths.require``)."""
+        return require(self.checkpoint(key), CHECKPOINTS[key].made_by)
 
 
 PROFILES: dict[str, Profile] = {
@@ -336,30 +390,6 @@ def get_profile(name: str | None = None, device: torch.device | None = None) -> 
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose {', '.join(PROFILES)}")
     return PROFILES[name]
-
-
-def repo_root() -> Path:
-    """The checkout this package lives in (it is installed in editable mode)."""
-    return Path(__file__).resolve().parents[1]
-
-
-def portable_path(path: str | Path) -> str:
-    """``path`` relative to the repository when it lies inside it (as a checkpoint records the files
-    it was made from, so that the record holds on another machine), else as given."""
-    try:
-        return str(Path(path).resolve().relative_to(repo_root()))
-    except ValueError:
-        return str(path)
-
-
-def artifacts_root() -> Path:
-    """``$DIFFUSION_ARTIFACTS`` or ``<repo>/artifacts``."""
-    return Path(os.environ.get("DIFFUSION_ARTIFACTS") or repo_root() / "artifacts").resolve()
-
-
-def data_root() -> Path:
-    """``$DIFFUSION_DATA`` or ``<repo>/data``: where datasets are found or downloaded to."""
-    return Path(os.environ.get("DIFFUSION_DATA") or repo_root() / "data").resolve()
 
 
 def setup(seed: int = 0) -> tuple[torch.device, Profile]:

@@ -24,7 +24,8 @@ from torchvision import datasets
 from torchvision.datasets.utils import check_integrity
 from torchvision.transforms import functional as TF
 
-from helpers.config import Profile, data_root, repo_root
+from helpers.config import Profile
+from helpers.paths import data_root, repo_root
 from helpers.distributed import ShardedBatches, World
 
 __all__ = [

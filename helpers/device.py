@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 import platform
 import random
+import resource
 from collections.abc import Sequence
 
 import torch
 
-__all__ = ["pick_device", "seed_everything", "cpu_generator", "randn", "amp_dtype", "describe"]
+__all__ = ["pick_device", "seed_everything", "cpu_generator", "randn", "amp_dtype", "describe", "sync", "reset_peak_memory", "peak_memory_mb"]
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -93,3 +94,27 @@ def describe(device: torch.device) -> str:
     if device.type == "mps":
         return f"mps (Apple {platform.machine()})"
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} logical cores)"
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (timings are wrong without it on CUDA and MPS)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    """(MiB, what it measures): CUDA's peak allocation since the last reset, MPS's current driver
+    allocation, or the CPU process's peak resident memory (which never resets)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "peak CUDA allocation"
+    if device.type == "mps":
+        return torch.mps.driver_allocated_memory() / 2**20, "MPS driver allocation"
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if platform.system() == "Darwin" else 1)
+    return kb / 1024, "process peak RSS"

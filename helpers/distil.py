@@ -17,7 +17,9 @@ from pathlib import Path
 
 from helpers.checkpoints import CheckpointError, load_checkpoint, load_model
 from helpers.config import PROFILES, get_profile
-from helpers.consistency import DistilConfig, Distiller, consistency_record
+from helpers.config import DistilConfig
+from helpers.consistency import consistency_record
+from helpers.distillation import Distiller
 from helpers.device import describe, pick_device, seed_everything
 from helpers.latent import latent_record
 
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         profile = get_profile(args.profile, device)
     except ValueError as err:
         return _fail(str(err))
-    out = args.out or profile.checkpoint("11_cd.pt")
+    out = args.out or profile.checkpoint("consistency")
     if args.resume and not out.is_file():
         return _fail(f"--resume, but there is no checkpoint at {out}")
     if not args.resume and out.is_file():

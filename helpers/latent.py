@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from helpers.autoencoder import Autoencoder
 from helpers.checkpoints import CheckpointError
-from helpers.config import portable_path
+from helpers.paths import portable_path
 from helpers.diffusion import Diffusion
 from helpers.samplers import DDIM, DDPM
 from helpers.solvers import draw

@@ -15,28 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from helpers.checkpoints import load_model, save_checkpoint
-from helpers.config import PROFILES, repo_root
+from helpers.config import PROFILES
 
-__all__ = ["pretrained_dir", "shipped_for", "card", "export"]
-
-
-def pretrained_dir() -> Path:
-    """``<repo>/pretrained``."""
-    return repo_root() / "pretrained"
-
-
-def shipped_for(path: str | Path) -> Path | None:
-    """The shipped stand-in for the laptop checkpoint ``path``, or None (another profile, or none shipped)."""
-    path = Path(path)
-    if path.resolve() != PROFILES["laptop"].checkpoint(path.name).resolve():
-        return None
-    shipped = pretrained_dir() / path.name
-    return shipped if shipped.is_file() else None
-
-
-def card(path: str | Path) -> dict[str, Any]:
-    """The JSON card beside a shipped file (``<name>.json``)."""
-    return json.loads(Path(path).with_suffix(".json").read_text())
+__all__ = ["export", "measure"]
 
 
 def export(checkpoint: str | Path, out: str | Path, info: dict[str, Any]) -> Path:

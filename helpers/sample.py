@@ -29,7 +29,7 @@ from PIL import Image
 
 from helpers.autoencoder import Autoencoder, load_autoencoder
 from helpers.checkpoints import CheckpointError, load_model
-from helpers.config import repo_root
+from helpers.paths import repo_root
 from helpers.consistency import MultistepConsistency, consistency_record
 from helpers.device import cpu_generator, describe, pick_device
 from helpers.latent import check_autoencoder, decode, latent_record, unclipped

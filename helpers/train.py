@@ -29,7 +29,7 @@ from helpers.config import PROFILES, Profile, TrainConfig, get_profile
 from helpers.device import describe, pick_device, seed_everything
 from helpers.diffusion import LOSS_WEIGHTINGS, PREDICTIONS, Diffusion
 from helpers.distributed import World
-from helpers.run_safety import SAVE_MINUTES, RunLockedError
+from helpers.runs import SAVE_MINUTES, RunLockedError
 from helpers.schedules import SCHEDULES
 
 # flags that set the model or the process: on --resume they come from the checkpoint
@@ -41,10 +41,8 @@ _TYPES = {"int": int, "float": float, "float | None": float, "str": str}
 
 
 def default_checkpoint(prediction: str, num_classes: int | None) -> str:
-    """The notebooks' name for the run: 03_ddpm_eps.pt, 07_v.pt or 08_cfg.pt (else train_<prediction>.pt)."""
-    if num_classes is not None:
-        return "08_cfg.pt"
-    return {"eps": "03_ddpm_eps.pt", "v": "07_v.pt"}.get(prediction, f"train_{prediction}.pt")
+    """The run's key in ``helpers.paths.CHECKPOINTS``: the notebooks' cfg (08), eps (03) or v (07) model, or x0."""
+    return "cfg" if num_classes is not None else prediction
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,7 +139,7 @@ def run(args: argparse.Namespace, world: World) -> int:
     except ValueError as err:  # DIFFUSION_DEVICE or DIFFUSION_PROFILE names something unknown
         return _fail(str(err))
     latent = args.autoencoder is not None
-    out = args.out or profile.checkpoint("10_latent.pt" if latent else default_checkpoint(args.prediction or profile.prediction, args.num_classes))
+    out = args.out or profile.checkpoint("latent" if latent else default_checkpoint(args.prediction or profile.prediction, args.num_classes))
     if args.resume and not out.is_file():
         return _fail(f"--resume, but there is no checkpoint at {out}")
     if not args.resume and out.is_file():

@@ -34,7 +34,7 @@ from helpers.device import amp_dtype, cpu_generator
 from helpers.diffusion import Diffusion
 from helpers.distributed import World
 from helpers.ema import EMA
-from helpers.run_safety import SAVE_MINUTES, RunLock, deferred_interrupts
+from helpers.runs import SAVE_MINUTES, RunLock, deferred_interrupts
 from helpers.samplers import DDIM, Guided, sample
 from helpers.train_log import N_BUCKETS, TrainLog, Window
 
@@ -181,7 +181,7 @@ class Trainer:
         ``callback(trainer, row)`` is called with every metrics row (for live plots). With
         ``save_to``, a checkpoint is written there every ``save_every`` steps (None: every
         ``SAVE_MINUTES`` minutes) and at the end, and the run holds ``<save_to>.lock``
-        (``helpers.run_safety``). Ctrl-C or SIGTERM then stop after the step in flight: the
+        (``helpers.runs``). Ctrl-C or SIGTERM then stop after the step in flight: the
         checkpoint is written and ``KeyboardInterrupt`` says how to continue (``load``).
         """
         cfg = self.config

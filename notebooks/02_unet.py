@@ -223,7 +223,7 @@ for name, shape in shape_table(model, x_t, t.to(device)):
 # Notebook 03 builds its model from this file, so that what is trained is what was shown here.
 
 # %%
-config_path = profile.checkpoint("02_unet_config.json")
+config_path = profile.checkpoint("unet_config")
 config_path.parent.mkdir(parents=True, exist_ok=True)
 config_path.write_text(json.dumps(model.config, indent=2))
 print(f"saved {config_path}; next: 03 · training")

@@ -29,13 +29,12 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from helpers.checkpoints import require
 from helpers.config import setup
 from helpers.data import profile_dataset
 from helpers.unet import UNet
 
 device, profile = setup(seed=0)
-model_config = json.loads(require(profile.checkpoint("02_unet_config.json"), "02_unet").read_text())
+model_config = json.loads(profile.require("unet_config").read_text())
 data = profile_dataset(profile)
 d = profile.diffusion()
 print(f"{len(data)} training images; {d}")
@@ -157,7 +156,7 @@ assert weights_gap < 1e-3 and ema_gap < 1e-3
 from helpers.training import TrainConfig, Trainer
 from helpers.viz import LiveLossPlot
 
-ckpt_path = profile.checkpoint("03_ddpm_eps.pt")
+ckpt_path = profile.checkpoint("eps")
 log_dir = profile.artifacts / "logs" / "03_ddpm_eps"
 config = TrainConfig.from_profile(profile, eval_every=0)  # FID during training is notebook 06's
 torch.manual_seed(0)

@@ -28,12 +28,12 @@ import time
 import matplotlib.pyplot as plt
 import torch
 
-from helpers.checkpoints import load_model, require
+from helpers.checkpoints import load_model
 from helpers.config import setup
 from helpers.device import cpu_generator
 
 device, profile = setup(seed=0)
-model, d, ckpt = load_model(require(profile.checkpoint("03_ddpm_eps.pt"), "03_training"), device)
+model, d, ckpt = load_model(profile.require("eps"), device)
 print(f"model after {ckpt['step']} training steps; {d}")
 shape = (profile.train.grid_size, profile.channels, profile.image_size, profile.image_size)
 few = (min(16, profile.train.grid_size), *shape[1:])  # every full chain costs T network calls: study 16 images, grid the rest
@@ -176,7 +176,7 @@ fig.suptitle(f"DDPM variants from the same noise [{profile.name} profile]", y=1.
 # `artifacts/<profile>/figures/`.
 
 # %%
-from helpers.bench import peak_memory_mb, reset_peak_memory, sync
+from helpers.device import peak_memory_mb, reset_peak_memory, sync
 from helpers.viz import save_grid
 
 reset_peak_memory(device)

@@ -26,11 +26,10 @@
 import matplotlib.pyplot as plt
 import torch
 
-from helpers.checkpoints import require
 from helpers.config import setup
 
 device, profile = setup(seed=0)
-source = require(profile.checkpoint("03_ddpm_eps.pt"), "03_training")
+source = profile.require("eps")
 
 # %% [markdown]
 # ## EMA on a toy
@@ -205,7 +204,7 @@ from helpers.data import profile_dataset
 from helpers.training import TrainConfig, Trainer
 from helpers.unet import UNet
 
-ckpt_path = profile.checkpoint("06_ddpm_ema.pt")
+ckpt_path = profile.checkpoint("ema")
 base = torch.load(source, map_location="cpu", weights_only=True)
 from helpers.diffusion import Diffusion
 

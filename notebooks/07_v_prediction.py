@@ -110,10 +110,10 @@ ax.legend();
 # the amplified error (sampling hides it by clipping).
 
 # %%
-from helpers.checkpoints import load_model, require
+from helpers.checkpoints import load_model
 from helpers.viz import show_grid
 
-eps_model, d_eps, _ = load_model(require(profile.checkpoint("03_ddpm_eps.pt"), "03_training"), device)
+eps_model, d_eps, _ = load_model(profile.require("eps"), device)
 noise = torch.randn(8, profile.channels, profile.image_size, profile.image_size, generator=torch.Generator().manual_seed(1)).to(device)
 fig, axes = plt.subplots(2, 1, figsize=(11, 3.8))
 with torch.no_grad():
@@ -176,7 +176,7 @@ from helpers.metrics import get_features
 from helpers.training import TrainConfig, Trainer
 from helpers.unet import UNet
 
-model_config = json.loads(require(profile.checkpoint("02_unet_config.json"), "02_unet").read_text())
+model_config = json.loads(profile.require("unet_config").read_text())
 data = profile_dataset(profile)
 features = get_features(profile, device)
 runs = {"eps": ("eps", "none"), "x0": ("x0", "none"), "v": ("v", "none"), "v + min-SNR-5": ("v", "min_snr")}
@@ -238,7 +238,7 @@ print("\n".join(lines))
 # %%
 from helpers.checkpoints import CheckpointError, load_checkpoint
 
-path = trainers["v + min-SNR-5"].save(profile.checkpoint("07_v.pt"), profile=profile.name)
+path = trainers["v + min-SNR-5"].save(profile.checkpoint("v"), profile=profile.name)
 try:
     load_checkpoint(path, prediction="eps")
 except CheckpointError as err:

@@ -27,7 +27,7 @@ import json
 import matplotlib.pyplot as plt
 import torch
 
-from helpers.checkpoints import load_model, require
+from helpers.checkpoints import load_model
 from helpers.config import setup
 from helpers.data import profile_dataset
 from helpers.unet import UNet
@@ -35,7 +35,7 @@ from helpers.unet import UNet
 device, profile = setup(seed=0)
 data = profile_dataset(profile)
 classes = data.classes
-model_config = json.loads(require(profile.checkpoint("02_unet_config.json"), "02_unet").read_text())
+model_config = json.loads(profile.require("unet_config").read_text())
 print(f"{len(classes)} classes: {', '.join(classes)}")
 
 # %% [markdown]
@@ -118,8 +118,8 @@ assert abs(rate - p) < 3 * sd
 # %% tags=["nbval-ignore-output"]
 from helpers.viz import LiveLossPlot
 
-ckpt_path = profile.checkpoint("08_cfg.pt")
-unconditional, d, _ = load_model(require(profile.checkpoint("03_ddpm_eps.pt"), "03_training"), "cpu")  # EMA weights
+ckpt_path = profile.checkpoint("cfg")
+unconditional, d, _ = load_model(profile.require("eps"), "cpu")  # EMA weights
 conditional = UNet(**{**model_config, "num_classes": len(classes)})
 missing, unexpected = conditional.load_state_dict(unconditional.state_dict(), strict=False)
 assert missing == ["class_emb.weight"] and not unexpected

@@ -33,15 +33,15 @@ import time
 import matplotlib.pyplot as plt
 import torch
 
-from helpers.bench import sync
-from helpers.checkpoints import load_model, require
+from helpers.device import sync
+from helpers.checkpoints import load_model
 from helpers.config import setup
 from helpers.device import cpu_generator
 from helpers.toy import GaussianMixture
 from helpers.viz import show_grid
 
 device, profile = setup(seed=0)
-model, d, ckpt = load_model(require(profile.checkpoint("03_ddpm_eps.pt"), "03_training"), device)
+model, d, ckpt = load_model(profile.require("eps"), device)
 model.eval()
 print(f"model after {ckpt['step']} training steps; {d}")
 

@@ -32,15 +32,15 @@ import time
 import matplotlib.pyplot as plt
 import torch
 
-from helpers.bench import sync
-from helpers.checkpoints import load_model, require
+from helpers.device import sync
+from helpers.checkpoints import load_model
 from helpers.config import TrainConfig, setup
 from helpers.data import profile_dataset
 from helpers.device import cpu_generator
 from helpers.viz import show_grid
 
 device, profile = setup(seed=0)
-pixel_path = require(profile.checkpoint("03_ddpm_eps.pt"), "03_training")
+pixel_path = profile.require("eps")
 pixel_model, d, pixel_ckpt = load_model(pixel_path, device)
 data, test = profile_dataset(profile), profile_dataset(profile, train=False)
 print(f"pixel model: {pixel_path.name} after {pixel_ckpt['step']} steps; {len(data)} training images; {d}")
@@ -129,7 +129,7 @@ with torch.no_grad():
 scale_by_hand = 1 / float(z_unscaled.std())
 scale = ae.measure_scale(x_sample)
 assert math.isclose(scale_by_hand, scale, rel_tol=1e-5)
-ae_path = save_autoencoder(profile.checkpoint("10_autoencoder.pt"), ae, ae_history, {"minutes": ae_minutes})
+ae_path = save_autoencoder(profile.checkpoint("autoencoder"), ae, ae_history, {"minutes": ae_minutes})
 print(f"posterior means: std {z_unscaled.std():.3f} -> scale factor {scale:.4f} (sampled latents: std {z_sampled.std():.3f}); saved {ae_path}")
 
 # %% [markdown]
@@ -229,7 +229,7 @@ latent_model = UNet(**latent_config)
 config = TrainConfig.from_profile(profile, steps=latent_steps, sample_every=0, eval_every=0)
 trainer = Trainer(latent_model, d, latents, config, device, extra={"autoencoder": autoencoder_record(ae, ae_path)})  # the checkpoint names its autoencoder
 start = time.perf_counter()
-trainer.train(save_to=profile.checkpoint("10_latent.pt"), profile=profile.name)
+trainer.train(save_to=profile.checkpoint("latent"), profile=profile.name)
 latent_minutes = (time.perf_counter() - start) / 60
 rows = [r for r in trainer.history if "loss" in r]
 fig, ax = plt.subplots(figsize=(7, 3.6))
@@ -247,7 +247,7 @@ print(f"trained {trainer.step} steps in {latent_minutes:.1f} minutes; saved {pro
 from helpers.latent import draw_images
 from helpers.samplers import DDIM, ddim_timesteps
 
-ema_model = load_model(profile.checkpoint("10_latent.pt"), device)[0]
+ema_model = load_model(profile.checkpoint("latent"), device)[0]
 steps = min(50, d.T)
 grid = ddim_timesteps(d.T, steps)
 z = torch.randn(8, *ae.latent_shape, generator=cpu_generator(6)).to(device)

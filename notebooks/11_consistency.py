@@ -35,8 +35,8 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-from helpers.bench import sync
-from helpers.checkpoints import load_model, require
+from helpers.device import sync
+from helpers.checkpoints import load_model
 from helpers.config import setup
 from helpers.device import cpu_generator
 from helpers.solvers import Denoiser, heun_step, karras_sigmas, sample_heun
@@ -44,7 +44,7 @@ from helpers.toy import GaussianMixture
 from helpers.viz import show_grid
 
 device, profile = setup(seed=0)
-teacher_path = require(profile.checkpoint("03_ddpm_eps.pt"), "03_training")
+teacher_path = profile.require("eps")
 teacher, d, ckpt = load_model(teacher_path, device)
 teacher.eval()
 print(f"teacher: {teacher_path.name} after {ckpt['step']} training steps; {d}")
@@ -234,7 +234,7 @@ print("f(x, sigma_min) == x exactly; f = D up to O(sigma_min / sigma) elsewhere"
 # pure noise at the model's $\sigma_{\max}$ and lower (pixels lie in $[-1, 1]$):
 
 # %%
-from helpers.consistency import DistilConfig
+from helpers.config import DistilConfig
 
 config = DistilConfig.from_profile(profile)
 z = torch.randn(256, profile.channels, profile.image_size, profile.image_size, generator=cpu_generator(4)).to(device)
@@ -269,7 +269,8 @@ print(f"distillation and one-step sampling start at sigma_max = {top:g} (the pro
 # errors and like L1 for large ones. One batch by hand, against `helpers.consistency.cd_loss`:
 
 # %%
-from helpers.consistency import Distiller, cd_loss, cd_sigmas
+from helpers.consistency import cd_loss, cd_sigmas
+from helpers.distillation import Distiller
 from helpers.data import make_loader, profile_dataset
 
 print(config)
@@ -301,7 +302,7 @@ print(f"CD loss by hand == helpers.consistency.cd_loss: {by_hand.mean():.4f} on 
 # %%
 distiller = Distiller(teacher, d, dataset, config, device, teacher_path=teacher_path)
 start = time.perf_counter()
-distiller.train(save_to=profile.checkpoint("11_cd.pt"), profile=profile.name)
+distiller.train(save_to=profile.checkpoint("consistency"), profile=profile.name)
 minutes = (time.perf_counter() - start) / 60
 print(f"{distiller.step} steps of batch {config.batch_size} in {minutes:.1f} minutes ({60 * minutes / distiller.step:.2f} s a step); saved {profile.checkpoint('11_cd.pt')}")
 
@@ -324,7 +325,7 @@ from helpers.consistency import MultistepConsistency
 from helpers.evaluation import Evaluator
 from helpers.metrics import get_features
 
-student = load_model(profile.checkpoint("11_cd.pt"), device)[0]  # the sampling EMA
+student = load_model(profile.checkpoint("consistency"), device)[0]  # the sampling EMA
 features = get_features(profile, device)
 evaluator = Evaluator.for_profile(profile, d, features)
 search = Evaluator.for_profile(profile, d, features, n=min(250, profile.sample.fid_samples), seed=99, floor=None)  # ranks taus only

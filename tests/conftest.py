@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers.config import repo_root
+from helpers.paths import repo_root
 
 SMALL_UNET = dict(
     image_size=16, in_channels=1, ch=8, ch_mult=(1, 2), num_res_blocks=1,

@@ -6,7 +6,8 @@ import torch
 import helpers.bench as bench_mod
 import helpers.samplers as S
 from helpers.samplers import DDIM
-from helpers.bench import bench_sample, bench_train, peak_memory_mb, sampler_overhead
+from helpers.bench import bench_sample, bench_train, sampler_overhead
+from helpers.device import peak_memory_mb
 from helpers.config import PROFILES
 from helpers.diffusion import Diffusion
 from helpers.solvers import Solver

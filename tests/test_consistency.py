@@ -12,8 +12,6 @@ from conftest import random_unet
 from helpers.checkpoints import CheckpointError, load_model
 from helpers.consistency import (
     ConsistencyFunction,
-    DistilConfig,
-    Distiller,
     MultistepConsistency,
     c_out,
     c_skip,
@@ -23,7 +21,9 @@ from helpers.consistency import (
     consistency_record,
     pseudo_huber,
 )
+from helpers.config import DistilConfig
 from helpers.data import ImageDataset
+from helpers.distillation import Distiller
 from helpers.device import cpu_generator
 from helpers.diffusion import Diffusion
 from helpers.solvers import Denoiser

@@ -4,9 +4,9 @@ or U-Net change sends these numbers far off."""
 
 import pytest
 
-from helpers.checkpoints import require
 from helpers.config import PROFILES
-from helpers.pretrained import card, measure, pretrained_dir
+from helpers.paths import card, pretrained_dir
+from helpers.pretrained import measure
 
 
 def assert_scores_its_card(name: str) -> None:
@@ -35,11 +35,11 @@ def test_the_shipped_conditional_model_draws_the_asked_for_class(data_env):
 
 def test_laptop_notebooks_fall_back_to_the_shipped_models_and_say_so(capsys):
     laptop = PROFILES["laptop"]
-    path = require(laptop.checkpoint("03_ddpm_eps.pt"), "03_training")  # artifacts/ is empty in tests
+    path = laptop.require("eps")  # artifacts/ is empty in tests
     assert path == pretrained_dir() / "03_ddpm_eps.pt"
     assert "using the shipped pretrained/03_ddpm_eps.pt (notebook 03_training makes it in about" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match="run notebook 03_training first"):
-        require(PROFILES["smoke"].checkpoint("03_ddpm_eps.pt"), "03_training")
+        PROFILES["smoke"].require("eps")
 
 
 def test_the_shipped_consistency_model_still_scores_its_recorded_one_step_fid(data_env):

@@ -5,7 +5,8 @@ import re
 import torch
 
 from helpers.checkpoints import load_model
-from helpers.config import PROFILES, repo_root
+from helpers.config import PROFILES
+from helpers.paths import repo_root
 from helpers.data import ImageDataset, prepare_images
 from helpers.training import TrainConfig, Trainer
 from helpers.unet import UNet
