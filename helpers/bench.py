@@ -41,8 +41,8 @@ from helpers.config import PROFILES, Profile, get_profile
 from helpers.device import amp_dtype, cpu_generator, describe, peak_memory_mb, pick_device, reset_peak_memory, sync
 from helpers.diffusion import Diffusion
 from helpers.distributed import World, free_port
-from helpers.samplers import DDIM, DDPM, Sampler
-from helpers.solvers import Solver, draw
+from helpers.samplers import DDIM, DDPM, Sampler, sample
+from helpers.solvers import Solver
 from helpers.unet import UNet
 
 if TYPE_CHECKING:  # imported where used: it pulls in torchmetrics and torchvision
@@ -210,9 +210,9 @@ def bench_processes(profile: Profile, device: torch.device, what: str, counts: l
 
 @torch.no_grad()
 def sampler_overhead(
-    model: nn.Module, d: Diffusion, shape: tuple[int, ...], sampler: Sampler | Solver, device: torch.device, repeats: int = 2
+    model: nn.Module, d: Diffusion, shape: tuple[int, ...], sampler: Sampler, device: torch.device, repeats: int = 2
 ) -> dict[str, float]:
-    """Seconds of a full sampling run (``draw``), of the same number of bare forward passes, and
+    """Seconds of a full sampling run (``samplers.sample``), of the same number of bare forward passes, and
     the share of the total spent outside the network. Each is the best of ``repeats`` runs after a
     warm-up; a slightly negative share means the overhead is below the timing noise."""
     n_calls = sampler.spent if isinstance(sampler, Solver) else len(sampler.timesteps(d.T))
@@ -225,7 +225,7 @@ def sampler_overhead(
             model(x, t)
 
     def full() -> None:
-        draw(model, d, shape, sampler, cpu_generator(0))
+        sample(model, d, shape, sampler, cpu_generator(0), progress=False)
 
     forward_only()  # warm-up (kernel selection, caches)
     best = {}

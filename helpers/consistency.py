@@ -34,7 +34,9 @@ import torch
 from torch import nn
 
 from helpers.diffusion import Diffusion
-from helpers.samplers import eval_mode, starting_noise
+from helpers.device import randn
+from helpers.samplers import Report
+from helpers.validate import integer, number
 from helpers.solvers import Denoiser, Sigma, euler_step, heun_step, karras_sigmas
 
 __all__ = [
@@ -102,8 +104,7 @@ TEACHER_STEPS = {"heun": heun_step, "euler": euler_step}  # euler is DDIM in the
 def cd_sigmas(n_levels: int, denoiser: Denoiser, sigma_max: float | None = None, rho: float = 7.0) -> torch.Tensor:
     """The CD grid sigma_1 = sigma_min < ... < sigma_N = sigma_max (float64; default sigma_max: the
     model's): ``karras_sigmas`` ascending, without its final 0."""
-    if isinstance(n_levels, bool) or not isinstance(n_levels, int) or n_levels < 2:
-        raise ValueError(f"consistency distillation needs at least 2 noise levels, got {n_levels!r}")
+    integer("the CD grid's number of noise levels", n_levels, minimum=2)
     return karras_sigmas(n_levels, denoiser.sigma_min, denoiser.sigma_max if sigma_max is None else sigma_max, rho)[:-1].flip(0)
 
 
@@ -166,10 +167,9 @@ class MultistepConsistency:
     sigmas: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.nfe, bool) or not isinstance(self.nfe, int) or self.nfe < 1:
-            raise ValueError(f"nfe must be a positive number of network evaluations, got {self.nfe!r}")
-        if self.sigma_max is not None and not (math.isfinite(self.sigma_max) and self.sigma_max > 0):
-            raise ValueError(f"sigma_max must be a positive number, got {self.sigma_max}")
+        integer("nfe (network evaluations)", self.nfe)
+        if self.sigma_max is not None:
+            number("sigma_max", self.sigma_max)
         if self.sigmas is not None:
             if len(self.sigmas) != self.nfe - 1:
                 raise ValueError(f"{self.nfe} network evaluations need {self.nfe - 1} intermediate noise levels, got {len(self.sigmas)}")
@@ -191,14 +191,17 @@ class MultistepConsistency:
         inner = "" if self.nfe == 1 else f" via sigma {', '.join(f'{s:.3g}' for s in self.sigmas)}" if self.sigmas else " (Karras grid)"
         return f"consistency, {self.nfe} NFE{top}{inner}"
 
-    @torch.no_grad()
-    def sample(self, model: nn.Module, d: Diffusion, x_T: torch.Tensor | tuple[int, ...], generator: torch.Generator | None = None) -> torch.Tensor:
-        """Images in [-1, 1] from x_T ~ N(0, I), which becomes x_T sqrt(1 + sigma_max^2) as in ``Solver.sample``."""
+    def num_steps(self, d: Diffusion) -> int:
+        return self.nfe
+
+    def run(self, model: Callable[..., torch.Tensor], d: Diffusion, x_T: torch.Tensor, generator: torch.Generator | None, report: Report) -> torch.Tensor:
+        """The ``samplers.Sampler`` protocol: x_0 from x_T ~ N(0, I), which becomes x_T sqrt(1 + sigma_max^2)
+        as for ``solvers.Solver``; fresh noise re-enters at each intermediate level."""
         f = ConsistencyFunction(model, d)
-        device, top = next(model.parameters()).device, self.top(f)
-        with eval_mode(model):
-            x0 = f(starting_noise(x_T, generator, device) * math.sqrt(1 + top**2), top)
-            for tau in self.levels(f):
-                z = starting_noise(tuple(x0.shape), generator, device)
-                x0 = f(x0 + math.sqrt(max(tau**2 - f.sigma_min**2, 0.0)) * z, tau)
-        return x0.clamp(-1, 1)
+        x, levels = x_T * math.sqrt(1 + self.top(f) ** 2), [self.top(f), *self.levels(f)]
+        for i, sigma in enumerate(levels):
+            if i:  # back up to the next level: x_0 + sqrt(tau^2 - sigma_min^2) z
+                x = x0 + math.sqrt(max(sigma**2 - f.sigma_min**2, 0.0)) * randn(x0.shape, generator, x0.device)
+            x0 = f(x, sigma)
+            report({"i": i, "t": d.timestep_of_sigma(sigma), "sigma": sigma, "x_t": x / math.sqrt(1 + sigma**2), "x0": x0})
+        return x0

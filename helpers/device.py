@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["pick_device", "seed_everything", "cpu_generator", "randn", "amp_dtype", "describe", "sync", "reset_peak_memory", "peak_memory_mb"]
+__all__ = ["pick_device", "seed_everything", "cpu_generator", "randn", "amp_dtype", "needs_grad_scaler", "channels_last_ok", "describe", "sync", "reset_peak_memory", "peak_memory_mb"]
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -75,15 +75,35 @@ def randn(
 
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """The autocast dtype used for training on ``device``, or None for plain float32.
+    """The autocast dtype for training on ``device``, or None for plain float32.
 
-    bfloat16 on CUDA GPUs that support it (Ampere and newer): same exponent range as float32, so no
-    loss scaling is needed. On MPS and the CPU we train in float32: CPU autocast is slower than
-    float32 for convolutions, and MPS autocast is not something this course has verified.
+    * bfloat16 on CUDA GPUs with native bf16 (compute capability 8.0 and newer: Ampere, Ada,
+      Hopper): float32's exponent range, so no loss scaling. ``torch.cuda.is_bf16_supported()``
+      is not the test: it is also True on a T4 or V100, which only emulate bf16 (slower than fp32).
+    * float16 on compute capability 7.x (V100, T4, the RTX 20 series): tensor cores, but float16's
+      narrow range needs a gradient scaler (``needs_grad_scaler``).
+    * None (float32) on older GPUs, on MPS (autocast there is unverified by this course) and on the CPU.
     """
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if device.type != "cuda":
+        return None
+    major, _ = torch.cuda.get_device_capability(device)
+    if major >= 8:
         return torch.bfloat16
+    if major == 7:
+        return torch.float16
     return None
+
+
+def needs_grad_scaler(dtype: torch.dtype | None) -> bool:
+    """float16 training scales the loss so small gradients do not flush to zero (bf16 and fp32 need not)."""
+    return dtype == torch.float16
+
+
+def channels_last_ok(device: torch.device) -> bool:
+    """Whether the channels-last memory format helps on ``device``: not on MPS, whose convolution
+    backward on channels-last inputs was about 30x slower until a 2026 PyTorch fix (pytorch issue
+    #193349), so the course keeps MPS on the default layout."""
+    return device.type != "mps"
 
 
 def describe(device: torch.device) -> str:

@@ -84,6 +84,9 @@ class Diffusion:
         self.posterior_variance = betas * (1 - self.alpha_bars_prev) / (1 - self.alpha_bars)
         self.posterior_mean_coef_x0 = betas * self.alpha_bars_prev.sqrt() / (1 - self.alpha_bars)
         self.posterior_mean_coef_xt = (1 - self.alpha_bars_prev) * self.alphas.sqrt() / (1 - self.alpha_bars)
+        # the same process in noise-level (VE) units (Karras et al. 2022): x_t / sqrt(ab_t) = x_0 + sigma_t eps
+        self.sigmas = ((1 - self.alpha_bars) / self.alpha_bars).sqrt()  # increasing in t
+        self.log_sigmas = self.sigmas.log()
         self._device_tables: dict[tuple[int, torch.device], torch.Tensor] = {}
 
     @classmethod
@@ -135,15 +138,35 @@ class Diffusion:
             raise ValueError(f"timesteps must lie in 0..{self.T - 1}, got values {int(t.min())}..{int(t.max())}")
         return t
 
-    def _gather(self, table: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``table[t]`` on t's device: float64 from the table itself on the CPU; elsewhere from a
-        float32 copy of the table made once per device (converted on the CPU, then moved)."""
-        if t.device.type == "cpu":
-            return table[t]
-        key = (table.data_ptr(), t.device)
+    def _table_on(self, table: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """``table`` itself (float64) on the CPU; elsewhere a float32 copy made once per device
+        (converted on the CPU, then moved: MPS has no float64)."""
+        if device.type == "cpu":
+            return table
+        key = (table.data_ptr(), device)
         if key not in self._device_tables:
-            self._device_tables[key] = table.to(torch.float32).to(t.device)
-        return self._device_tables[key][t]
+            self._device_tables[key] = table.to(torch.float32).to(device)
+        return self._device_tables[key]
+
+    def _gather(self, table: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``table[t]`` on t's device (``_table_on``)."""
+        return self._table_on(table, t.device)[t]
+
+    def timestep_of_sigma(self, sigma: float | torch.Tensor) -> float | torch.Tensor:
+        """The fractional timestep t whose sigma_t = sqrt((1 - ab_t) / ab_t) is ``sigma``, linear in
+        log sigma between table entries (sigma clamped to sigma_0..sigma_{T-1}).
+
+        A float gives a float. A tensor gives a tensor of its shape on its device, computed there
+        (float64 on the CPU, float32 elsewhere), so a GPU caller never waits for the device.
+        """
+        device = sigma.device if isinstance(sigma, torch.Tensor) else torch.device("cpu")
+        table = self._table_on(self.log_sigmas, device)
+        lo_sigma, hi_sigma = float(self.sigmas[0]), float(self.sigmas[-1])
+        log_sigma = torch.as_tensor(sigma, dtype=table.dtype, device=device).clamp(lo_sigma, hi_sigma).log()
+        i = torch.searchsorted(table, log_sigma).clamp(1, self.T - 1)
+        lo, hi = table[i - 1], table[i]
+        t = i - 1 + (log_sigma - lo) / (hi - lo)
+        return float(t) if isinstance(sigma, (float, int)) else t
 
     def extract(self, table: torch.Tensor, t: torch.Tensor | int, x: torch.Tensor) -> torch.Tensor | float:
         """``table[t]`` as x's dtype on x's device, shaped [B, 1, 1, ...] to broadcast against x.

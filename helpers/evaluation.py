@@ -22,8 +22,7 @@ from helpers.diffusion import Diffusion
 from helpers.distributed import World
 from helpers.latent import decode, unclipped
 from helpers.metrics import Features, Floor, Quality, extract_both, fid_kid, inception_score, real_features, real_floor
-from helpers.samplers import DDIM, Guided, Sampler
-from helpers.solvers import Solver, draw
+from helpers.samplers import DDIM, Guided, Sampler, sample
 
 __all__ = ["Evaluator", "pixel_diversity", "x0_error_by_timestep"]
 
@@ -83,7 +82,7 @@ class Evaluator:
 
     @torch.no_grad()
     def _draw(
-        self, model: nn.Module, guidance_scale: float | None, sampler: Sampler | Solver | None, autoencoder: Autoencoder | None, own: range | None = None
+        self, model: nn.Module, guidance_scale: float | None, sampler: Sampler | None, autoencoder: Autoencoder | None, own: range | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         """(samples on the CPU, their labels or None) of each batch in ``own`` (default: all), from the
         one generator of the evaluator's seed that every batch draws from in turn.
@@ -105,16 +104,16 @@ class Evaluator:
         idle = _Idle()
         for k, (start, b) in enumerate(batches[: own.stop]):
             if k not in own:
-                draw(idle, self.d, (b, *shape), sampler, gen)
+                sample(idle, self.d, (b, *shape), sampler, gen, progress=False)
                 continue
             y = (torch.arange(start, start + b) % num_classes) if num_classes is not None else None
             net = Guided(model, y, scale) if y is not None else model
-            x = draw(net, self.d, (b, *shape), sampler, gen, clamp=autoencoder is None)
+            x = sample(net, self.d, (b, *shape), sampler, gen, progress=False, clamp=autoencoder is None)
             yield (decode(autoencoder, x) if autoencoder is not None else x).cpu(), y
 
     @torch.no_grad()
     def images(
-        self, model: nn.Module, guidance_scale: float | None = None, sampler: Sampler | Solver | None = None, autoencoder: Autoencoder | None = None
+        self, model: nn.Module, guidance_scale: float | None = None, sampler: Sampler | None = None, autoencoder: Autoencoder | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(samples [n, C, H, W] on the CPU, their labels or None), drawn with ``sampler`` (default:
         this evaluator's DDIM) from the evaluator's seed: the same noise whatever the sampler. A
@@ -124,7 +123,7 @@ class Evaluator:
 
     @torch.no_grad()
     def sample_features(
-        self, model: nn.Module, guidance_scale: float | None = None, sampler: Sampler | Solver | None = None, autoencoder: Autoencoder | None = None
+        self, model: nn.Module, guidance_scale: float | None = None, sampler: Sampler | None = None, autoencoder: Autoencoder | None = None
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(features [n, dim], class logits [n, classes]) of the samples ``images`` draws, on rank 0
         (None on the others): each of the ``world``'s processes samples its share of the batches and

@@ -10,7 +10,7 @@ and fingerprint), and ``check_autoencoder`` refuses any other.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,7 @@ from helpers.autoencoder import Autoencoder
 from helpers.checkpoints import CheckpointError
 from helpers.paths import portable_path
 from helpers.diffusion import Diffusion
-from helpers.samplers import DDIM, DDPM
-from helpers.solvers import draw
+from helpers.samplers import sample
 
 __all__ = ["LatentDataset", "encode_dataset", "latent_unet_config", "autoencoder_record", "latent_record", "check_autoencoder", "decode", "draw_images"]
 
@@ -92,14 +91,15 @@ def decode(ae: Autoencoder, z: torch.Tensor) -> torch.Tensor:
 
 
 def unclipped(sampler: Any) -> Any:
-    """``sampler`` with x_0 clipping off (DDPM, DDIM): the [-1, 1] bound belongs to pixels, not latents."""
-    return replace(sampler, clip_x0=False) if isinstance(sampler, (DDPM, DDIM)) else sampler
+    """``sampler`` with x_0 clipping off (any sampler with a ``clip_x0`` setting: DDPM, DDIM): the
+    [-1, 1] bound belongs to pixels, not latents."""
+    return replace(sampler, clip_x0=False) if "clip_x0" in {f.name for f in fields(sampler)} else sampler
 
 
 @torch.no_grad()
 def draw_images(
     model: nn.Module, d: Diffusion, ae: Autoencoder, n: int, sampler: Any, generator: torch.Generator | None = None, progress: bool = False
 ) -> torch.Tensor:
-    """n decoded images from a latent model: ``solvers.draw`` in latent space (unclipped, unclamped), then ``decode``."""
-    z = draw(model, d, (n, *ae.latent_shape), unclipped(sampler), generator, progress=progress, clamp=False)
+    """n decoded images from a latent model: ``samplers.sample`` in latent space (unclipped, unclamped), then ``decode``."""
+    z = sample(model, d, (n, *ae.latent_shape), unclipped(sampler), generator, progress=progress, clamp=False)
     return decode(ae, z)

@@ -33,8 +33,8 @@ from helpers.paths import repo_root
 from helpers.consistency import MultistepConsistency, consistency_record
 from helpers.device import cpu_generator, describe, pick_device
 from helpers.latent import check_autoencoder, decode, latent_record, unclipped
-from helpers.samplers import DDIM, DDPM, SPACINGS, VARIANCES, Guided
-from helpers.solvers import SOLVERS, Solver, draw
+from helpers.samplers import DDIM, DDPM, SPACINGS, VARIANCES, Guided, sample
+from helpers.solvers import SOLVERS, Solver
 from helpers.viz import save_grid
 
 
@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> str:
         b = min(args.batch_size, args.n - start)
         y = class_ids(args, start, b, model.num_classes)
         net = Guided(model, y, args.guidance_scale) if y is not None else model
-        x = draw(net, d, (b, *shape), sampler, gen, progress=True, clamp=ae is None)
+        x = sample(net, d, (b, *shape), sampler, gen, progress=True, clamp=ae is None)
         images.append((decode(ae, x) if ae is not None else x).cpu())
     seconds = time.perf_counter() - t0
     x = torch.cat(images)

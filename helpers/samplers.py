@@ -5,11 +5,14 @@
   Both return ``(x_prev, x0_hat)``: the next state and the prediction it was made from.
 * ``ddim_timesteps``: which timesteps a shortened sampler visits ("trailing", the default,
   "leading" and "linspace", the grids diffusers produces).
+* ``Sampler``: the one protocol every sampler of the course follows (DDPM, DDIM here; the
+  noise-level solvers in ``helpers.solvers``; multistep consistency in ``helpers.consistency``):
+  ``num_steps(d)`` and ``run(model, d, x_T, generator, report)``. A new sampler is one class.
 * ``DDPM`` and ``DDIM``: a sampler's settings, its grid and its step, as one small object.
 * ``Guided``: a class-conditional model with its labels and classifier-free guidance scale,
   wrapped as a model ``(x_t, t) -> output`` that any sampler can call.
-* ``sample``: the loop, with a progress bar, a callback that sees every step (``Trajectory``
-  records them) and device-independent noise from a CPU generator.
+* ``sample``: the one entry point, for every sampler: a progress bar, a callback that sees every
+  step as one dict (``Trajectory`` records them) and device-independent noise from a CPU generator.
 
 Timesteps in the step functions are Python ints: one timestep for the whole batch.
 """
@@ -19,9 +22,9 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -30,6 +33,7 @@ from tqdm.auto import tqdm
 
 from helpers.device import randn
 from helpers.diffusion import Diffusion
+from helpers.validate import choice, integer, number
 
 __all__ = [
     "VARIANCES",
@@ -37,6 +41,9 @@ __all__ = [
     "ddpm_step",
     "ddim_step",
     "ddim_timesteps",
+    "Step",
+    "Report",
+    "Sampler",
     "DDPM",
     "DDIM",
     "Guided",
@@ -70,8 +77,7 @@ def ddpm_step(
 
     Returns (x_{t-1}, the (clipped) x_0 prediction).
     """
-    if variance not in VARIANCES:
-        raise ValueError(f"unknown variance {variance!r}; choose {', '.join(VARIANCES)}")
+    choice("variance", variance, VARIANCES)
     x0 = d.predict_x0(x_t, t, out)  # 1.
     if clip_x0:
         x0 = x0.clamp(-1, 1)  # 2.
@@ -162,8 +168,55 @@ def ddim_timesteps(T: int, steps: int, spacing: str = "trailing") -> list[int]:
     return sorted({int(v) for v in grid}, reverse=True)
 
 
+Step = dict[str, Any]
+"""What a sampler reports after each step, the same keys for every sampler: ``i`` (0-based step),
+``steps`` (how many), ``t`` (the timestep, fractional for noise-level samplers) and ``sigma`` (the
+same noise level in VE units, sigma_t = sqrt((1 - ab_t) / ab_t)), ``x_t`` (the state the network
+was given, in the process's own units) and ``x0`` (the prediction of x_0 the step used)."""
+Report = Callable[[Step], None]
+
+
+class Sampler(Protocol):
+    """The one protocol of the course's samplers; ``sample`` runs any of them.
+
+    ``run`` draws every step's noise from ``generator`` (CPU) and calls ``report`` with the keys of
+    ``Step`` except ``steps`` once per step; it returns x after the last step (not yet clamped).
+    """
+
+    def num_steps(self, d: Diffusion) -> int: ...
+
+    def run(self, model: Callable[..., torch.Tensor], d: Diffusion, x: torch.Tensor, generator: torch.Generator | None, report: Report) -> torch.Tensor: ...
+
+
+class _Chain:
+    """The loop of a sampler that walks down a grid of integer timesteps (DDPM, DDIM): at each
+    (t, t_prev), one network call, fresh noise when ``needs_noise``, then ``step``."""
+
+    def timesteps(self, T: int) -> list[int]:
+        raise NotImplementedError
+
+    def needs_noise(self, t: int, t_prev: int) -> bool:
+        raise NotImplementedError
+
+    def step(self, d: Diffusion, out: torch.Tensor, x_t: torch.Tensor, t: int, t_prev: int, noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def num_steps(self, d: Diffusion) -> int:
+        return len(self.timesteps(d.T))
+
+    def run(self, model: Callable[..., torch.Tensor], d: Diffusion, x: torch.Tensor, generator: torch.Generator | None, report: Report) -> torch.Tensor:
+        grid = self.timesteps(d.T)
+        for i, (t, t_prev) in enumerate(zip(grid, grid[1:] + [-1])):
+            out = model(x, torch.full((len(x),), t, device=x.device, dtype=torch.long)).float()
+            noise = randn(x.shape, generator, x.device) if self.needs_noise(t, t_prev) else None
+            x_prev, x0 = self.step(d, out, x, t, t_prev, noise)
+            report({"i": i, "t": t, "sigma": float(d.sigmas[t]), "x_t": x, "x0": x0})
+            x = x_prev
+        return x
+
+
 @dataclass(frozen=True)
-class DDPM:
+class DDPM(_Chain):
     """Ancestral sampling over all T steps of the chain (``ddpm_step``).
 
     ``variance``: "fixed_small" (beta tilde) or "fixed_large" (beta); ``clip_x0``: clip the
@@ -175,8 +228,7 @@ class DDPM:
     clip_x0: bool = True
 
     def __post_init__(self) -> None:
-        if self.variance not in VARIANCES:
-            raise ValueError(f"unknown variance {self.variance!r}; choose {', '.join(VARIANCES)}")
+        choice("variance", self.variance, VARIANCES)
 
     def timesteps(self, T: int) -> list[int]:
         return list(range(T - 1, -1, -1))
@@ -192,7 +244,7 @@ class DDPM:
 
 
 @dataclass(frozen=True)
-class DDIM:
+class DDIM(_Chain):
     """DDIM over ``steps`` timesteps of the ``spacing`` grid (``ddim_step``, ``ddim_timesteps``).
 
     ``steps``: None for all T; ``eta``: 0 deterministic, 1 DDPM-like; ``clip_x0`` as for DDPM.
@@ -204,12 +256,10 @@ class DDIM:
     clip_x0: bool = True
 
     def __post_init__(self) -> None:
-        if self.spacing not in SPACINGS:
-            raise ValueError(f"unknown spacing {self.spacing!r}; choose {', '.join(SPACINGS)}")
-        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1):
-            raise ValueError(f"DDIM steps must be a positive integer (or None for all T), got {self.steps!r}")
-        if not (math.isfinite(self.eta) and self.eta >= 0):
-            raise ValueError(f"eta must be a finite number >= 0, got {self.eta}")
+        choice("spacing", self.spacing, SPACINGS)
+        if self.steps is not None:
+            integer("DDIM steps", self.steps)  # or None for all T
+        number("eta", self.eta, inclusive=True)
 
     def timesteps(self, T: int) -> list[int]:
         return ddim_timesteps(T, self.steps or T, self.spacing)
@@ -261,20 +311,23 @@ class Guided(nn.Module):
 
 
 class Trajectory:
-    """A ``sample`` callback that records x_t and the predicted x_0 every ``every``-th step and at
-    the last one: ``.t`` (the timestep of each record), ``.x_t`` and ``.x0`` ([K, B, C, H, W], CPU)."""
+    """A ``sample`` callback, for any sampler, that records x_t and the predicted x_0 every
+    ``every``-th step and at the last one: ``.t`` and ``.sigma`` (the noise level of each record),
+    ``.x_t`` and ``.x0`` ([K, B, C, H, W], CPU)."""
 
     def __init__(self, every: int = 1) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         self.every = every
-        self.t: list[int] = []
+        self.t: list[float] = []
+        self.sigma: list[float] = []
         self._x_t: list[torch.Tensor] = []
         self._x0: list[torch.Tensor] = []
 
     def __call__(self, step: dict[str, Any]) -> None:
         if step["i"] % self.every == 0 or step["i"] == step["steps"] - 1:
             self.t.append(step["t"])
+            self.sigma.append(step["sigma"])
             self._x_t.append(step["x_t"].cpu())
             self._x0.append(step["x0"].cpu())
 
@@ -286,8 +339,6 @@ class Trajectory:
     def x0(self) -> torch.Tensor:
         return torch.stack(self._x0)
 
-
-Sampler = DDPM | DDIM
 
 
 @contextmanager
@@ -301,53 +352,63 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def starting_noise(x_T: torch.Tensor | Sequence[int], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """x_T as float32 on ``device``: the tensor given, or N(0, I) of that shape drawn from ``generator``."""
+def starting_noise(x_T: torch.Tensor | Sequence[int], generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
+    """x_T as float32: the tensor given (on its own device), or N(0, I) of that shape drawn from
+    ``generator`` on the CPU and moved to ``device``."""
     if isinstance(x_T, torch.Tensor):
-        return x_T.to(device=device, dtype=torch.float32)
+        return x_T.to(dtype=torch.float32)
     return randn(tuple(x_T), generator, device)
+
+
+def _device_of(model: Callable[..., torch.Tensor]) -> torch.device:
+    """Where a model's weights are (the CPU for a model without any, such as an analytic denoiser)."""
+    params = model.parameters() if isinstance(model, nn.Module) else iter(())
+    return next(params, torch.empty(0)).device
 
 
 @torch.no_grad()
 def sample(
-    model: nn.Module,
+    model: Callable[..., torch.Tensor],
     d: Diffusion,
     x_T: torch.Tensor | Sequence[int],
     sampler: Sampler = DDPM(),
     generator: torch.Generator | None = None,
-    callback: Callable[[dict[str, Any]], None] | None = None,
+    callback: Report | None = None,
     progress: bool = True,
     clamp: bool = True,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Draw images from x_T ~ N(0, I) with a sampler (``DDPM()``, ``DDIM(steps, eta, spacing)``).
+    """Draw images from x_T ~ N(0, I) with any sampler of the course: ``DDPM()``, ``DDIM(steps,
+    eta, spacing)``, a noise-level ``solvers.Solver``, ``consistency.MultistepConsistency``.
 
     Args:
         model: the network, called as model(x_t, t); wrap a class-conditional one in ``Guided``.
         d: the diffusion process; its ``prediction`` says what the network outputs.
-        x_T: the starting noise, or the shape [B, C, H, W] to draw it from ``generator``.
+        x_T: the starting noise (sampling runs on its device), or a shape [B, C, H, W] to draw it
+            from ``generator`` onto ``device`` (default: the model's device).
         sampler: the algorithm and its settings.
         generator: CPU generator for x_T and every step's noise: the same seed gives the same noise
             on CPU, CUDA and MPS. None uses the device's global generator.
-        callback: called after every step with a dict (i, steps, t, x_t, x0, x_prev); x0 is the
-            prediction the step used. ``Trajectory`` is one.
+        callback: called after every step with one dict, the same for every sampler (``Step``:
+            i, steps, t, sigma, x_t, x0). ``Trajectory`` is one.
         progress: show a progress bar.
         clamp: clamp the result to the pixel range [-1, 1]; off for samples that are not pixels
-            (an autoencoder's latents, ``helpers.latent``; with a sampler whose ``clip_x0`` is off).
+            (an autoencoder's latents, ``helpers.latent``).
 
     Returns:
-        x_0 in [-1, 1] (clamped, unless ``clamp`` is off), on the model's device.
+        x_0 (clamped to [-1, 1] unless ``clamp`` is off), on x_T's device.
     """
-    device = next(model.parameters()).device
-    x = starting_noise(x_T, generator, device)
-    grid = sampler.timesteps(d.T)
-    with eval_mode(model):
-        for i, (t, t_prev) in enumerate(tqdm(list(zip(grid, grid[1:] + [-1])), desc=str(sampler), disable=not progress, leave=False, mininterval=1.0)):
-            out = model(x, torch.full((len(x),), t, device=device, dtype=torch.long)).float()
-            noise = randn(x.shape, generator, device) if sampler.needs_noise(t, t_prev) else None
-            x_prev, x0 = sampler.step(d, out, x, t, t_prev, noise)
+    x = starting_noise(x_T, generator, device if device is not None else _device_of(model))
+    total = sampler.num_steps(d)
+    with tqdm(total=total, desc=str(sampler), disable=not progress, leave=False, mininterval=1.0) as bar:
+
+        def report(step: Step) -> None:
             if callback is not None:
-                callback({"i": i, "steps": len(grid), "t": t, "x_t": x, "x0": x0, "x_prev": x_prev})
-            x = x_prev
+                callback({**step, "steps": total})
+            bar.update(1)
+
+        with eval_mode(model) if isinstance(model, nn.Module) else nullcontext():
+            x = sampler.run(model, d, x, generator, report)
     return x.clamp(-1, 1) if clamp else x
 
 
@@ -360,15 +421,14 @@ def ddim_invert(model: nn.Module, d: Diffusion, x0: torch.Tensor, steps: int | N
     (a = -1 is x_0 itself) is the DDIM update with a and b swapped, x_b = sqrt(ab_b) x0_hat +
     sqrt(1 - ab_b) eps_hat, evaluated at (x_a, max(a, 0)) because x_b is not known yet. Decoding the
     latents with ``DDIM(steps, clip_x0=False)`` on the same grid returns x_0 up to the error of that
-    substitution, which shrinks as the grid gets finer.
+    substitution, which shrinks as the grid gets finer. Runs on x0's device.
     """
-    device = next(model.parameters()).device
     grid = DDIM(steps, spacing=spacing).timesteps(d.T)[::-1]  # ascending
-    x = x0.to(device=device, dtype=torch.float32)
+    x = x0.to(dtype=torch.float32)
     with eval_mode(model):
         for a, b in tqdm(list(zip([-1, *grid[:-1]], grid)), desc="DDIM inversion", disable=not progress, leave=False, mininterval=1.0):
             t = max(a, 0)
-            out = model(x, torch.full((len(x),), t, device=device, dtype=torch.long)).float()
+            out = model(x, torch.full((len(x),), t, device=x.device, dtype=torch.long)).float()
             ab_b = float(d.alpha_bars[b])
             x = ab_b**0.5 * d.predict_x0(x, t, out) + (1 - ab_b) ** 0.5 * d.predict_eps(x, t, out)
     return x

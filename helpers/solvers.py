@@ -9,7 +9,9 @@ ODE (Song et al. 2021, eq. 13) is simply
 
 and every solver below integrates it (or its SDE) from sigma_max down a grid ``sigmas`` that ends
 with 0, calling ``denoiser(x, sigma)`` with a float sigma. Each solver has k-diffusion's shape:
-``sample_x(denoiser, x, sigmas, ..., callback=None)`` returns x at the last sigma.
+``sample_x(denoiser, x, sigmas, ..., callback=None)`` returns x at the last sigma, and reports each
+step as {"i", "x", "sigma", "x0"}, x in these VE units. ``Solver`` runs any of them on a Karras grid
+as a ``samplers.Sampler``, so ``samplers.sample`` draws with it like with DDIM.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from torch import nn
 
 from helpers.device import randn
 from helpers.diffusion import Diffusion
-from helpers.samplers import Sampler, eval_mode, sample, starting_noise
+from helpers.samplers import Report
+from helpers.validate import choice, integer, number
 
 __all__ = [
     "karras_sigmas",
@@ -40,7 +43,6 @@ __all__ = [
     "sample_pc",
     "SOLVERS",
     "Solver",
-    "draw",
 ]
 
 Sigma = float | torch.Tensor  # one noise level, or one per image as a [B, 1, 1, 1] tensor
@@ -55,8 +57,7 @@ def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) 
 
     evenly spaced in sigma^(1/rho): rho = 1 is uniform in sigma, larger rho crowds the steps at low noise.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"the grid needs at least 1 noise level, got {n!r}")
+    integer("the grid's number of noise levels", n)
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min} and {sigma_max}")
     ramp = torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
@@ -76,34 +77,23 @@ class Denoiser:
 
     def __init__(self, model: nn.Module, d: Diffusion, quantize: bool = True) -> None:
         self.model, self.d, self.quantize = model, d, quantize
-        self.sigmas = ((1 - d.alpha_bars) / d.alpha_bars).sqrt()  # float64 [T], increasing in t
-        self.log_sigmas = self.sigmas.log()
 
     @property
     def sigma_min(self) -> float:
-        return float(self.sigmas[0])
+        return float(self.d.sigmas[0])
 
     @property
     def sigma_max(self) -> float:
-        return float(self.sigmas[-1])
-
-    def timestep(self, sigma: float | torch.Tensor) -> float | torch.Tensor:
-        """The (fractional) timestep whose sigma_t is sigma, interpolating linearly in log sigma
-        (a float for a float, a float64 tensor of timesteps for a tensor of sigmas)."""
-        log_sigma = torch.as_tensor(sigma, dtype=torch.float64).cpu().clamp(self.sigma_min, self.sigma_max).log()
-        i = torch.searchsorted(self.log_sigmas, log_sigma).clamp(1, self.d.T - 1)
-        lo, hi = self.log_sigmas[i - 1], self.log_sigmas[i]
-        t = i - 1 + (log_sigma - lo) / (hi - lo)
-        return float(t) if isinstance(sigma, (float, int)) else t
+        return float(self.d.sigmas[-1])
 
     def __call__(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
-        """D(x, sigma) for one sigma (a float) or one per image (a tensor of shape [B, 1, 1, 1])."""
-        t = self.timestep(sigma)
-        device = next(self.model.parameters()).device
+        """D(x, sigma) for one sigma (a float) or one per image (a tensor of shape [B, 1, 1, 1]);
+        everything stays on x's device (no host sync)."""
+        t = self.d.timestep_of_sigma(sigma.to(x.device) if isinstance(sigma, torch.Tensor) else sigma)
         if isinstance(t, float):
-            timesteps = torch.full((len(x),), round(t) if self.quantize else t, device=device)
+            timesteps = torch.full((len(x),), round(t) if self.quantize else t, device=x.device)
         else:
-            timesteps = (t.round() if self.quantize else t).flatten().expand(len(x)).to(device)
+            timesteps = (t.round() if self.quantize else t).flatten().expand(len(x))
         timesteps = timesteps.to(torch.long if self.quantize else torch.float32)
         if isinstance(sigma, torch.Tensor):
             sigma = sigma.to(device=x.device, dtype=x.dtype)
@@ -122,7 +112,7 @@ class Denoiser:
 
 def _report(callback: Callback, i: int, x: torch.Tensor, sigma: float, denoised: torch.Tensor) -> None:
     if callback is not None:
-        callback({"i": i, "x": x, "sigma": sigma, "denoised": denoised})
+        callback({"i": i, "x": x, "sigma": sigma, "x0": denoised})
 
 
 def _pairs(sigmas: torch.Tensor) -> list[tuple[float, float]]:
@@ -262,8 +252,7 @@ def sample_pc(
     e = 2 (snr |z| / |s|)^2 (algorithm 4; norms averaged over the batch) for a signal-to-noise ratio ``snr``.
     NFE = steps + corrector_steps (steps - 1) when the grid ends at 0.
     """
-    if isinstance(corrector_steps, bool) or not isinstance(corrector_steps, int) or corrector_steps < 0:
-        raise ValueError(f"corrector_steps must be an integer >= 0, got {corrector_steps!r}")
+    integer("corrector_steps", corrector_steps, minimum=0)
     for i, (sigma, sigma_next) in enumerate(_pairs(sigmas)):
         denoised = denoiser(x, sigma)
         _report(callback, i, x, sigma, denoised)
@@ -299,14 +288,11 @@ class Solver:
     snr: float = 0.16
 
     def __post_init__(self) -> None:
-        if self.name not in SOLVERS:
-            raise ValueError(f"unknown solver {self.name!r}; choose {', '.join(SOLVERS)}")
-        if isinstance(self.nfe, bool) or not isinstance(self.nfe, int) or self.nfe < 1:
-            raise ValueError(f"nfe must be a positive number of network evaluations, got {self.nfe!r}")
-        if isinstance(self.corrector_steps, bool) or not isinstance(self.corrector_steps, int) or self.corrector_steps < 0:
-            raise ValueError(f"corrector_steps must be an integer >= 0, got {self.corrector_steps!r}")
-        if not (math.isfinite(self.rho) and self.rho > 0 and math.isfinite(self.snr) and self.snr > 0):
-            raise ValueError(f"rho and snr must be positive numbers, got rho={self.rho}, snr={self.snr}")
+        choice("solver", self.name, SOLVERS)
+        integer("nfe (network evaluations)", self.nfe)
+        integer("corrector_steps", self.corrector_steps, minimum=0)
+        number("rho", self.rho)
+        number("snr", self.snr)
 
     @property
     def steps(self) -> int:
@@ -332,47 +318,22 @@ class Solver:
         extra = f", {self.corrector_steps} corrector step(s), snr {self.snr:g}" if self.name == "pc" else ""
         return f"{self.name}, {self.steps} steps, {self.spent} NFE (Karras grid rho {self.rho:g}{extra})"
 
-    @torch.no_grad()
-    def sample(
-        self,
-        model: nn.Module,
-        d: Diffusion,
-        x_T: torch.Tensor | tuple[int, ...],
-        generator: torch.Generator | None = None,
-        callback: Callback = None,
-        clamp: bool = True,
-    ) -> torch.Tensor:
-        """Images in [-1, 1] from x_T ~ N(0, I) (the same x_T as ``samplers.sample`` starts from:
-        x = x_T sqrt(1 + sigma_max^2) in the VE coordinates); ``clamp`` off leaves the range open (latents)."""
+    def num_steps(self, d: Diffusion) -> int:
+        return self.steps
+
+    def run(self, model: Callable[..., torch.Tensor], d: Diffusion, x_T: torch.Tensor, generator: torch.Generator | None, report: Report) -> torch.Tensor:
+        """The ``samplers.Sampler`` protocol: from x_T ~ N(0, I) (the same x_T DDPM and DDIM start
+        from, as x = x_T sqrt(1 + sigma_max^2) in the VE coordinates) down the Karras grid to sigma = 0."""
         denoiser = Denoiser(model, d)
-        x = starting_noise(x_T, generator, next(model.parameters()).device) * math.sqrt(1 + denoiser.sigma_max**2)
+        x = x_T * math.sqrt(1 + denoiser.sigma_max**2)
         sigmas = karras_sigmas(self.steps, denoiser.sigma_min, denoiser.sigma_max, self.rho)
+
+        def step(s: dict[str, Any]) -> None:  # VE state -> the process's x_t, sigma -> its timestep
+            report({"i": s["i"], "t": d.timestep_of_sigma(s["sigma"]), "sigma": s["sigma"], "x_t": s["x"] / math.sqrt(1 + s["sigma"] ** 2), "x0": s["x0"]})
+
         solve = SOLVERS[self.name]
-        with eval_mode(model):
-            if self.name == "pc":
-                x = solve(denoiser, x, sigmas, corrector_steps=self.corrector_steps, snr=self.snr, generator=generator, callback=callback)
-            elif self.name in STOCHASTIC:
-                x = solve(denoiser, x, sigmas, generator=generator, callback=callback)
-            else:
-                x = solve(denoiser, x, sigmas, callback=callback)
-        return x.clamp(-1, 1) if clamp else x
-
-
-def draw(
-    model: nn.Module,
-    d: Diffusion,
-    x_T: torch.Tensor | tuple[int, ...],
-    sampler: Any,
-    generator: torch.Generator | None = None,
-    progress: bool = False,
-    clamp: bool = True,
-) -> torch.Tensor:
-    """Images in [-1, 1] from x_T with any sampler of the course: ``DDPM``/``DDIM`` through
-    ``samplers.sample`` (with a progress bar if ``progress``), or one with its own
-    ``sample(model, d, x_T, generator)``: a noise-level ``Solver`` or ``consistency.MultistepConsistency``.
-    ``clamp`` off (DDPM, DDIM, Solver) leaves samples that are not pixels, such as latents, unclamped."""
-    if isinstance(sampler, Sampler):
-        return sample(model, d, x_T, sampler, generator, progress=progress, clamp=clamp)
-    if not clamp:
-        return sampler.sample(model, d, x_T, generator, clamp=False)
-    return sampler.sample(model, d, x_T, generator)
+        if self.name == "pc":
+            return solve(denoiser, x, sigmas, corrector_steps=self.corrector_steps, snr=self.snr, generator=generator, callback=step)
+        if self.name in STOCHASTIC:
+            return solve(denoiser, x, sigmas, generator=generator, callback=step)
+        return solve(denoiser, x, sigmas, callback=step)

@@ -80,10 +80,10 @@ def ddim_by_hand(model, x, steps, eta, gen):
 
 S = min(50, d.T)  # steps of the checks and pictures below
 assert [round(d.T - k * d.T / S) - 1 for k in range(S)] == ddim_timesteps(d.T, S)
-x_T = torch.randn(8, profile.channels, profile.image_size, profile.image_size, generator=cpu_generator(5))
+x_T = torch.randn(8, profile.channels, profile.image_size, profile.image_size, generator=cpu_generator(5)).to(device)
 for eta in (0.0, 0.5):
     with torch.no_grad():
-        by_hand = ddim_by_hand(model, x_T.to(device), S, eta, cpu_generator(6))
+        by_hand = ddim_by_hand(model, x_T, S, eta, cpu_generator(6))
     assert torch.allclose(by_hand, sample(model, d, x_T, DDIM(S, eta), cpu_generator(6), progress=False), atol=1e-4)
 
 # %% [markdown]
@@ -197,7 +197,7 @@ ax.set(xlabel="sampler", ylabel=f"FID ({q.features})", title=f"DDIM: FID against
 # the same fresh noise for both stochastic rows.
 
 # %%
-x_T = torch.randn(8, profile.channels, profile.image_size, profile.image_size, generator=cpu_generator(7))
+x_T = torch.randn(8, profile.channels, profile.image_size, profile.image_size, generator=cpu_generator(7)).to(device)
 fig, axes = plt.subplots(3, 1, figsize=(11, 5.4))
 for ax, eta in zip(axes, (0.0, 0.5, 1.0)):
     show_grid(sample(model, d, x_T, DDIM(S, eta), cpu_generator(8), progress=False).cpu(), f"eta = {eta:g}", nrow=8, ax=ax)
@@ -219,7 +219,7 @@ fig.tight_layout()
 
 # %%
 step_counts = [s for s in (5, 10, 20, 50, 100) if s <= d.T]
-x_T = torch.randn(8, profile.channels, profile.image_size, profile.image_size, generator=cpu_generator(3))
+x_T = torch.randn(8, profile.channels, profile.image_size, profile.image_size, generator=cpu_generator(3)).to(device)
 decoded = {s: sample(model, d, x_T, DDIM(s), progress=False).cpu() for s in step_counts}
 reference = decoded[step_counts[-1]]
 other = sample(model, d, x_T.shape, DDIM(step_counts[-1]), cpu_generator(4), progress=False).cpu()
@@ -272,7 +272,7 @@ path = torch.cat([slerp(z0, z1, a) for a in alphas])
 mid_line = 0.5 * (z0 + z1)
 print(f"norm of the noises {z0.norm():.1f} and {z1.norm():.1f}; slerp midpoint {slerp(z0, z1, 0.5).norm():.1f}; "
       f"straight-line midpoint {mid_line.norm():.1f}")
-walk = sample(model, d, path, DDIM(min(50, d.T)), progress=False).cpu()
+walk = sample(model, d, path.to(device), DDIM(min(50, d.T)), progress=False).cpu()
 show_grid(walk, f"DDIM decoding of a slerp path between two noises [{profile.name} profile]", nrow=8);
 
 # %% [markdown]
@@ -306,7 +306,7 @@ def invert_by_hand(model, x, steps):
 
 with torch.no_grad():
     latents = invert_by_hand(model, real.to(device), S)
-assert torch.allclose(latents, ddim_invert(model, d, real, S, progress=False), atol=1e-4)
+assert torch.allclose(latents, ddim_invert(model, d, real.to(device), S, progress=False), atol=1e-4)
 
 # %% [markdown]
 # Decoding the latents on the same grid returns the images only approximately, because each step
@@ -315,7 +315,7 @@ assert torch.allclose(latents, ddim_invert(model, d, real, S, progress=False), a
 # %%
 rows_inv = []
 for s_inv in [s for s in (10, 20, 50, 100, 200) if s <= d.T]:
-    latents = ddim_invert(model, d, real, s_inv, progress=False)
+    latents = ddim_invert(model, d, real.to(device), s_inv, progress=False)
     back = sample(model, d, latents, DDIM(s_inv, clip_x0=False), progress=False).cpu()
     rows_inv.append({"steps": s_inv, "error": (back - real).abs().mean().item(), "latent_std": latents.std().item(), "back": back, "latents": latents.cpu()})
     print(f"{s_inv:>4} steps: mean |x_0 - decoded| = {rows_inv[-1]['error']:.4f}, std of the latents {rows_inv[-1]['latent_std']:.3f}")

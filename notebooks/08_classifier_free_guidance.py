@@ -161,7 +161,7 @@ with torch.no_grad():
 per_row = 8
 steps = profile.sample.ddim_steps
 shape = (per_row, profile.channels, profile.image_size, profile.image_size)
-x_T = torch.randn(shape, generator=cpu_generator(5)).repeat(len(classes), 1, 1, 1)
+x_T = torch.randn(shape, generator=cpu_generator(5)).repeat(len(classes), 1, 1, 1).to(device)
 labels = torch.arange(len(classes)).repeat_interleave(per_row)
 
 

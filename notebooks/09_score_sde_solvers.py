@@ -230,7 +230,7 @@ fig, axes = plt.subplots(2, 1, figsize=(11, 4.2), constrained_layout=True)
 for ax, (name, solve) in zip(axes, (("probability-flow ODE (Heun)", lambda cb: sample_heun(denoiser, x_img, image_grid, callback=cb)),
                                     ("reverse SDE (Euler-ancestral)", lambda cb: sample_euler_ancestral(denoiser, x_img, image_grid, cpu_generator(11), callback=cb)))):
     guesses = []
-    end = solve(lambda step: guesses.append(step["denoised"].clamp(-1, 1).cpu()) if step["i"] % 2 == 0 else None)
+    end = solve(lambda step: guesses.append(step["x0"].clamp(-1, 1).cpu()) if step["i"] % 2 == 0 else None)
     frames = torch.stack(guesses + [end.clamp(-1, 1).cpu()], dim=1)  # [3 images, 11 frames, C, H, W]
     show_grid(frames.flatten(0, 1), f"{name}: D(x; sigma) every 2nd of 20 steps, then the sample", nrow=frames.shape[1], ax=ax)
 fig.suptitle(f"denoised guesses along a path, sigma from {denoiser.sigma_max:.0f} (left) to 0 (right) [{profile.name} profile]");
@@ -477,13 +477,13 @@ print(f"at a budget of {top}: " + ", ".join(f"{m} {f:.1f}" for f, m in at_top) +
 # chain on top for reference:
 
 # %%
-x_T = torch.randn(8, profile.channels, profile.image_size, profile.image_size, generator=cpu_generator(8))
-from helpers.solvers import draw
+x_T = torch.randn(8, profile.channels, profile.image_size, profile.image_size, generator=cpu_generator(8)).to(device)
+from helpers.samplers import sample
 
 shown = [("DDPM", DDPM())] + [(m, make(min(10, d.T))) for m, make in methods.items()]
 fig, axes = plt.subplots(len(shown), 1, figsize=(9, 1.45 * len(shown)), constrained_layout=True)
 for ax, (method, sampler) in zip(axes, shown):
-    show_grid(draw(model, d, x_T, sampler, cpu_generator(9)).cpu(), str(sampler), nrow=8, ax=ax)
+    show_grid(sample(model, d, x_T, sampler, cpu_generator(9), progress=False).cpu(), str(sampler), nrow=8, ax=ax)
 fig.suptitle(f"the same noise, NFE = 10 except DDPM [{profile.name} profile]");
 
 # %% [markdown]

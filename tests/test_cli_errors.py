@@ -79,7 +79,7 @@ def test_the_destination_is_checked_before_sampling(checkpoints, tmp_path, capsy
     def no_sampling(*args, **kwargs):
         raise AssertionError("sampled before checking --out")
 
-    monkeypatch.setattr(sample_cli, "draw", no_sampling)
+    monkeypatch.setattr(sample_cli, "sample", no_sampling)
     code, err = run_sample(capsys, "--checkpoint", checkpoints["uncond"], "--out", tmp_path / "grid.gif")
     assert code == 2 and ".gif is none of them" in err
     (tmp_path / "file").write_text("x")

@@ -26,6 +26,7 @@ from helpers.data import ImageDataset
 from helpers.distillation import Distiller
 from helpers.device import cpu_generator
 from helpers.diffusion import Diffusion
+from helpers.samplers import sample
 from helpers.solvers import Denoiser
 
 
@@ -145,7 +146,7 @@ class Counting(torch.nn.Module):
 def test_multistep_sampling_calls_the_network_nfe_times(nfe):
     d = Diffusion.from_schedule("linear", 100)
     net = Counting(random_unet())
-    x = MultistepConsistency(nfe).sample(net, d, (5, 1, 16, 16), cpu_generator(0))
+    x = sample(net, d, (5, 1, 16, 16), MultistepConsistency(nfe), cpu_generator(0), progress=False)
     assert net.calls == nfe and x.shape == (5, 1, 16, 16) and x.abs().max() <= 1
 
 
@@ -155,7 +156,7 @@ def test_one_step_sampling_is_f_at_sigma_max_of_the_starting_noise():
     f = ConsistencyFunction(model, d)
     x_T = torch.randn(3, 1, 16, 16, generator=cpu_generator(7))
     expected = f(x_T * math.sqrt(1 + f.sigma_max**2), f.sigma_max).clamp(-1, 1)
-    torch.testing.assert_close(MultistepConsistency(1).sample(model, d, x_T), expected)
+    torch.testing.assert_close(sample(model, d, x_T, MultistepConsistency(1), progress=False), expected)
 
 
 def test_sampler_settings_are_checked():
@@ -163,7 +164,7 @@ def test_sampler_settings_are_checked():
         MultistepConsistency(2, sigmas=(1.0, 0.5))
     with pytest.raises(ValueError, match="positive and decreasing"):
         MultistepConsistency(3, sigmas=(0.5, 1.0))
-    with pytest.raises(ValueError, match="positive number of network evaluations"):
+    with pytest.raises(ValueError, match="nfe .network evaluations. must be a positive integer"):
         MultistepConsistency(0)
     with pytest.raises(ValueError, match="unknown distance"):
         DistilConfig(steps=1, distance="lpips")

@@ -68,7 +68,7 @@ def test_sampling_puts_no_float64_on_the_device(prediction):
     for sampler in SAMPLERS:
         assert _watched(lambda: sample(guided, d, shape, sampler, cpu_generator(0), progress=False)) == [], sampler
     for name in SOLVER_NAMES:
-        assert _watched(lambda: Solver(name, 4).sample(guided, d, shape, cpu_generator(0))) == [], name
+        assert _watched(lambda: sample(guided, d, shape, Solver(name, 4), cpu_generator(0), progress=False)) == [], name
     x0 = torch.zeros(shape, device=META)
     assert _watched(lambda: ddim_invert(guided, d, x0, 5, progress=False)) == []
 

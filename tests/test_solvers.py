@@ -13,6 +13,7 @@ import torch
 
 from helpers.device import cpu_generator
 from helpers.diffusion import Diffusion
+from helpers.samplers import sample
 from helpers.solvers import (
     SOLVERS,
     Denoiser,
@@ -67,8 +68,8 @@ def test_denoiser_of_a_ddpm_model_is_the_posterior_mean_of_x0_plus_sigma_eps(pre
     denoiser = Denoiser(GaussianDenoiser(d), d)
     x = torch.randn(8, 1, 2, 2, generator=cpu_generator(0), dtype=torch.float64)
     for t in (0, 10, 300, 999):
-        sigma = float(denoiser.sigmas[t])
-        assert denoiser.timestep(sigma) == pytest.approx(t, abs=1e-6)
+        sigma = float(d.sigmas[t])
+        assert d.timestep_of_sigma(sigma) == pytest.approx(t, abs=1e-6)
         x_ve = x * math.sqrt(1 + sigma**2)
         want = MU + S**2 / (S**2 + sigma**2) * (x_ve - MU)
         assert torch.allclose(denoiser(x_ve.float(), sigma).double(), want, rtol=1e-4, atol=1e-4 * max(1.0, sigma)), t
@@ -121,7 +122,7 @@ def test_solvers_spend_their_nfe_budget_exactly(name, corrector_steps, nfe):
     counted.anchor = model.anchor
     counted.forward = lambda x, t: (calls.append(1), model(x, t))[1]
     solver = Solver(name, nfe, corrector_steps=corrector_steps)
-    solver.sample(counted, d, (4, 1, 2, 2), cpu_generator(0))
+    sample(counted, d, (4, 1, 2, 2), solver, cpu_generator(0), progress=False)
     step_cost = {"heun": 2, "pc": 1 + corrector_steps}.get(name, 1)
     assert len(calls) == solver.spent and nfe - step_cost < len(calls) <= nfe
 
@@ -132,7 +133,7 @@ def test_every_solver_recovers_gaussian_data_from_a_ddpm_model(name):
     mean and standard deviation (within 4.5%: Euler-ancestral, first order and stochastic, is the
     slowest to converge, 3.8% low here; at 40 NFE PC's 20 steps are still 30% too wide)."""
     d = Diffusion.from_schedule("linear", T)
-    x = Solver(name, 200).sample(GaussianDenoiser(d), d, (20_000, 1, 2, 2), cpu_generator(0)).double()
+    x = sample(GaussianDenoiser(d), d, (20_000, 1, 2, 2), Solver(name, 200), cpu_generator(0), progress=False).double()
     assert (x.mean(0, keepdim=True) - MU).abs().max() < 0.01
     assert ((x.std(0, keepdim=True) - S) / S).abs().max() < 0.045, x.std(0)
 
