@@ -1,7 +1,28 @@
-"""The tested code behind the diffusion-models notebooks.
+"""The tested code behind the diffusion-models notebooks, in layers.
 
-Modules, in the order the notebooks meet them: ``device``, ``config``, ``data``, ``schedules``,
-``diffusion`` (01); ``unet`` (02); ``training``, ``checkpoints`` (03); ``samplers`` (04, 05);
-``ema``, ``classifier``, ``metrics`` (06); ``viz`` throughout. Command lines: ``python -m
-helpers.train``, ``python -m helpers.sample``, ``python -m helpers.bench``.
+Each module imports only from its own layer and those before it, never from a later one, not even
+lazily inside a function (``tests/test_layers.py`` holds the package to ``LAYERS``):
+
+* leaves: ``device`` (which device, reproducible noise, timing), ``paths`` (where files live, the
+  checkpoint names, the shipped models), ``validate`` (the argument checks).
+* math: ``schedules``, ``diffusion`` (01, 03, 07), ``samplers`` (04, 05: the one sampler protocol
+  and ``sample``), ``solvers`` (09), ``consistency`` (11), ``ema`` (06), ``toy`` (09).
+* networks: ``unet`` (02), ``autoencoder`` (10).
+* plumbing: ``config`` (the profiles and run settings), ``checkpoints``, ``distributed``, ``data``,
+  ``latent``, ``viz``.
+* runs: ``runs`` (the one guarded loop), ``train_log``, ``training`` (03), ``distillation`` (11),
+  ``autoencoder_training`` (10).
+* measuring: ``classifier``, ``metrics``, ``evaluation`` (06 onwards).
+* programs: ``python -m helpers <command>`` (``cli``, ``__main__``, ``train``, ``sample``,
+  ``distil``, ``autoencode``, ``bench``, ``pretrained``), ``reference`` and ``exercises``.
 """
+
+LAYERS: dict[str, tuple[str, ...]] = {
+    "leaves": ("device", "paths", "validate"),
+    "math": ("schedules", "diffusion", "samplers", "solvers", "consistency", "ema", "toy"),
+    "networks": ("unet", "autoencoder"),
+    "plumbing": ("config", "checkpoints", "distributed", "data", "latent", "viz"),
+    "runs": ("runs", "train_log", "training", "distillation", "autoencoder_training"),
+    "measuring": ("classifier", "metrics", "evaluation"),
+    "programs": ("cli", "__main__", "train", "sample", "distil", "autoencode", "bench", "pretrained", "reference", "exercises"),
+}

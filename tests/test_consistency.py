@@ -147,7 +147,7 @@ def test_multistep_sampling_calls_the_network_nfe_times(nfe):
     d = Diffusion.from_schedule("linear", 100)
     net = Counting(random_unet())
     x = sample(net, d, (5, 1, 16, 16), MultistepConsistency(nfe), cpu_generator(0), progress=False)
-    assert net.calls == nfe and x.shape == (5, 1, 16, 16) and x.abs().max() <= 1
+    assert net.calls == nfe and x.shape == (5, 1, 16, 16)
 
 
 def test_one_step_sampling_is_f_at_sigma_max_of_the_starting_noise():

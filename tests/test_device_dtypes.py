@@ -13,10 +13,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from helpers.device import cpu_generator
+from helpers.consistency import MultistepConsistency
+from helpers.device import amp_dtype, channels_last_ok, cpu_generator, needs_grad_scaler
 from helpers.diffusion import Diffusion
 from helpers.samplers import DDIM, DDPM, Guided, ddim_invert, sample
-from helpers.solvers import SOLVERS, Solver
+from helpers.solvers import SOLVERS, Denoiser, Solver
 from helpers.training import TrainConfig, Trainer
 from helpers.unet import UNet
 
@@ -79,3 +80,30 @@ def test_the_watch_sees_a_float64_tensor_on_the_device():
     x = torch.zeros(4, 1, 16, 16, device=META)
     assert _watched(lambda: x * d.alpha_bars.to(META)[3]) != []
     assert _watched(lambda: x * d.alpha_bars.to(torch.float32).to(META)[3]) == []
+
+
+def test_consistency_sampling_and_a_per_image_denoiser_stay_on_the_device():
+    """Meta tensors have no values, so any read back to the host (``.item()``, ``float()``,
+    ``.cpu()`` of a result) fails here: multistep consistency sampling and the denoiser with one
+    sigma per image (as distillation calls it) run without one, and put no float64 on the device."""
+    d = Diffusion.from_schedule("linear", 20)
+    model = UNet(**SMALL_UNET).to(META)
+    assert _watched(lambda: sample(model, d, (4, 1, 16, 16), MultistepConsistency(3), cpu_generator(0), progress=False)) == []
+    sigma = torch.full((4, 1, 1, 1), 2.0, device=META)
+    x = torch.zeros(4, 1, 16, 16, device=META)
+    with torch.no_grad():
+        assert _watched(lambda: Denoiser(model, d)(x, sigma)) == []
+
+
+@pytest.mark.parametrize("capability,dtype,scaler", [((9, 0), torch.bfloat16, False), ((8, 6), torch.bfloat16, False), ((7, 5), torch.float16, True), ((7, 0), torch.float16, True), ((6, 1), None, False)])
+def test_autocast_is_native_bf16_fp16_with_a_scaler_on_7x_and_fp32_before(monkeypatch, capability, dtype, scaler):
+    """A T4 (7.5) or V100 (7.0) reports bf16 support through emulation, slower than fp32: they get fp16."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # what an emulating GPU says
+    assert amp_dtype(torch.device("cuda")) == dtype
+    assert needs_grad_scaler(amp_dtype(torch.device("cuda"))) is scaler
+
+
+def test_no_autocast_and_no_channels_last_where_they_do_not_pay():
+    assert amp_dtype(torch.device("cpu")) is None and amp_dtype(torch.device("mps")) is None
+    assert not channels_last_ok(torch.device("mps")) and channels_last_ok(torch.device("cuda")) and channels_last_ok(torch.device("cpu"))
