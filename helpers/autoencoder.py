@@ -4,7 +4,7 @@
 The encoder maps an image to a diagonal Gaussian q(z | x) = N(mu(x), diag sigma(x)^2) over a latent
 of shape ``latent_channels x s x s`` (s = the image side padded up to a multiple of 8, over 4: an
 even side, which the latent U-Net can halve; 28 -> 32 -> 8); the
-decoder maps a latent back to pixels. Training minimises, per image,
+decoder maps a latent back to pixels. Training (``helpers.autoencoder_training``) minimises, per image,
 
     L = ||x - D(z)||_1 + beta KL(q(z | x) || N(0, I)),   z = mu + sigma * eps  (reparameterised),
     KL = 1/2 sum_j (mu_j^2 + sigma_j^2 - 1 - log sigma_j^2),
@@ -19,21 +19,15 @@ from __future__ import annotations
 
 import hashlib
 import math
-import time
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
-from helpers.checkpoints import CheckpointError, atomic_torch_save, non_finite, safe_load
+from helpers.device import randn
 
-__all__ = ["FORMAT", "DiagonalGaussian", "Autoencoder", "train_autoencoder", "save_autoencoder", "load_autoencoder"]
+__all__ = ["DiagonalGaussian", "Autoencoder"]
 
-FORMAT = "diffusion-course-autoencoder/1"
 DOWNSAMPLES = 2  # the latent side is the (padded) image side / 4
 
 
@@ -48,7 +42,7 @@ class DiagonalGaussian:
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """z = mean + std * eps with eps ~ N(0, I) (the reparameterisation trick: z is differentiable
         in mean and logvar); eps from ``generator`` on the CPU if given."""
-        eps = torch.randn(self.mean.shape, generator=generator).to(self.mean) if generator is not None else torch.randn_like(self.mean)
+        eps = randn(self.mean.shape, generator, self.mean.device).to(self.mean.dtype) if generator is not None else torch.randn_like(self.mean)
         return self.mean + self.std * eps
 
     def kl(self) -> torch.Tensor:
@@ -144,115 +138,3 @@ class Autoencoder(nn.Module):
             h.update(value.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
 
-
-def train_autoencoder(
-    ae: Autoencoder,
-    dataset: Dataset,
-    steps: int,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    kl_weight: float = 1e-6,
-    device: torch.device | str = "cpu",
-    seed: int = 0,
-    log_every: int = 50,
-    progress: bool = True,
-) -> list[dict[str, float]]:
-    """Minimise L1 reconstruction + ``kl_weight`` KL (per image, summed over pixels and latents)
-    with Adam; returns the log (step, L1 per pixel, KL per image, seconds)."""
-    from helpers.data import make_loader
-
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be positive, got {steps} and {batch_size}")
-    ae.to(device).train()
-    opt = torch.optim.Adam(ae.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    batches = iter(make_loader(dataset, batch_size, seed=seed))
-    history: list[dict[str, float]] = []
-    rec_sum = kl_sum = 0.0
-    t0 = time.perf_counter()
-    for step in tqdm(range(1, steps + 1), desc="autoencoder", disable=not progress):
-        x = next(batches)[0].to(device)
-        recon, posterior = ae(x, gen)
-        rec = (recon - x).abs().flatten(1).sum(1)
-        kl = posterior.kl()
-        loss = (rec + kl_weight * kl).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        rec_sum, kl_sum = rec_sum + float(rec.mean().detach()) / x[0].numel(), kl_sum + float(kl.mean().detach())
-        if not math.isfinite(rec_sum):
-            raise FloatingPointError(f"the reconstruction loss became non-finite at step {step}; lower the learning rate (now {lr:g})")
-        if step % log_every == 0 or step == steps:
-            n = log_every if step % log_every == 0 else step % log_every
-            history.append({"step": step, "l1": rec_sum / n, "kl": kl_sum / n, "seconds": time.perf_counter() - t0})
-            rec_sum = kl_sum = 0.0
-    ae.eval()
-    return history
-
-
-def save_autoencoder(path: str | Path, ae: Autoencoder, history: list[dict[str, float]] | None = None, extra: dict[str, Any] | None = None) -> Path:
-    """Write the autoencoder (weights with its scale factor, config, fingerprint, log) atomically."""
-    broken = non_finite(ae.state_dict().items())
-    if broken:
-        raise FloatingPointError(f"the autoencoder's weights are not finite ({broken[0]}), so {path} was not written")
-    return atomic_torch_save({"format": FORMAT, "config": dict(ae.config), "weights": ae.state_dict(), "fingerprint": ae.fingerprint(),
-                              "history": history or [], "extra": extra or {}}, path)  # fmt: skip
-
-
-def load_autoencoder(path: str | Path, device: torch.device | str = "cpu") -> Autoencoder:
-    """Rebuild an autoencoder saved by ``save_autoencoder``; a missing, foreign or damaged file is a one-line error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no autoencoder checkpoint at {path}")
-    ckpt = safe_load(path)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an autoencoder checkpoint of this course (no format {FORMAT!r})")
-    try:
-        ae = Autoencoder(**ckpt["config"])
-        ae.load_state_dict(ckpt["weights"])
-    except (KeyError, TypeError, RuntimeError) as err:
-        raise CheckpointError(f"{path} is a damaged autoencoder checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:160]})") from err
-    if ae.fingerprint() != ckpt["fingerprint"]:
-        raise CheckpointError(f"{path}: its weights do not match its recorded fingerprint (a damaged or edited file)")
-    return ae.to(device).eval()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m helpers.autoencoder``: train the profile's autoencoder, measure its scale factor, save it."""
-    import argparse
-    import sys
-
-    from helpers.config import PROFILES, get_profile
-    from helpers.data import DatasetUnavailableError, profile_dataset
-    from helpers.device import describe, pick_device, seed_everything
-
-    p = argparse.ArgumentParser(prog="python -m helpers.autoencoder", description="Train notebook 10's autoencoder under a profile (then: python -m helpers.train --autoencoder OUT).")
-    p.add_argument("--profile", choices=list(PROFILES), default=None, help="data and settings (default: $DIFFUSION_PROFILE, else full on CUDA and laptop elsewhere)")
-    p.add_argument("--out", type=Path, default=None, help="checkpoint file (default: artifacts/<profile>/checkpoints/10_autoencoder.pt)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: the profile's)")
-    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (for log files)")
-    args = p.parse_args(argv)
-    try:
-        device = pick_device(args.device)
-        profile = get_profile(args.profile, device)
-        out = args.out or profile.checkpoint("autoencoder")
-        if out.is_file():
-            raise ValueError(f"{out} exists; pass --out to write elsewhere")
-        seed_everything(profile.seed)
-        settings = {**profile.autoencoder["train"], **({"steps": args.steps} if args.steps is not None else {})}
-        ae = Autoencoder(image_size=profile.image_size, in_channels=profile.channels, **profile.autoencoder["model"])
-        data = profile_dataset(profile)
-        print(f"training a {sum(p.numel() for p in ae.parameters()):,}-parameter autoencoder on {describe(device)}: latents {ae.latent_shape}")
-        history = train_autoencoder(ae, data, device=device, seed=profile.seed, progress=not args.no_progress, **settings)
-        scale = ae.measure_scale(data.tensors()[0][:2000])
-        save_autoencoder(out, ae, history)
-    except (ValueError, DatasetUnavailableError, FloatingPointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"saved {out}: L1 per pixel {history[-1]['l1']:.4f}, scale factor {scale:.4f}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

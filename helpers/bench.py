@@ -1,13 +1,13 @@
-"""Benchmarks: training speed, sampling speed, and sample quality at equal minutes.
+"""``python -m helpers bench``: training speed, sampling speed, and sample quality at equal minutes.
 
-    python -m helpers.bench train [--profile full] [--steps 20] [--reference diffusers]
-    python -m helpers.bench train --nproc 1 2 [--profile full]     # several processes (DDP)
-    python -m helpers.bench evaluate --nproc 1 2 [--profile full]  # sharded FID sampling
-    python -m helpers.bench sample [--profile full] [--n 64]
-    python -m helpers.bench quality --minutes 10 20 [--fid-n 1000] [--dims 64,matched]
+    python -m helpers bench train [--profile full] [--steps 20] [--reference diffusers]
+    python -m helpers bench train --nproc 1 2 [--profile full]     # several processes (DDP)
+    python -m helpers bench evaluate --nproc 1 2 [--profile full]  # sharded FID sampling
+    python -m helpers bench sample [--profile full] [--n 64]
+    python -m helpers bench quality --minutes 10 20 [--fid-n 1000] [--dims 64,matched]
 
 ``train`` times ``Trainer.train_step`` (the step notebook 03 takes) on the profile's U-Net and
-batch size: eager vs ``torch.compile``, float32 vs bf16 autocast where the device has it, and
+batch size: eager vs ``torch.compile``, float32 vs bf16 (fp16 on compute capability 7.x) autocast where the device has it, and
 (with ``--reference diffusers``, if diffusers is installed) diffusers' ``UNet2DModel`` of the
 same widths in the same step. With ``--nproc`` it times the same step under DistributedDataParallel
 instead, for each process count (``helpers.distributed``: the global batch split among the
@@ -18,7 +18,7 @@ the network (the sampler's overhead). ``quality`` trains the profile's recipe (t
 object and ``Trainer`` as notebook 03) and lucidrains' denoising-diffusion-pytorch at its own
 defaults (``helpers.reference``) for the same wall-clock minutes on the same device and data, then
 samples each with its default fast sampler (DDIM) at the same number of network evaluations and
-prints FID/KID/IS beside the real-data floor.
+prints FID/KID/IS beside the real-data floor. ``python -m helpers.bench`` runs the same command.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from helpers.config import PROFILES, Profile, get_profile
-from helpers.device import amp_dtype, cpu_generator, describe, peak_memory_mb, pick_device, reset_peak_memory, sync
+from helpers import cli
+from helpers.config import Profile
+from helpers.device import amp_dtype, cpu_generator, describe, peak_memory_mb, reset_peak_memory, sync
 from helpers.diffusion import Diffusion
 from helpers.distributed import World, free_port
 from helpers.samplers import DDIM, DDPM, Sampler, sample
@@ -107,7 +108,8 @@ def bench_train(
     x0, y = _fixed_batch(profile, bs)
     batch = torch.utils.data.TensorDataset(x0, y)
     x0, y = x0.to(device), y.to(device)  # already where the step needs them: no copy is timed
-    precisions = [("fp32", False)] + ([("bf16", True)] if amp_dtype(device) else [])
+    mixed = amp_dtype(device)
+    precisions = [("fp32", False)] + ([({torch.bfloat16: "bf16", torch.float16: "fp16"}[mixed], True)] if mixed else [])
     models: list[tuple[str, Callable[[], nn.Module]]] = [("ours", lambda: UNet(**profile.model))]
     if reference:
         models.append(("diffusers UNet2DModel", lambda: _Diffusers(_reference_unet(profile))))
@@ -288,7 +290,7 @@ def bench_quality(
             with trainer.ema.averaged(trainer.model) if trainer.ema is not None else contextlib.nullcontext():
                 return evaluator.images(trainer.model)[0]
 
-        return sum(p.numel() for p in trainer.model.parameters()), lambda: trainer.train(chunk).step, sample_ema
+        return sum(p.numel() for p in trainer.model.parameters()), lambda: trainer.train(trainer.step + chunk).step, sample_ema
 
     def theirs(dim: int) -> Callable[[], tuple[int, Callable[[], int], Callable[[], torch.Tensor]]]:
         def build() -> tuple[int, Callable[[], int], Callable[[], torch.Tensor]]:
@@ -345,38 +347,37 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m helpers.bench", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = cli.parser("bench", "train times the Trainer's step, sample the samplers, evaluate the sharded FID evaluation, and quality our recipe against lucidrains' library.", progress=False)
     p.add_argument("what", choices=("train", "evaluate", "sample", "quality"), help="what to measure (evaluate needs --nproc)")
-    p.add_argument("--profile", choices=list(PROFILES), default=None, help="model and batch size of this profile (default: $DIFFUSION_PROFILE, else by device)")
-    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
-    p.add_argument("--steps", type=int, default=20, help="timed training steps per variant (evaluate: timed evaluations)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
-    p.add_argument("--batch-size", type=int, default=None, help="override the profile's training batch size")
-    p.add_argument("--n", type=int, default=64, help="images per sampling batch")
+    p.add_argument("--steps", type=cli.positive, default=20, help="timed training steps per variant (evaluate: timed evaluations) (default: 20)")
+    p.add_argument("--warmup", type=cli.count, default=5, help="untimed steps first, where compilation happens (default: 5)")
+    p.add_argument("--batch-size", type=cli.positive, default=None, help="override the profile's training batch size (default: the profile's)")
+    p.add_argument("--n", type=cli.positive, default=64, help="images per sampling batch (default: 64)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     p.add_argument("--reference", choices=("diffusers",), default=None, help="also time diffusers' UNet2DModel of the same widths (needs diffusers)")
-    p.add_argument("--nproc", type=int, nargs="+", default=None, help="train/evaluate: time DDP with each of these process counts (e.g. 1 2); one GPU per process on CUDA")
-    g = p.add_argument_group("quality")
-    g.add_argument("--minutes", type=float, nargs="+", default=[10.0, 20.0], help="training minutes per system; one run per system, scored at each mark")
-    g.add_argument("--fid-n", type=int, default=1000, help="generated images per score (the floor uses as many held-out real ones)")
-    g.add_argument("--dims", default="64,matched", help="lucidrains U-Net widths, comma-separated; 'matched' is the one closest to ours in parameters")
-    g.add_argument("--nfe", type=int, default=None, help="network evaluations (DDIM steps) per sample, the same for every system (default: the profile's ddim_steps)")
-    args = p.parse_args(argv)
-    if any(m <= 0 for m in args.minutes):
-        p.error(f"--minutes must be positive, got {args.minutes}")
-    device = pick_device(args.device)
-    profile = get_profile(args.profile, device)
+    p.add_argument("--nproc", type=cli.positive, nargs="+", default=None, help="train/evaluate: time DDP with each of these process counts (e.g. 1 2); one GPU per process on CUDA")
+    g = p.group("quality")
+    g.add_argument("--minutes", type=cli.positive_number, nargs="+", default=[10.0, 20.0], help="training minutes per system; one run per system, scored at each mark (default: 10 20)")
+    g.add_argument("--fid-n", type=cli.positive, default=1000, help="generated images per score; the floor uses as many held-out real ones (default: 1000)")
+    g.add_argument("--dims", default="64,matched", help="lucidrains U-Net widths, comma-separated; 'matched' is the one closest to ours in parameters (default: 64,matched)")
+    g.add_argument("--nfe", type=cli.positive, default=None, help="network evaluations (DDIM steps) per sample, the same for every system (default: the profile's ddim_steps)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure as ``args`` say and print the table; the exit code. Bad input: CliError."""
+    device = cli.pick(args)
+    profile = cli.profile_of(args, device)
+    if args.nproc is not None or args.what == "evaluate":
+        if args.what not in ("train", "evaluate") or args.nproc is None:
+            raise cli.CliError("--nproc takes process counts of at least 1, for train or evaluate (evaluate needs it)")
     if args.batch_size:
         profile = replace(profile, train=replace(profile.train, batch_size=args.batch_size))
     print(f"{profile.name} profile on {describe(device)}, torch {torch.__version__}, {platform.platform()}")
-    if args.nproc is not None or args.what == "evaluate":
-        if args.what not in ("train", "evaluate") or args.nproc is None or min(args.nproc) < 1:
-            p.error("--nproc takes process counts of at least 1, for train or evaluate (evaluate needs it)")
-        try:
+    if args.nproc is not None:
+        with cli.setting_up():
             rows = bench_processes(profile, device, args.what, args.nproc, args.steps, args.warmup)
-        except ValueError as err:
-            p.error(str(err))
         print(_table(rows, list(rows[0])))
     elif args.what == "train":
         rows = bench_train(profile, device, args.steps, args.warmup, not args.no_compile, args.reference == "diffusers")
@@ -387,9 +388,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             require_lucidrains()
         except RuntimeError as err:
-            p.error(str(err))
+            raise cli.CliError(str(err)) from None
         ours = sum(q.numel() for q in UNet(**profile.model).parameters())
-        dims = list(dict.fromkeys(matched_dim(ours, profile.channels) if v == "matched" else int(v) for v in args.dims.split(",")))
+        try:
+            dims = list(dict.fromkeys(matched_dim(ours, profile.channels) if v == "matched" else int(v) for v in args.dims.split(",")))
+        except ValueError:
+            raise cli.CliError(f"--dims takes widths and 'matched', comma-separated, got {args.dims!r}") from None
         rows = bench_quality(profile, device, args.minutes, args.fid_n, dims, args.nfe or profile.sample.ddim_steps)
         print(f"\n{_table(rows, list(rows[0]))}")
     else:
@@ -398,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
             r["overhead"] = f"{r['overhead']:+.1%}"
         print(_table(rows, ["sampler", "batch", "img_per_s", "ms_per_image", "overhead", "memory_mb", "memory"]))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run_command(build_parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,24 @@
-"""Checkpoints: atomic save, safe load on any device, and one-sentence errors.
+"""Checkpoints: one format for every model the course trains, atomic save, safe load on any
+device, and one-sentence errors.
 
 A checkpoint is a dict of plain data and tensors, read back with ``torch.load(weights_only=True)``
 (no pickled code runs) and ``map_location`` (a CUDA checkpoint opens on MPS or a CPU):
 
-    format       "diffusion-course/1"
-    model        the U-Net's state_dict          model_config   UNet keyword arguments
-    diffusion    Diffusion.config()              step           optimiser steps taken
-    optimizer, scheduler, ema                    state_dicts (optional)
-    train        training settings, incl. p_uncond for conditional models
-    history      metrics log rows                rng            random generator states
-    profile      name of the profile             extra          anything else (plain data)
+    format       "diffusion-course/1"           kind     what it holds (KINDS): unet, consistency,
+    model        the network's state_dict                 autoencoder or classifier
+    model_config the network's keyword arguments         step     optimiser steps taken
+    diffusion    Diffusion.config() (unet, consistency)
+    optimizer, scheduler, scaler, ema, target_ema        state_dicts (optional)
+    train        the run's settings (TrainConfig, DistilConfig or AutoencoderConfig as a dict)
+    history      metrics log rows                rng     random generator states
+    profile      name of the profile             extra   anything else (plain data)
+    fingerprint  an autoencoder's (helpers.autoencoder)  info     a classifier's accuracy and data
+
+``save_checkpoint`` writes it, ``load_checkpoint`` reads it and refuses another kind in one line
+("x.pt holds an autoencoder, not a U-Net"). Files of earlier versions still load: the course
+format without a kind (a U-Net, or a consistency model when ``extra['consistency']`` is there:
+``pretrained/*.pt``), the classifier's ``{config, model, info}`` and the autoencoder's own
+format ``diffusion-course-autoencoder/1``.
 """
 
 from __future__ import annotations
@@ -23,12 +32,22 @@ from typing import Any
 
 import torch
 
+from helpers.autoencoder import Autoencoder
 from helpers.diffusion import Diffusion
 from helpers.unet import UNet
 
-__all__ = ["FORMAT", "CheckpointError", "atomic_torch_save", "save_checkpoint", "first_line", "damaged", "non_finite", "safe_load", "load_checkpoint", "load_model", "rng_state", "set_rng_state"]
+__all__ = [
+    "FORMAT", "KINDS", "DIFFUSION_KINDS", "CheckpointError", "atomic_torch_save", "save_checkpoint", "first_line", "damaged",
+    "non_finite", "safe_load", "read_checkpoint", "kind_of", "load_checkpoint", "load_model", "save_autoencoder",
+    "load_autoencoder", "rng_state", "set_rng_state",
+]  # fmt: skip
 
 FORMAT = "diffusion-course/1"
+KINDS = {"unet": "a U-Net", "consistency": "a consistency model", "autoencoder": "an autoencoder", "classifier": "a classifier"}
+DIFFUSION_KINDS = ("unet", "consistency")  # U-Nets under a diffusion process: what load_model and the samplers take
+_NEEDS = {"unet": ("model", "model_config", "diffusion", "step"), "consistency": ("model", "model_config", "diffusion", "step"),
+          "autoencoder": ("model", "model_config", "step"), "classifier": ("model", "model_config")}  # fmt: skip
+_OLD_AUTOENCODER = "diffusion-course-autoencoder/1"  # helpers.autoencoder's own format before the kinds
 
 
 class CheckpointError(ValueError):
@@ -74,12 +93,22 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> Path:
-    """Write ``checkpoint`` (with the format tag added) to ``path`` atomically."""
-    for key in ("model", "model_config", "diffusion", "step"):
+def save_checkpoint(path: str | Path, checkpoint: dict[str, Any], kind: str | None = None) -> Path:
+    """Write ``checkpoint`` with the format tag and its ``kind`` (default: the one it names, else
+    ``kind_of`` it) to ``path`` atomically."""
+    kind = kind or checkpoint.get("kind") or kind_of(checkpoint)
+    if kind not in KINDS:
+        raise ValueError(f"unknown checkpoint kind {kind!r}; choose {', '.join(KINDS)}")
+    for key in _NEEDS[kind]:
         if key not in checkpoint:
-            raise ValueError(f"a checkpoint needs the key {key!r}")
-    return atomic_torch_save({"format": FORMAT, **checkpoint}, path)
+            raise ValueError(f"a checkpoint of {KINDS[kind]} needs the key {key!r}")
+    return atomic_torch_save({**checkpoint, "format": FORMAT, "kind": kind}, path)
+
+
+def kind_of(checkpoint: dict[str, Any]) -> str:
+    """The kind a checkpoint names, or for one written before kinds, what it holds: a consistency
+    model if it carries a distillation record, else a U-Net."""
+    return checkpoint.get("kind") or ("consistency" if (checkpoint.get("extra") or {}).get("consistency") is not None else "unet")
 
 
 def first_line(err: BaseException) -> str:
@@ -110,23 +139,50 @@ def safe_load(path: Path, remedy: str = "", map_location: torch.device | str = "
         raise CheckpointError(f"{path} is corrupt, truncated or not a PyTorch checkpoint ({type(err).__name__}{detail}){remedy}") from err
 
 
+def read_checkpoint(path: str | Path, map_location: torch.device | str = "cpu", remedy: str = "") -> dict[str, Any]:
+    """Any checkpoint of the course, in the current layout and with its ``kind`` (the earlier
+    layouts of the module docstring are read too). Raises ``FileNotFoundError`` for a missing
+    file and ``CheckpointError`` (ending with ``remedy``) for a corrupt or foreign one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    ckpt = safe_load(path, remedy, map_location)
+    if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
+        kind = kind_of(ckpt)
+        if kind not in KINDS:
+            raise CheckpointError(f"{path} holds a {kind!r}, which this version of the course does not know{remedy}")
+        return {**ckpt, "kind": kind}
+    if isinstance(ckpt, dict) and ckpt.get("format") == _OLD_AUTOENCODER and {"config", "weights"} <= set(ckpt):
+        history = ckpt.get("history") or []
+        return {"format": FORMAT, "kind": "autoencoder", "model": ckpt["weights"], "model_config": ckpt["config"],
+                "fingerprint": ckpt.get("fingerprint"), "history": history, "extra": ckpt.get("extra") or {},
+                "step": history[-1]["step"] if history else 0}  # fmt: skip
+    if isinstance(ckpt, dict) and "format" not in ckpt and set(ckpt) == {"config", "model", "info"}:  # the classifier's
+        return {"format": FORMAT, "kind": "classifier", "model": ckpt["model"], "model_config": ckpt["config"], "info": ckpt["info"]}
+    raise CheckpointError(f"{path} is not a checkpoint of this course (no format {FORMAT!r}){remedy}")
+
+
 def load_checkpoint(
     path: str | Path,
     map_location: torch.device | str = "cpu",
     model_config: dict[str, Any] | None = None,
     prediction: str | None = None,
+    kind: str | tuple[str, ...] = DIFFUSION_KINDS,
+    remedy: str = "",
 ) -> dict[str, Any]:
-    """Read a checkpoint; check it against the model config and prediction type it is meant for.
+    """Read a checkpoint of ``kind`` (one, or any of several; default: a U-Net or a consistency
+    model); check it against the model config and prediction type it is meant for.
 
     Raises ``FileNotFoundError`` for a missing file and ``CheckpointError`` for a corrupt or
-    foreign file, a different model configuration, or a different prediction type.
+    foreign file, another kind, a different model configuration, or a different prediction type.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    ckpt = safe_load(path, map_location=map_location)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a checkpoint of this course (no format {FORMAT!r})")
+    ckpt = read_checkpoint(path, map_location, remedy)
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+    if ckpt["kind"] not in kinds:
+        raise CheckpointError(f"{path} holds {KINDS[ckpt['kind']]}, not {' or '.join(KINDS[k] for k in kinds)}{remedy}")
+    missing = [key for key in _NEEDS[ckpt["kind"]] if key not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} is damaged or was written by another version of the course: it has no {missing[0]!r}{remedy}")
     if model_config is not None:
         diff = _config_diff(ckpt["model_config"], model_config)
         if diff:
@@ -149,7 +205,7 @@ def load_model(
     The model gets the EMA weights when the checkpoint has them and ``ema`` is true. ``prediction``
     (if given) must match the checkpoint's: a v model is never silently used as an eps model.
     """
-    ckpt = load_checkpoint(path, map_location="cpu", prediction=prediction)
+    ckpt = load_checkpoint(path, map_location="cpu", prediction=prediction, kind=DIFFUSION_KINDS)
     try:
         model = UNet(**ckpt["model_config"])
         model.load_state_dict(ckpt["model"])
@@ -164,6 +220,35 @@ def load_model(
     if broken:
         raise CheckpointError(f"{path} holds non-finite weights ({len(broken)} tensors, e.g. {broken[0]}): its training diverged")
     return model.to(device).eval(), d, ckpt
+
+
+def save_autoencoder(path: str | Path, ae: Autoencoder, history: list[dict[str, Any]] | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Write the autoencoder alone (weights with its scale factor, config, fingerprint, log), as
+    a checkpoint of kind "autoencoder" without training state; never weights that are not finite.
+    (``helpers.autoencoder_training.AutoencoderTrainer.save`` writes the same kind with the run's state.)"""
+    broken = non_finite(ae.state_dict().items())
+    if broken:
+        raise FloatingPointError(f"the autoencoder's weights are not finite ({broken[0]}), so {path} was not written")
+    history = list(history or [])
+    return save_checkpoint(path, {"model": ae.state_dict(), "model_config": dict(ae.config), "fingerprint": ae.fingerprint(),
+                                  "step": history[-1]["step"] if history else 0, "history": history, "extra": extra or {}}, "autoencoder")  # fmt: skip
+
+
+def load_autoencoder(path: str | Path, device: torch.device | str = "cpu") -> Autoencoder:
+    """The autoencoder of a checkpoint of kind "autoencoder" (a finished or interrupted run, or
+    ``save_autoencoder``'s file), in eval mode on ``device``; its weights must match its fingerprint."""
+    ckpt = load_checkpoint(path, "cpu", kind="autoencoder")
+    try:
+        ae = Autoencoder(**ckpt["model_config"])
+        ae.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise damaged(path, err) from err
+    if ckpt.get("fingerprint") is not None and ae.fingerprint() != ckpt["fingerprint"]:
+        raise CheckpointError(f"{path}: its weights do not match its recorded fingerprint (a damaged or edited file)")
+    broken = non_finite(ae.state_dict().items())
+    if broken:
+        raise CheckpointError(f"{path} holds non-finite weights ({len(broken)} tensors, e.g. {broken[0]}): its training diverged")
+    return ae.to(device).eval()
 
 
 def rng_state() -> dict[str, Any]:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from helpers.checkpoints import CheckpointError, atomic_torch_save, safe_load
+from helpers.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from helpers.config import Profile
 from helpers.paths import pretrained_dir
 
@@ -120,9 +120,9 @@ def load_or_train_classifier(profile: Profile, device: torch.device | str = "cpu
     if not path.is_file() and profile.name == "laptop" and shipped.is_file():
         path = shipped  # the classifier the shipped models' FIDs were measured with
     if path.is_file():
-        saved = safe_load(path, "; delete it to retrain the classifier")
+        saved = load_checkpoint(path, kind="classifier", remedy="; delete it to retrain the classifier")
         try:
-            model = Classifier(**saved["config"])
+            model = Classifier(**saved["model_config"])
             model.load_state_dict(saved["model"])
         except (KeyError, TypeError, RuntimeError) as err:
             raise CheckpointError(f"the cached classifier {path} does not fit this version ({type(err).__name__}); delete it to retrain") from err
@@ -142,7 +142,7 @@ def load_or_train_classifier(profile: Profile, device: torch.device | str = "cpu
         "test_images": len(test[0]),
         "test_accuracy": acc,
     }
-    atomic_torch_save({"config": model.config, "model": model.state_dict(), "info": info}, path)
+    save_checkpoint(path, {"model": model.state_dict(), "model_config": model.config, "info": info}, "classifier")
     return model, info
 
 

@@ -10,7 +10,6 @@ overwrites a real one.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -21,10 +20,12 @@ import torch
 from helpers.consistency import DISTANCES, TEACHER_STEPS
 from helpers.diffusion import Diffusion
 from helpers.paths import CHECKPOINTS, artifacts_root, checkpoint, checkpoint_file, require
+from helpers.validate import choice, fraction, integer, number
 
 __all__ = [
     "TrainConfig",
     "DistilConfig",
+    "AutoencoderConfig",
     "RESUMABLE_SETTINGS",
     "OPTIMIZERS",
     "SampleSettings",
@@ -46,14 +47,14 @@ OPTIMIZERS = ("adam", "adamw")
 
 
 def _setting(default: Any = MISSING, *, help: str, group: str = "optimisation", **meta: Any) -> Any:
-    """A TrainConfig field; ``help`` and ``group`` become its flag in ``python -m helpers.train``."""
+    """A TrainConfig field; ``help`` and ``group`` become its flag in ``python -m helpers train``."""
     return field(default=default, metadata={"help": help, "group": group, **meta})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Settings of one training run, in one place: each profile holds one (``profile.train``), the
-    ``Trainer`` takes one, checkpoints store one, and ``python -m helpers.train`` makes a flag of
+    ``Trainer`` takes one, checkpoints store one, and ``python -m helpers train`` makes a flag of
     every field (its help text is in the field's metadata). DDPM's values (Ho et al. 2020,
     appendix B) are the full profile's."""
 
@@ -74,17 +75,14 @@ class TrainConfig:
     grid_size: int = _setting(16, help="images per sample grid (also the notebooks' grids)", group="logging and evaluation")
     grid_ddim_steps: int = _setting(20, help="DDIM steps of the sample grids", group="logging and evaluation")
     eval_every: int = _setting(0, help="steps between FID/KID of raw and EMA weights, 0 for none", group="logging and evaluation")
-    amp: bool | None = _setting(None, help="bf16 autocast; None: wherever the device has it (CUDA)", group="speed")
+    amp: bool | None = _setting(None, help="mixed precision: bf16 autocast on GPUs with native bf16 (compute capability 8+), fp16 with a gradient scaler on 7.x; None: wherever the device has one", group="speed")
     compile: bool = _setting(False, help="torch.compile the model", group="speed")
-    channels_last: bool = _setting(False, help="channels_last memory format of the U-Net", group="speed")
+    channels_last: bool = _setting(False, help="channels_last memory format of the U-Net (never on MPS, where it is slow)", group="speed")
 
     @classmethod
     def from_profile(cls, profile: Profile, **overrides: Any) -> TrainConfig:
         """The profile's training settings, with ``overrides`` on top."""
-        unknown = set(overrides) - {f.name for f in fields(cls)}
-        if unknown:
-            raise TypeError(f"unknown training settings: {', '.join(sorted(unknown))}")
-        return replace(profile.train, **overrides)
+        return _override(profile.train, overrides)
 
     def resume_conflicts(self, saved: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
         """{setting: (saved, now)} for settings outside ``RESUMABLE_SETTINGS`` that differ from a
@@ -103,72 +101,105 @@ class TrainConfig:
         """The one check of a run's settings: the CLI, the Trainer and the notebooks all build a
         TrainConfig, so a setting that would train backwards or never log cannot get through."""
         for name in ("steps", "batch_size", "log_every", "grid_size", "grid_ddim_steps", "ema_update_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+            integer(name, getattr(self, name))
         for name in ("warmup_steps", "sample_every", "eval_every", "seed"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a finite number above 0, got {self.lr}")
-        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
-            raise ValueError(f"grad_clip must be a finite number >= 0 (0 for no clipping), got {self.grad_clip}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
-        if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay must lie in [0, 1) (or be None for no EMA), got {self.ema_decay}")
-        if not 0 <= self.p_uncond < 1:
-            raise ValueError(f"p_uncond must lie in [0, 1), got {self.p_uncond}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose {' or '.join(OPTIMIZERS)}")
+            integer(name, getattr(self, name), minimum=0)
+        number("lr", self.lr)
+        if self.grad_clip is not None:
+            number("grad_clip", self.grad_clip, inclusive=True)
+        number("weight_decay", self.weight_decay, inclusive=True)
+        if self.ema_decay is not None:
+            fraction("ema_decay", self.ema_decay)
+        fraction("p_uncond", self.p_uncond)
+        choice("optimizer", self.optimizer, OPTIMIZERS)
 
 
-def _distil_setting(default: Any, help: str) -> Any:
-    """A DistilConfig field; ``help`` becomes its flag's help in ``python -m helpers.distil``."""
+def _option(default: Any, help: str) -> Any:
+    """A DistilConfig or AutoencoderConfig field; ``help`` becomes its flag's help on the command line."""
     return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
 class DistilConfig:
     """Settings of a consistency-distillation run, in one place: profiles hold their values
-    (``profile.distil``), ``Distiller`` takes one, checkpoints store one, and ``python -m
-    helpers.distil`` makes a flag of every field. Song et al. 2023 use N = 18 and mu = 0.95 for CD
+    (``profile.distil``), ``Distiller`` takes one, checkpoints store one, and ``python -m helpers
+    distil`` makes a flag of every field. Song et al. 2023 use N = 18 and mu = 0.95 for CD
     on CIFAR-10."""
 
-    steps: int = _distil_setting(1600, "distil until this many optimiser steps in total")
-    batch_size: int = _distil_setting(64, "images per step")
-    lr: float = _distil_setting(2e-4, "Adam's learning rate")
-    n_levels: int = _distil_setting(18, "N, the noise levels of the CD grid (a Karras grid)")
-    sigma_max: float | None = _distil_setting(None, "top of the grid, where one-step sampling starts (default: the teacher's sigma_max)")
-    rho: float = _distil_setting(7.0, "rho of the Karras grid")
-    target_decay: float = _distil_setting(0.95, "mu, the decay of the EMA of the student that makes the targets")
-    ema_decay: float = _distil_setting(0.999, "decay of the EMA of the student that is sampled from")
-    distance: str = _distil_setting("pseudo-huber", "d, the distance between student and target: pseudo-huber or l2")
-    teacher_step: str = _distil_setting("heun", "the teacher's ODE step between adjacent levels: heun or euler (= DDIM)")
-    grad_clip: float = _distil_setting(1.0, "clip the gradient norm to this (0: no clipping)")
-    log_every: int = _distil_setting(50, "log the mean loss every N steps")
-    seed: int = _distil_setting(0, "seed of the levels, the noise and the data order")
+    steps: int = _option(1600, "distil until this many optimiser steps in total")
+    batch_size: int = _option(64, "images per step")
+    lr: float = _option(2e-4, "Adam's learning rate")
+    n_levels: int = _option(18, "N, the noise levels of the CD grid (a Karras grid)")
+    sigma_max: float | None = _option(None, "top of the grid, where one-step sampling starts (default: the teacher's sigma_max)")
+    rho: float = _option(7.0, "rho of the Karras grid")
+    target_decay: float = _option(0.95, "mu, the decay of the EMA of the student that makes the targets")
+    ema_decay: float = _option(0.999, "decay of the EMA of the student that is sampled from")
+    distance: str = _option("pseudo-huber", "d, the distance between student and target: pseudo-huber or l2")
+    teacher_step: str = _option("heun", "the teacher's ODE step between adjacent levels: heun or euler (= DDIM)")
+    grad_clip: float = _option(1.0, "clip the gradient norm to this (0: no clipping)")
+    log_every: int = _option(50, "log the mean loss every N steps")
+    seed: int = _option(0, "seed of the levels, the noise and the data order")
 
     @classmethod
     def from_profile(cls, profile: Profile, **overrides: Any) -> DistilConfig:
         """The profile's distillation settings (``profile.distil``) with ``overrides`` on top."""
-        return cls(**{**profile.distil, **overrides})
+        return _override(profile.distil, overrides)
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "n_levels", "log_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (2 if name == "n_levels" else 1):
-                raise ValueError(f"{name} must be a positive integer{' >= 2' if name == 'n_levels' else ''}, got {value!r}")
-        if self.distance not in DISTANCES:
-            raise ValueError(f"unknown distance {self.distance!r}; choose {', '.join(DISTANCES)}")
-        if self.teacher_step not in TEACHER_STEPS:
-            raise ValueError(f"unknown teacher step {self.teacher_step!r}; choose {', '.join(TEACHER_STEPS)}")
-        for name in ("target_decay", "ema_decay"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
-        if self.sigma_max is not None and not (math.isfinite(self.sigma_max) and self.sigma_max > 0):
-            raise ValueError(f"sigma_max must be a positive number, got {self.sigma_max}")
+        for name in ("steps", "batch_size", "log_every"):
+            integer(name, getattr(self, name))
+        integer("n_levels", self.n_levels, minimum=2)
+        integer("seed", self.seed, minimum=0)
+        choice("distance", self.distance, DISTANCES)
+        choice("teacher step", self.teacher_step, TEACHER_STEPS)
+        fraction("target_decay", self.target_decay)
+        fraction("ema_decay", self.ema_decay)
+        number("lr", self.lr)
+        number("rho", self.rho)
+        number("grad_clip", self.grad_clip, inclusive=True)
+        if self.sigma_max is not None:
+            number("sigma_max", self.sigma_max)
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """Settings of latent diffusion's autoencoder (``helpers.autoencoder``) and of its training run
+    (``helpers.autoencoder_training``), in one place: profiles hold one (``profile.autoencoder``),
+    the ``AutoencoderTrainer`` takes one and checkpoints store one. Training minimises L1
+    reconstruction + ``kl_weight`` KL with Adam (no clipping)."""
+
+    steps: int = _option(1200, "train until this many optimiser steps in total")
+    batch_size: int = _option(64, "images per step")
+    lr: float = _option(1e-3, "Adam's learning rate")
+    kl_weight: float = _option(1e-6, "beta, the weight of the KL term beside the L1 reconstruction error")
+    log_every: int = _option(50, "log the mean L1 and KL every N steps")
+    seed: int = _option(0, "seed of the posterior samples and the data order")
+    ch: int = _option(32, "the autoencoder's width (channels of its first level)")
+    latent_channels: int = _option(4, "channels of the latent")
+
+    @classmethod
+    def from_profile(cls, profile: Profile, **overrides: Any) -> AutoencoderConfig:
+        """The profile's autoencoder settings (``profile.autoencoder``) with ``overrides`` on top."""
+        return _override(profile.autoencoder, overrides)
+
+    def model_config(self, image_size: int, channels: int) -> dict[str, Any]:
+        """The ``Autoencoder`` keyword arguments for images of ``image_size`` and ``channels``."""
+        return dict(image_size=image_size, in_channels=channels, ch=self.ch, latent_channels=self.latent_channels)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "log_every", "ch", "latent_channels"):
+            integer(name, getattr(self, name))
+        integer("seed", self.seed, minimum=0)
+        number("lr", self.lr)
+        number("kl_weight", self.kl_weight, inclusive=True)
+
+
+def _override(config: Any, overrides: dict[str, Any]) -> Any:
+    """``config`` with ``overrides`` on top; an unknown name is a TypeError that names it."""
+    unknown = set(overrides) - {f.name for f in fields(config)}
+    if unknown:
+        raise TypeError(f"unknown {type(config).__name__} settings: {', '.join(sorted(unknown))}")
+    return replace(config, **overrides)
 
 
 @dataclass(frozen=True)
@@ -185,7 +216,8 @@ class SampleSettings:
 
 @dataclass(frozen=True)
 class Profile:
-    """Everything one scale of the course needs. ``model`` is the keyword set of ``UNet``."""
+    """Everything one scale of the course needs. The image side and channels are stated once
+    (``image_size``, ``channels``); ``model``, the keyword set of ``UNet``, adds them to ``unet``."""
 
     name: str
     description: str
@@ -195,7 +227,7 @@ class Profile:
     subset: int | None  # train on the first ``subset`` images (None: all)
     schedule: str
     T: int
-    model: dict[str, Any]
+    unet: dict[str, Any]  # the U-Net's architecture: UNet keyword arguments besides image_size and in_channels
     train: TrainConfig
     sample: SampleSettings
     classifier_epochs: int  # the feature/score classifier behind offline FID (helpers.classifier)
@@ -203,8 +235,13 @@ class Profile:
     compare_steps: int  # per model, where a notebook trains several to compare them (06, 07)
     prediction: str = "eps"  # what the network predicts (helpers.diffusion)
     loss_weighting: str = "none"
-    distil: dict[str, Any] = field(default_factory=dict)  # consistency distillation (helpers.consistency.DistilConfig)
-    autoencoder: dict[str, Any] = field(default_factory=dict)  # latent diffusion's autoencoder: "model" (Autoencoder kwargs), "train" (train_autoencoder kwargs)
+    distil: DistilConfig = field(default_factory=DistilConfig)  # consistency distillation (helpers.distillation)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)  # latent diffusion's autoencoder (helpers.autoencoder_training)
+
+    @property
+    def model(self) -> dict[str, Any]:
+        """The U-Net's keyword arguments: ``UNet(**profile.model)`` takes the profile's images."""
+        return {"image_size": self.image_size, "in_channels": self.channels, **self.unet}
 
     @property
     def seed(self) -> int:
@@ -241,9 +278,7 @@ PROFILES: dict[str, Profile] = {
         subset=2048,
         schedule="linear",
         T=100,
-        model=dict(
-            image_size=16,
-            in_channels=1,
+        unet=dict(
             ch=16,
             ch_mult=(1, 2, 2),
             num_res_blocks=1,
@@ -275,8 +310,8 @@ PROFILES: dict[str, Profile] = {
         classifier_epochs=1,
         classifier_width=16,
         compare_steps=150,
-        distil=dict(steps=30, batch_size=16, sigma_max=20.0, log_every=10),
-        autoencoder=dict(model=dict(ch=16, latent_channels=4), train=dict(steps=60, batch_size=32, lr=2e-3, kl_weight=1e-6, log_every=10)),
+        distil=DistilConfig(steps=30, batch_size=16, sigma_max=20.0, log_every=10),
+        autoencoder=AutoencoderConfig(steps=60, batch_size=32, lr=2e-3, kl_weight=1e-6, log_every=10, ch=16, latent_channels=4),
     ),
     "laptop": Profile(
         name="laptop",
@@ -287,9 +322,7 @@ PROFILES: dict[str, Profile] = {
         subset=None,
         schedule="linear",
         T=1000,
-        model=dict(
-            image_size=28,
-            in_channels=1,
+        unet=dict(
             ch=24,
             ch_mult=(1, 2, 2),
             num_res_blocks=1,
@@ -323,8 +356,8 @@ PROFILES: dict[str, Profile] = {
         classifier_width=32,
         compare_steps=400,
         loss_weighting="min_snr",
-        distil=dict(steps=1600, batch_size=64, sigma_max=10.0, log_every=50),
-        autoencoder=dict(model=dict(ch=32, latent_channels=4), train=dict(steps=1200, batch_size=64, lr=1e-3, kl_weight=1e-6, log_every=50)),
+        distil=DistilConfig(steps=1600, batch_size=64, sigma_max=10.0, log_every=50),
+        autoencoder=AutoencoderConfig(steps=1200, batch_size=64, lr=1e-3, kl_weight=1e-6, log_every=50, ch=32, latent_channels=4),
     ),
     "full": Profile(
         name="full",
@@ -335,9 +368,7 @@ PROFILES: dict[str, Profile] = {
         subset=None,
         schedule="linear",
         T=1000,
-        model=dict(
-            image_size=32,
-            in_channels=3,
+        unet=dict(
             ch=128,
             ch_mult=(1, 2, 2, 2),
             num_res_blocks=2,
@@ -369,8 +400,8 @@ PROFILES: dict[str, Profile] = {
         classifier_epochs=15,
         classifier_width=64,
         compare_steps=100_000,
-        distil=dict(steps=100_000, batch_size=128, sigma_max=80.0, log_every=100),
-        autoencoder=dict(model=dict(ch=64, latent_channels=4), train=dict(steps=50_000, batch_size=128, lr=2e-4, kl_weight=1e-6, log_every=100)),
+        distil=DistilConfig(steps=100_000, batch_size=128, sigma_max=80.0, log_every=100),
+        autoencoder=AutoencoderConfig(steps=50_000, batch_size=128, lr=2e-4, kl_weight=1e-6, log_every=100, ch=64, latent_channels=4),
     ),
 }
 

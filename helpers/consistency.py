@@ -135,11 +135,13 @@ def cd_loss(
 ) -> torch.Tensor:
     """Per-image CD losses d(f_theta(x_{n+1}, sigma_{n+1}), ``cd_target``) with x_{n+1} = x_0 + sigma_{n+1} z.
 
-    ``sigmas`` is the ascending grid of ``cd_sigmas``; ``n`` holds one index in 0..N-2 per image.
+    ``sigmas`` is the ascending grid of ``cd_sigmas`` (the float64 CPU table, or a float32 copy on the
+    images' device); ``n`` holds one index in 0..N-2 per image. The levels are looked up on the
+    images' device, so nothing is read back to the host.
     """
     view = (len(x0),) + (1,) * (x0.dim() - 1)
-    sigma = sigmas[n.cpu()].to(x0).view(view)
-    sigma_next = sigmas[n.cpu() + 1].to(x0).view(view)
+    levels, n = sigmas.to(x0.dtype).to(x0.device), n.to(x0.device)
+    sigma, sigma_next = levels[n].view(view), levels[n + 1].view(view)
     x_next = x0 + sigma_next * z
     wanted = cd_target(target, teacher, x_next, sigma_next, sigma, teacher_step)
     return DISTANCES[distance](student(x_next, sigma_next), wanted)

@@ -38,6 +38,8 @@ def pick_device(name: str | None = None) -> torch.device:
         raise ValueError(f"unsupported device {name!r}; choose cuda, mps or cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} was asked for, but this PyTorch sees no CUDA GPU")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} was asked for, but this machine has {torch.cuda.device_count()} CUDA GPU(s) (cuda:0..)")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {name!r} was asked for, but Apple MPS is not available here")
     return device

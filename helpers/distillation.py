@@ -1,14 +1,15 @@
 """Consistency distillation as a run (Song et al. 2023, algorithm 2): the ``Distiller`` trains a
-student consistency function from a frozen teacher with ``helpers.consistency.cd_loss``, keeps the
-target EMA and a sampling EMA, and saves and resumes exactly.
+student consistency function from a frozen teacher on the loss of ``helpers.consistency.cd_loss``,
+keeps the target EMA and a sampling EMA, and is a ``GuardedRun`` (``helpers.runs``: total steps,
+lock, Ctrl-C that saves, checkpoint cadence, no non-finite saves, exact resume).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -16,29 +17,35 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
-from helpers.checkpoints import CheckpointError, load_checkpoint, non_finite, save_checkpoint
+from helpers.checkpoints import CheckpointError, rng_state, set_rng_state
 from helpers.config import DistilConfig
-from helpers.consistency import SIGMA_DATA, ConsistencyFunction, cd_loss, cd_sigmas, consistency_record
-from helpers.device import cpu_generator
+from helpers.consistency import SIGMA_DATA, ConsistencyFunction, cd_loss, cd_sigmas
+from helpers.device import cpu_generator, randn
 from helpers.diffusion import Diffusion
 from helpers.ema import EMA
 from helpers.paths import portable_path
-from helpers.runs import SAVE_MINUTES, RunLock, deferred_interrupts
+from helpers.runs import GuardedRun, check_batch_size, conflicts, refuse_conflicts
 from helpers.solvers import Denoiser
 
-__all__ = ["Distiller"]
+__all__ = ["Distiller", "RESUMABLE"]
+
+RESUMABLE = ("steps", "log_every")  # the settings a resumed run may change
 
 
-class Distiller:
+class Distiller(GuardedRun):
     """Consistency distillation of ``teacher`` (an eps/x0/v U-Net under ``d``) on ``dataset``.
 
     The student and the target start as copies of the teacher. Each step draws per-image levels n
     and noise z from a CPU generator (its state is saved, so a resumed run continues exactly),
-    minimises ``cd_loss`` with Adam and gradient clipping, then moves the target towards the
+    minimises the CD loss with Adam and gradient clipping, then moves the target towards the
     student (decay ``target_decay``, no warm-up) and the sampling EMA (``ema_decay``, warm-up).
+    A step never waits for the device: the levels' sigmas are looked up in a table on the device,
+    and the losses are read back at log steps only.
     """
+
+    kind, desc = "consistency", "distilling"
+    resume_hint = "load it (Distiller.load; python -m helpers distil ... --resume) to continue exactly from here"
 
     def __init__(
         self,
@@ -50,10 +57,7 @@ class Distiller:
         teacher_path: str | Path | None = None,
         progress: bool = True,
     ) -> None:
-        from helpers.data import make_loader
-
-        if config.batch_size > len(dataset):
-            raise ValueError(f"batch_size {config.batch_size} exceeds the {len(dataset)} images of the dataset")
+        check_batch_size(config.batch_size, dataset)
         if config.sigma_max is not None and config.sigma_max > Denoiser(teacher, d).sigma_max:
             raise ValueError(f"sigma_max {config.sigma_max:g} lies above the teacher's highest noise level, {Denoiser(teacher, d).sigma_max:.4g}")
         self.config, self.d, self.device, self.progress = config, d, torch.device(device), progress
@@ -66,19 +70,30 @@ class Distiller:
         self.optimizer = torch.optim.Adam(self.student.parameters(), lr=config.lr)
         self.teacher_fn = Denoiser(self.teacher, d)
         self.student_fn, self.target_fn = ConsistencyFunction(self.student, d), ConsistencyFunction(self.target, d)
-        self.sigmas = cd_sigmas(config.n_levels, self.teacher_fn, config.sigma_max, config.rho)
+        self.sigmas = cd_sigmas(config.n_levels, self.teacher_fn, config.sigma_max, config.rho)  # float64, on the CPU
+        self.levels = self.sigmas.to(self.device, torch.float32)  # the same grid in the images' dtype, on the device
         self.dataset, self.generator = dataset, cpu_generator(config.seed)
         self.step = 0
         self.history: list[dict[str, float]] = []
-        self._make_loader = lambda start: make_loader(dataset, config.batch_size, seed=config.seed, start=start)
 
-    def train_step(self, x0: torch.Tensor) -> float:
-        """One optimiser step on a batch of images in [-1, 1]; returns the mean loss."""
+    @property
+    def model(self) -> nn.Module:
+        """The network being trained (``GuardedRun``'s name for it)."""
+        return self.student
+
+    def _on_device(self, v: torch.Tensor) -> torch.Tensor:
+        """A CPU tensor on the device without making the host wait (pinned memory, asynchronous copy on CUDA)."""
+        return v.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else v.to(self.device)
+
+    def train_step(self, x0: torch.Tensor) -> torch.Tensor:
+        """One optimiser step on a batch of images in [-1, 1]; returns the mean loss (a tensor on the
+        device: reading it waits for the step)."""
         cfg = self.config
-        x0 = x0.to(self.device)
+        x0 = x0.to(self.device, non_blocking=True)
         n = torch.randint(0, cfg.n_levels - 1, (len(x0),), generator=self.generator)
-        z = torch.randn(x0.shape, generator=self.generator).to(self.device)
-        loss = cd_loss(self.student_fn, self.target_fn, self.teacher_fn, x0, self.sigmas, n, z, cfg.distance, cfg.teacher_step).mean()
+        z = randn(x0.shape, self.generator, self.device)
+        losses = cd_loss(self.student_fn, self.target_fn, self.teacher_fn, x0, self.levels, self._on_device(n), z, cfg.distance, cfg.teacher_step)
+        loss = losses.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.grad_clip if cfg.grad_clip else math.inf)
@@ -87,71 +102,57 @@ class Distiller:
         self.target_ema.copy_to(self.target)
         self.ema.update(self.student)
         self.step += 1
-        return float(loss.detach())
+        return loss.detach()
 
-    def train(self, steps: int | None = None, save_to: str | Path | None = None, profile: str | None = None) -> list[dict[str, float]]:
-        """Run up to ``config.steps`` (or ``steps`` more), logging the mean loss every ``log_every``
-        steps. With ``save_to``: a checkpoint every ``SAVE_MINUTES`` minutes and at the end, one run
-        per file (``RunLock``), and Ctrl-C or SIGTERM save after the step in flight and raise
-        KeyboardInterrupt. Raises FloatingPointError if the loss stops being finite."""
-        cfg = self.config
-        end = min(cfg.steps, self.step + steps) if steps is not None else cfg.steps
-        batches = iter(self._make_loader(self.step))
-        losses, t0, last_save = [], time.perf_counter(), time.monotonic()
-        with contextlib.ExitStack() as guards:
-            stop: list[int] = []
-            if save_to is not None:
-                guards.enter_context(RunLock(save_to))
-                stop = guards.enter_context(deferred_interrupts())
-            bar = guards.enter_context(tqdm(total=end - self.step, desc="distilling", disable=not self.progress))
-            while self.step < end:
-                losses.append(self.train_step(next(batches)[0]))
-                if not math.isfinite(losses[-1]):
-                    raise FloatingPointError(f"the CD loss became {losses[-1]} at step {self.step}; lower the learning rate (now {cfg.lr:g})")
-                bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == end:
-                    row = {"step": self.step, "loss": sum(losses) / len(losses), "seconds": time.perf_counter() - t0}
-                    self.history.append(row)
-                    bar.set_postfix(loss=f"{row['loss']:.4f}")
-                    losses = []
-                if save_to is not None and (self.step == end or stop or time.monotonic() - last_save >= 60 * SAVE_MINUTES):
-                    self.save(save_to, profile)
-                    last_save = time.monotonic()
-                    if stop:
-                        raise KeyboardInterrupt(f"saved {save_to} at step {self.step}")
-        return self.history
+    def begin(self) -> Iterator[Any]:
+        self._losses: list[torch.Tensor] = []
+        self._t0 = time.perf_counter() - (self.history[-1]["seconds"] if self.history else 0.0)
+        return self.loader(self.dataset, self.config.batch_size, self.config.seed)
+
+    def advance(self, batches: Iterator[Any], end: int) -> dict[str, Any] | None:
+        self._losses.append(self.train_step(next(batches)[0]))
+        if self.step % self.config.log_every and self.step != end:
+            return None
+        losses = torch.stack(self._losses).tolist()
+        loss = sum(losses) / len(losses)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"the CD loss became {loss} by step {self.step}; lower the learning rate (now {self.config.lr:g})")
+        self.history.append({"step": self.step, "loss": loss, "seconds": time.perf_counter() - self._t0})
+        self._losses = []
+        return {"loss": f"{loss:.4f}"}
 
     def record(self) -> dict[str, Any]:
         """The checkpoint's ``extra['consistency']``: which teacher, and the CD settings."""
         return {"teacher": self.teacher_path, "config": asdict(self.config), "sigma_data": SIGMA_DATA}
 
-    def save(self, path: str | Path, profile: str | None = None) -> Path:
+    # ---- checkpoints (GuardedRun.save and .load) -------------------------------------------------
+
+    def state_dict(self, profile: str | None = None) -> dict[str, Any]:
         """A checkpoint that ``load_model`` reads (the sampling EMA as its ``ema``) and ``load`` resumes."""
-        broken = non_finite(self.student.named_parameters())
-        if broken:
-            raise FloatingPointError(f"the student's weights became non-finite by step {self.step} ({broken[0]}), so {path} was not overwritten")
-        return save_checkpoint(path, {
+        return {
             "model": self.student.state_dict(), "model_config": dict(self.student.config), "diffusion": self.d.config(),
             "optimizer": self.optimizer.state_dict(), "ema": self.ema.state_dict(), "target_ema": self.target_ema.state_dict(),
-            "step": self.step, "history": self.history, "rng": {"cd": self.generator.get_state()}, "profile": profile,
-            "extra": {"consistency": self.record()},
-        })  # fmt: skip
+            "step": self.step, "history": self.history, "rng": {"cd": self.generator.get_state(), "global": rng_state()},
+            "profile": profile, "extra": {"consistency": self.record()},
+        }  # fmt: skip
 
-    def load(self, path: str | Path) -> None:
-        """Continue a run saved by ``save``: the same teacher's process, model and CD settings (only
-        ``steps`` and ``log_every`` may change)."""
-        ckpt = load_checkpoint(path, "cpu", model_config=dict(self.student.config), prediction=self.d.prediction)
-        record = consistency_record(ckpt)
-        if record is None:
-            raise CheckpointError(f"{path} holds a diffusion model, not a consistency-distillation run to resume")
-        now = asdict(self.config)
-        diff = ", ".join(f"{k}={v!r} (not {now.get(k)!r})" for k, v in record["config"].items() if now.get(k) != v and k not in ("steps", "log_every"))
-        if diff:
-            raise CheckpointError(f"{path} was distilled with {diff}; resume with its settings")
+    def expects(self) -> dict[str, Any]:
+        return {"model_config": dict(self.student.config), "prediction": self.d.prediction}
+
+    def check(self, ckpt: dict[str, Any], path: str | Path) -> None:
+        """The same teacher's process, model and CD settings (only ``steps`` and ``log_every`` may change)."""
+        if ckpt.get("optimizer") is None:
+            raise CheckpointError(f"{path} holds a consistency model without its training state (a shipped model): there is no run to resume")
+        saved = ((ckpt.get("extra") or {}).get("consistency") or {}).get("config") or {}
+        refuse_conflicts(path, conflicts(saved, asdict(self.config), RESUMABLE), "distilled")
+
+    def restore(self, ckpt: dict[str, Any], path: str | Path) -> None:
         self.student.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.ema.load_state_dict(ckpt["ema"])
         self.target_ema.load_state_dict(ckpt["target_ema"])
         self.target_ema.copy_to(self.target)
         self.generator.set_state(ckpt["rng"]["cd"])
+        if "global" in ckpt["rng"]:  # the data's random flips (CIFAR-10); files before it did not keep them
+            set_rng_state(ckpt["rng"]["global"])
         self.step, self.history = ckpt["step"], list(ckpt["history"])

@@ -1,6 +1,6 @@
 """Training on several processes with PyTorch's own engine: torchrun + DistributedDataParallel.
 
-    torchrun --standalone --nproc_per_node 2 -m helpers.train --profile smoke
+    torchrun --standalone --nproc_per_node 2 -m helpers train --profile smoke
 
 ``World`` is where this process stands: its rank among ``size`` processes (1 without torchrun).
 The recipe's ``batch_size`` is the **global** batch: each of N processes takes its own slice of

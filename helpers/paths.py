@@ -46,7 +46,7 @@ CHECKPOINTS: dict[str, CheckpointName] = {
     "eps": CheckpointName("03_ddpm_eps.pt", "notebook 03_training"),
     "ema": CheckpointName("06_ddpm_ema.pt", "notebook 06_ema_fid"),
     "v": CheckpointName("07_v.pt", "notebook 07_v_prediction"),
-    "x0": CheckpointName("train_x0.pt", "python -m helpers.train --prediction x0"),
+    "x0": CheckpointName("train_x0.pt", "python -m helpers train --prediction x0"),
     "cfg": CheckpointName("08_cfg.pt", "notebook 08_classifier_free_guidance"),
     "autoencoder": CheckpointName("10_autoencoder.pt", "notebook 10_latent_diffusion"),
     "latent": CheckpointName("10_latent.pt", "notebook 10_latent_diffusion"),

@@ -1,23 +1,32 @@
 """The laptop profile's trained models, shipped in ``pretrained/`` so that a reader on a slow
-machine can run the later notebooks (and ``python -m helpers.sample``) without training first.
+machine can run the later notebooks (and ``python -m helpers sample``) without training first.
 
 Each model is a small checkpoint in the course's format (the EMA weights as ``model``, no
 optimiser state; loads with ``weights_only=True``) beside a JSON card: what it is, the recipe,
 steps, minutes and machine it took, and its FID with the real-data floor. Notebooks ask for
 their inputs through ``helpers.checkpoints.require``, which falls back to these under the laptop
 profile only; smoke runs always train their own.
+
+    python -m helpers pretrained measure pretrained/03_ddpm_eps.pt            # FID/KID/IS now, as JSON
+    python -m helpers pretrained measure pretrained/08_cfg.pt --guidance-scale 3 --record   # into its card
+    python -m helpers pretrained export artifacts/laptop/checkpoints/03_ddpm_eps.pt --what "..." \
+        --made-by 03_training --machine "a 2-core x86_64 CPU" --minutes 33.6   # -> pretrained/03_ddpm_eps.pt + .json
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
+from helpers import cli
 from helpers.checkpoints import load_model, save_checkpoint
 from helpers.config import PROFILES
+from helpers.paths import card, pretrained_dir
 
-__all__ = ["export", "measure"]
+__all__ = ["export", "measure", "main"]
 
 
 def export(checkpoint: str | Path, out: str | Path, info: dict[str, Any]) -> Path:
@@ -60,3 +69,54 @@ def measure(path: str | Path, guidance_scale: float | None = None, device: str =
         out.update(guidance_scale=evaluator.guidance_scale if guidance_scale is None else guidance_scale,
                    class_accuracy=classifier_scores(classifier, images, labels)["accuracy"])  # fmt: skip
     return out
+
+
+# ---- python -m helpers pretrained --------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = cli.parser("pretrained", common=False)
+    actions = p.add_subparsers(dest="action", required=True, metavar="{measure,export}", parser_class=cli.Parser, help="what to do")
+    about = "the laptop Evaluator's FID/KID/IS of a model (and a conditional model's class accuracy), as JSON"
+    m = actions.add_parser("measure", help=about, description=about)
+    m.add_argument("checkpoint", type=Path, help="a shipped model (pretrained/*.pt) or a laptop checkpoint")
+    m.add_argument("--guidance-scale", type=cli.finite, default=None, help="a conditional model's guidance scale (default: the laptop Evaluator's)")
+    m.add_argument("--record", action="store_true", help="also write the numbers into the model's card (<name>.json) as its quality")
+    cli.add_common(m, profile=False, progress=False)
+    about = "write a checkpoint's model (its EMA weights) as a shipped file with its card"
+    e = actions.add_parser("export", help=about, description=about)
+    e.add_argument("checkpoint", type=Path, help="the checkpoint a notebook or command wrote")
+    e.add_argument("--out", type=Path, default=None, help="the shipped file (default: pretrained/<the checkpoint's name>); an existing one is not overwritten")
+    e.add_argument("--what", required=True, help="the card's one line on what the model is")
+    e.add_argument("--made-by", required=True, help="the notebook that trains it, e.g. 03_training")
+    e.add_argument("--machine", required=True, help="the machine it was trained on, e.g. 'a 2-core x86_64 CPU (cloud VM), torch 2.14.1'")
+    e.add_argument("--minutes", type=cli.positive_number, required=True, help="the minutes its notebook took on that machine")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure or export as ``args`` say; the exit code. Bad input: CliError."""
+    if args.action == "measure":
+        device = cli.pick(args)
+        with cli.setting_up():
+            result = measure(args.checkpoint, args.guidance_scale, str(device))
+        print(json.dumps(result, indent=2))
+        if args.record:
+            path = args.checkpoint.with_suffix(".json")
+            with cli.setting_up():
+                path.write_text(json.dumps({**card(args.checkpoint), "quality": result}, indent=2, default=list) + "\n")
+            print(f"recorded in {path}", file=sys.stderr)
+        return 0
+    out = cli.check_out(args.out or pretrained_dir() / args.checkpoint.name, resume=None)
+    with cli.setting_up():
+        written = export(args.checkpoint, out, {"what": args.what, "made_by": args.made_by, "machine": args.machine, "minutes": args.minutes})
+    print(f"wrote {written} and {written.with_suffix('.json')}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run_command(build_parser, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,6 +1,6 @@
 """The library people would use instead, at its own defaults: lucidrains' denoising-diffusion-pytorch.
 
-``python -m helpers.bench quality`` trains it beside the course's recipe for the same minutes.
+``python -m helpers bench quality`` trains it beside the course's recipe for the same minutes.
 It is a dev-only tool, never a runtime dependency of the course:
 
     pip install denoising-diffusion-pytorch ema-pytorch

@@ -1,23 +1,22 @@
-"""Sample images from a checkpoint: a PNG grid, an .npz of raw images, or a folder of PNGs.
+"""``python -m helpers sample``: images from a checkpoint, as a PNG grid, an .npz of raw images, or a folder of PNGs.
 
-    python -m helpers.sample --checkpoint artifacts/full/checkpoints/03_ddpm_eps.pt --n 64 --out grid.png
-    python -m helpers.sample --checkpoint pretrained/03_ddpm_eps.pt --sampler ddim --steps 50
-    python -m helpers.sample --checkpoint pretrained/03_ddpm_eps.pt --sampler dpmpp-2m --nfe 20
-    python -m helpers.sample --checkpoint pretrained/08_cfg.pt --class-id -1 --guidance-scale 3 --n 10000 --out samples.npz
-    python -m helpers.sample --checkpoint pretrained/03_ddpm_eps.pt --n 10000 --out samples/
-    python -m helpers.sample --checkpoint pretrained/11_cd.pt --sampler consistency --nfe 2
-    python -m helpers.sample --checkpoint artifacts/laptop/checkpoints/10_latent.pt --sampler ddim --steps 50   # decoded by its autoencoder
+    python -m helpers sample --checkpoint artifacts/full/checkpoints/03_ddpm_eps.pt --n 64 --out grid.png
+    python -m helpers sample --checkpoint pretrained/03_ddpm_eps.pt --sampler ddim --steps 50
+    python -m helpers sample --checkpoint pretrained/03_ddpm_eps.pt --sampler dpmpp-2m --nfe 20
+    python -m helpers sample --checkpoint pretrained/08_cfg.pt --class-id -1 --guidance-scale 3 --n 10000 --out samples.npz
+    python -m helpers sample --checkpoint pretrained/03_ddpm_eps.pt --n 10000 --out samples/
+    python -m helpers sample --checkpoint pretrained/11_cd.pt --sampler consistency --nfe 2
+    python -m helpers sample --checkpoint artifacts/laptop/checkpoints/10_latent.pt --sampler ddim --steps 50   # decoded by its autoencoder
 
 ``.npz`` holds ``arr_0``, uint8 [N, H, W, C], and for a conditional model ``arr_1``, the labels:
 the layout guided-diffusion's evaluation suite reads. A folder gets one PNG per image, as
-clean-fid and torch-fidelity read them.
+clean-fid and torch-fidelity read them. ``python -m helpers.sample`` runs the same command.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import sys
 import time
@@ -27,11 +26,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from helpers.autoencoder import Autoencoder, load_autoencoder
-from helpers.checkpoints import CheckpointError, load_model
+from helpers import cli
+from helpers.autoencoder import Autoencoder
+from helpers.checkpoints import CheckpointError, load_autoencoder, load_model
 from helpers.paths import repo_root
 from helpers.consistency import MultistepConsistency, consistency_record
-from helpers.device import cpu_generator, describe, pick_device
+from helpers.cli import CliError
+from helpers.device import cpu_generator, describe
 from helpers.latent import check_autoencoder, decode, latent_record, unclipped
 from helpers.samplers import DDIM, DDPM, SPACINGS, VARIANCES, Guided, sample
 from helpers.solvers import SOLVERS, Solver
@@ -39,10 +40,6 @@ from helpers.viz import save_grid
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
-class CliError(Exception):
-    """A bad command line: printed as one ``error:`` line, exit code 2."""
 
 
 def is_folder(out: Path) -> bool:
@@ -71,29 +68,25 @@ def write_images(x: torch.Tensor, labels: torch.Tensor | None, out: Path) -> Pat
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m helpers.sample",
-        description="Draw images from a trained checkpoint; save a PNG grid, an .npz of uint8 images, or one PNG per image in a folder.",
-    )
-    p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint written by notebook 03/06/07/08 or python -m helpers.train")
-    p.add_argument("--n", type=int, default=64, help="number of images (default: 64)")
+    p = cli.parser("sample", profile=False)
+    p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint written by notebook 03/06/07/08/10/11, python -m helpers train or python -m helpers distil")
+    p.add_argument("--n", type=cli.positive, default=64, help="number of images (default: 64)")
     p.add_argument("--out", type=Path, default=Path("grid.png"), help="a .png grid, an .npz (arr_0 uint8 NxHxWxC, arr_1 labels), or a folder (ending in / or without a suffix) for one PNG per image (default: grid.png)")
     p.add_argument("--sampler", choices=("ddpm", "ddim", *SOLVERS, "consistency"), default="ddpm",
                    help="ancestral DDPM over all T steps, DDIM, a noise-level solver (helpers.solvers): euler, heun, dpmpp-2m (ODE), euler-a, pc (SDE), "
-                   "or consistency for a model distilled by python -m helpers.distil (default: ddpm)")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: T)")
+                   "or consistency for a model distilled by python -m helpers distil (default: ddpm)")
+    p.add_argument("--steps", type=cli.positive, default=None, help="DDIM steps (default: T)")
     p.add_argument("--eta", type=float, default=None, help="DDIM noise: 0 deterministic, 1 DDPM-like (default: 0)")
     p.add_argument("--spacing", choices=SPACINGS, default=None, help="DDIM timestep grid (default: trailing, which starts at t = T-1; Lin et al. 2024)")
-    p.add_argument("--nfe", type=int, default=None, help="network evaluations of a noise-level solver, on a Karras grid (default: 50), or of consistency sampling (default: 1)")
+    p.add_argument("--nfe", type=cli.positive, default=None, help="network evaluations of a noise-level solver, on a Karras grid (default: 50), or of consistency sampling (default: 1)")
     p.add_argument("--variance", choices=VARIANCES, default=None, help="DDPM step variance: beta tilde (fixed_small, the default) or beta (fixed_large)")
     p.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
     p.add_argument("--class-id", type=int, default=None, help="class of every image, for conditional models; -1 cycles through all classes (default: unconditional)")
-    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance scale s: 1 plain conditional, 0 unconditional (default: 1)")
+    p.add_argument("--guidance-scale", type=cli.finite, default=1.0, help="classifier-free guidance scale s: 1 plain conditional, 0 unconditional (default: 1)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--autoencoder", type=Path, default=None, help="for a latent model (notebook 10): the autoencoder that decodes its samples (default: the one its checkpoint names; another is refused)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the CPU generator behind all noise, the same on any device (default: 0)")
-    p.add_argument("--batch-size", type=int, default=256, help="images per sampling batch (default: 256)")
-    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--seed", type=cli.count, default=0, help="seed of the CPU generator behind all noise, the same on any device (default: 0)")
+    p.add_argument("--batch-size", type=cli.positive, default=256, help="images per sampling batch (default: 256)")
     return p
 
 
@@ -159,27 +152,22 @@ def class_ids(args: argparse.Namespace, start: int, b: int, num_classes: int | N
     return torch.arange(start, start + b) % num_classes if args.class_id == -1 else torch.full((b,), args.class_id)
 
 
-def run(args: argparse.Namespace) -> str:
+def draw(args: argparse.Namespace) -> str:
     """Sample as ``args`` say and write the images; return the summary line. Bad input: CliError."""
-    for flag, value in (("--n", args.n), ("--batch-size", args.batch_size)):
-        if value < 1:
-            raise CliError(f"{flag} must be at least 1, got {value}")
+    device = cli.pick(args)
     if args.class_id is not None and args.class_id < -1:
         raise CliError(f"--class-id must be a class (0 and up) or -1 for all classes in turn, got {args.class_id}")
-    if not math.isfinite(args.guidance_scale):
-        raise CliError(f"--guidance-scale must be a finite number, got {args.guidance_scale}")
     if args.guidance_scale != 1 and args.class_id is None:
         raise CliError("--guidance-scale needs --class-id: guidance steers towards a class")
     sampler = build_sampler(args)
     check_destination(args.out)
-    device = pick_device(args.device)
     try:
         model, d, ckpt = load_model(args.checkpoint, device, ema=not args.raw)
     except (FileNotFoundError, CheckpointError) as err:
         raise CliError(str(err)) from None
     record = consistency_record(ckpt)
     if isinstance(sampler, MultistepConsistency) and record is None:
-        raise CliError(f"{args.checkpoint} holds a diffusion model; --sampler consistency needs one distilled from it (python -m helpers.distil)")
+        raise CliError(f"{args.checkpoint} holds a diffusion model; --sampler consistency needs one distilled from it (python -m helpers distil)")
     if record is not None and not isinstance(sampler, MultistepConsistency):
         raise CliError(f"{args.checkpoint} holds a consistency model (distilled from {record['teacher']}); sample it with --sampler consistency --nfe 1 or 2")
     if record is not None:
@@ -201,7 +189,7 @@ def run(args: argparse.Namespace) -> str:
         b = min(args.batch_size, args.n - start)
         y = class_ids(args, start, b, model.num_classes)
         net = Guided(model, y, args.guidance_scale) if y is not None else model
-        x = sample(net, d, (b, *shape), sampler, gen, progress=True, clamp=ae is None)
+        x = sample(net, d, (b, *shape), sampler, gen, progress=not args.no_progress, clamp=ae is None)
         images.append((decode(ae, x) if ae is not None else x).cpu())
     seconds = time.perf_counter() - t0
     x = torch.cat(images)
@@ -216,14 +204,14 @@ def run(args: argparse.Namespace) -> str:
     return f"{args.n} images ({weights} weights, step {ckpt['step']}, {sampler}) on {describe(device)} in {seconds:.1f} s -> {args.out}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        print(run(args))
-    except CliError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace) -> int:
+    """Sample as ``args`` say and print what was written; the exit code."""
+    print(draw(args))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run_command(build_parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from helpers.distributed import World
+
 __all__ = ["N_BUCKETS", "Window", "TrainLog"]
 
 N_BUCKETS = 10  # loss by timestep bucket: t in [0, T/10), [T/10, 2T/10), ...
@@ -70,6 +72,14 @@ class TrainLog:
             "loss_by_bucket": [float(s / c) if c else None for s, c in zip(sums, counts)],
         }
 
+    def close(self, window: Window, world: World, step: int, lr: float, model: torch.nn.Module, batch_size: int) -> dict[str, Any]:
+        """The row for ``window`` with the losses of every process of ``world`` summed in, appended."""
+        for sums in (window.bucket_sum, window.bucket_count):  # the global batch's losses
+            world.all_sum(sums)
+        row = self.summarise(window, step, lr, model, batch_size)
+        self.append(row)
+        return row
+
     def append(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
         if self.out_dir is not None:
@@ -82,6 +92,13 @@ class TrainLog:
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+
+    def start_fresh(self) -> None:
+        """A run from step 0: the log file holds only this run's rows, and an earlier run's grids (``out_dir/grids``) go."""
+        self.rewrite()
+        if self.out_dir is not None:
+            for old in (self.out_dir / "grids").glob("step_*.png"):
+                old.unlink()
 
     def restore(self, rows: list[dict[str, Any]]) -> None:
         """Continue from a checkpoint's rows and their smoothed loss."""

@@ -92,7 +92,7 @@ assert torch.allclose(simple_loss(probe, x0, t, eps), plain.loss(probe, x0, t=t,
 # $\text{lr}\cdot\min(1, (k+1)/\text{warm-up})$ at step $k$, then the EMA of the weights with its
 # own warm-up, decay $\min(\text{decay}, (1+k)/(10+k))$ (notebook 06). Five steps written out and five
 # steps of `Trainer.train_step`, from the same weights, batch and random draws (both in float32:
-# the check turns off the bf16 autocast that the Trainer would use on a GPU):
+# the check turns off the mixed precision that the Trainer would use on a GPU):
 
 # %%
 import copy
@@ -144,12 +144,13 @@ assert weights_gap < 1e-3 and ema_gap < 1e-3
 # ## Train
 #
 # `Trainer` runs exactly that loss with Adam, a linear learning-rate warm-up, gradient clipping
-# at norm 1 (DDPM's settings), bf16 autocast on CUDA, a tqdm bar with loss and images per second,
+# at norm 1 (DDPM's settings), mixed precision on GPUs that have it (bf16, or fp16 with a gradient
+# scaler on older ones), a tqdm bar with loss and images per second,
 # a metrics log (`metrics.jsonl`), the loss by timestep bucket, and a sample grid every
 # `sample_every` steps. It also keeps an exponential moving average (EMA) of the weights, which
 # samples better than the last weights; notebook 06 explains it. It writes its checkpoint as it
 # goes: if one from an earlier run exists, training continues from it (delete the file to start
-# over). The command line `python -m helpers.train --profile <name>` runs the same recipe
+# over). The command line `python -m helpers train --profile <name>` runs the same recipe
 # outside Jupyter; `docs/laptop-recipe.md` shows how the laptop one was chosen.
 
 # %% tags=["nbval-ignore-output"]
@@ -243,7 +244,7 @@ with tempfile.TemporaryDirectory() as tmp:
     fresh(1).train(k).save(Path(tmp) / "half.pt")
     resumed = fresh(2)  # different initial weights: everything must come from the file
     resumed.load(Path(tmp) / "half.pt")
-    resumed.train(k)
+    resumed.train(2 * k)  # steps is the total: k more
 diff = max((a - b).abs().max().item() for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()))
 print(f"largest weight difference after {2 * k} steps straight vs {k} + resume + {k}: {diff:.3g}")
 print("same losses at every step:", [r["loss"] for r in straight.history] == [r["loss"] for r in resumed.history])

@@ -255,7 +255,7 @@ print(f"lowest FID at s = {best_fid['s']}")
 # records `num_classes` and `p_uncond`). From the command line:
 #
 # ```
-# python -m helpers.sample --checkpoint artifacts/<profile>/checkpoints/08_cfg.pt --class-id 4 --guidance-scale 3 --out coats.png
+# python -m helpers sample --checkpoint artifacts/<profile>/checkpoints/08_cfg.pt --class-id 4 --guidance-scale 3 --out coats.png
 # ```
 #
 # Class ids are the positions in the list printed at the top (4 is "Coat" in Fashion-MNIST, "deer"

@@ -495,7 +495,7 @@ fig.suptitle(f"the same noise, NFE = 10 except DDPM [{profile.name} profile]");
 # ## What this notebook leaves
 #
 # The FID-against-NFE table, in `artifacts/<profile>/figures/09_nfe_fid.json`. The solvers are on the
-# command line too: `python -m helpers.sample --checkpoint ... --sampler dpmpp-2m --nfe 20`.
+# command line too: `python -m helpers sample --checkpoint ... --sampler dpmpp-2m --nfe 20`.
 
 # %%
 path = profile.artifacts / "figures" / "09_nfe_fid.json"

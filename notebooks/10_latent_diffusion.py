@@ -71,21 +71,22 @@ q = DiagonalGaussian(mu, logvar)
 assert torch.allclose(kl_by_hand, q.kl()) and torch.allclose(z_by_hand, q.sample(cpu_generator(1)))
 print("KL and reparameterised sample by hand == helpers.autoencoder.DiagonalGaussian")
 
-ae_settings = profile.autoencoder
-ae = Autoencoder(image_size=profile.image_size, in_channels=profile.channels, **ae_settings["model"]).to(device)
+ae_config = profile.autoencoder  # an AutoencoderConfig: the network's width and latent channels, and its training
+ae = Autoencoder(**ae_config.model_config(profile.image_size, profile.channels)).to(device)
 print(f"autoencoder: {sum(p.numel() for p in ae.parameters()):,} parameters; {profile.image_size}x{profile.image_size} images -> latents {ae.latent_shape} "
       f"({profile.channels * profile.image_size**2} numbers -> {math.prod(ae.latent_shape)})")
 
 # %%
-from helpers.autoencoder import save_autoencoder, train_autoencoder
+from helpers.autoencoder_training import AutoencoderTrainer
 
+ae_run = AutoencoderTrainer(ae, data, ae_config, device)  # Ctrl-C saves the run: python -m helpers autoencoder --resume continues it
 start = time.perf_counter()
-ae_history = train_autoencoder(ae, data, device=device, seed=profile.seed, **ae_settings["train"])
+ae_history = ae_run.train(save_to=profile.checkpoint("autoencoder"), profile=profile.name).history
 ae_minutes = (time.perf_counter() - start) / 60
 fig, ax = plt.subplots(figsize=(7, 3.6))
 ax.plot([r["step"] for r in ae_history], [r["l1"] for r in ae_history], "o-", ms=3)
 ax.set(yscale="log", xlabel="step", ylabel="L1 reconstruction error per pixel (log scale)", title=f"autoencoder training, {ae_minutes:.1f} minutes [{profile.name} profile]")
-print(f"{ae_settings['train']['steps']} steps in {ae_minutes:.1f} minutes; final L1 per pixel {ae_history[-1]['l1']:.4f}, KL per image {ae_history[-1]['kl']:.0f}")
+print(f"{ae_config.steps} steps in {ae_minutes:.1f} minutes; final L1 per pixel {ae_history[-1]['l1']:.4f}, KL per image {ae_history[-1]['kl']:.0f}")
 
 # %% [markdown]
 # Test images next to their reconstructions $\mathcal D(\mu(x))$, and the reconstruction FID: held-out
@@ -129,7 +130,7 @@ with torch.no_grad():
 scale_by_hand = 1 / float(z_unscaled.std())
 scale = ae.measure_scale(x_sample)
 assert math.isclose(scale_by_hand, scale, rel_tol=1e-5)
-ae_path = save_autoencoder(profile.checkpoint("autoencoder"), ae, ae_history, {"minutes": ae_minutes})
+ae_path = ae_run.save(profile.checkpoint("autoencoder"), profile=profile.name, extra={"minutes": ae_minutes})  # now with its scale factor
 print(f"posterior means: std {z_unscaled.std():.3f} -> scale factor {scale:.4f} (sampled latents: std {z_sampled.std():.3f}); saved {ae_path}")
 
 # %% [markdown]
@@ -211,7 +212,7 @@ def seconds_per_step(model, dataset, n=50):
     trainer.train(10)  # warm up
     sync(device)
     start = time.perf_counter()
-    trainer.train(n)
+    trainer.train(10 + n)  # to step 10 + n in total
     sync(device)
     return (time.perf_counter() - start) / n
 

@@ -296,7 +296,7 @@ print(f"CD loss by hand == helpers.consistency.cd_loss: {by_hand.mean():.4f} on 
 # %% [markdown]
 # `Distiller` runs these steps with Adam and gradient clipping, keeps the target EMA and a second,
 # slower EMA for sampling, and saves a checkpoint that names its teacher
-# (`python -m helpers.distil --teacher pretrained/03_ddpm_eps.pt` is the same run). Under
+# (`python -m helpers distil --teacher pretrained/03_ddpm_eps.pt` is the same run). Under
 # `laptop` this is the notebook's long cell.
 
 # %%

@@ -1,5 +1,6 @@
 """The latent-diffusion autoencoder: shapes, the KL term against torch.distributions, the
-reparameterised posterior, the scale factor, and the checkpoint round trip."""
+reparameterised posterior, the scale factor, its training run (the numbers of the loop it
+replaced, exact resume) and the checkpoint round trip. The run's guards: tests/test_runs.py."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from helpers.autoencoder import Autoencoder, DiagonalGaussian, load_autoencoder, save_autoencoder, train_autoencoder
-from helpers.checkpoints import CheckpointError
-from helpers.config import get_profile
-from helpers.data import profile_dataset
+from helpers.autoencoder import Autoencoder, DiagonalGaussian
+from helpers.autoencoder_training import AutoencoderTrainer
+from helpers.checkpoints import CheckpointError, load_autoencoder, save_autoencoder
+from helpers.config import AutoencoderConfig, get_profile
+from helpers.data import ImageDataset, make_loader, profile_dataset
 from helpers.device import cpu_generator
 
 
@@ -61,11 +63,75 @@ def test_the_scale_factor_makes_latents_unit_variance():
     assert abs(float(z.std()) - 1.0) < 0.05 and scale < 0.5
 
 
+@pytest.mark.slow
 def test_training_reduces_the_reconstruction_error(data_env):
-    dataset = profile_dataset(get_profile("smoke"))
-    ae = Autoencoder(image_size=16, ch=16)
-    history = train_autoencoder(ae, dataset, steps=60, batch_size=32, lr=2e-3, log_every=10, progress=False)
-    assert history[-1]["l1"] < 0.7 * history[0]["l1"]
+    profile = get_profile("smoke")
+    dataset, config = profile_dataset(profile), AutoencoderConfig.from_profile(profile)
+    trainer = AutoencoderTrainer(Autoencoder(**config.model_config(16, 1)), dataset, config, progress=False).train()
+    assert trainer.history[-1]["l1"] < 0.7 * trainer.history[0]["l1"] and not trainer.ae.training
+
+
+def tiny_data(n: int = 48, side: int = 16) -> ImageDataset:
+    x = torch.randint(0, 256, (n, 1, side, side), generator=cpu_generator(5), dtype=torch.uint8)
+    return ImageDataset(x, torch.zeros(n, dtype=torch.long), ("thing",))
+
+
+def the_loop_it_replaced(ae, dataset, steps, batch_size, lr, kl_weight, seed, log_every):
+    """helpers.autoencoder.train_autoencoder as it was (notebook 10's stored numbers come from it)."""
+    opt = torch.optim.Adam(ae.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    batches = iter(make_loader(dataset, batch_size, seed=seed))
+    history, rec_sum, kl_sum = [], 0.0, 0.0
+    for step in range(1, steps + 1):
+        x = next(batches)[0]
+        recon, posterior = ae(x, gen)
+        rec = (recon - x).abs().flatten(1).sum(1)
+        kl = posterior.kl()
+        loss = (rec + kl_weight * kl).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        rec_sum, kl_sum = rec_sum + float(rec.mean().detach()) / x[0].numel(), kl_sum + float(kl.mean().detach())
+        if step % log_every == 0 or step == steps:
+            n = log_every if step % log_every == 0 else step % log_every
+            history.append({"step": step, "l1": rec_sum / n, "kl": kl_sum / n})
+            rec_sum = kl_sum = 0.0
+    return history
+
+
+def test_the_run_draws_and_logs_the_numbers_of_the_loop_it_replaced():
+    config = AutoencoderConfig(steps=7, batch_size=8, lr=2e-3, kl_weight=1e-3, log_every=3, seed=4, ch=16)
+    torch.manual_seed(0)
+    before = Autoencoder(**config.model_config(12, 1))  # 144 pixels: dividing by them rounds, as by 28 x 28
+    reference = Autoencoder(**config.model_config(12, 1))
+    reference.load_state_dict(before.state_dict())
+    expected = the_loop_it_replaced(reference, tiny_data(side=12), 7, 8, 2e-3, 1e-3, 4, 3)
+    trainer = AutoencoderTrainer(before, tiny_data(side=12), config, progress=False).train()
+    assert [{k: r[k] for k in ("step", "l1", "kl")} for r in trainer.history] == expected, "bit for bit, rows at 3, 6 and the end"
+    assert all(torch.equal(a, b) for a, b in zip(trainer.ae.state_dict().values(), reference.state_dict().values()))
+
+
+def test_an_autoencoder_run_resumes_exactly_and_its_file_loads_as_the_autoencoder(tmp_path):
+    config = AutoencoderConfig(steps=6, batch_size=8, lr=2e-3, log_every=2, ch=16)
+
+    def fresh(seed: int) -> AutoencoderTrainer:
+        torch.manual_seed(seed)
+        return AutoencoderTrainer(Autoencoder(**config.model_config(16, 1)), tiny_data(), config, progress=False)
+
+    straight = fresh(0).train()
+    fresh(0).train(4, save_to=tmp_path / "ae.pt")
+    resumed = fresh(1)
+    resumed.load(tmp_path / "ae.pt")
+    assert resumed.step == 4
+    resumed.train()
+    assert all(torch.equal(a, b) for a, b in zip(straight.ae.state_dict().values(), resumed.ae.state_dict().values()))
+    assert resumed.history[-1]["l1"] == straight.history[-1]["l1"]
+    resumed.ae.measure_scale(images(16, 16))
+    resumed.save(tmp_path / "ae.pt", extra={"minutes": 0.5})
+    back = load_autoencoder(tmp_path / "ae.pt")
+    assert back.fingerprint() == resumed.ae.fingerprint() and not back.training
+    with pytest.raises(CheckpointError, match=r"ae.pt was trained with lr=0.002 \(not 0.01\)"):
+        AutoencoderTrainer(Autoencoder(**config.model_config(16, 1)), tiny_data(), AutoencoderConfig(steps=6, batch_size=8, lr=1e-2, ch=16)).load(tmp_path / "ae.pt")
 
 
 def test_save_load_round_trip_and_refusals(tmp_path):
@@ -78,12 +144,20 @@ def test_save_load_round_trip_and_refusals(tmp_path):
     other = Autoencoder(image_size=16, ch=16)
     assert other.fingerprint() != ae.fingerprint()
     torch.save({"format": "diffusion-course/1", "model": {}}, tmp_path / "unet.pt")
-    with pytest.raises(CheckpointError, match="not an autoencoder checkpoint"):
+    with pytest.raises(CheckpointError, match="unet.pt holds a U-Net, not an autoencoder"):
         load_autoencoder(tmp_path / "unet.pt")
     ckpt = torch.load(path, weights_only=True)
-    ckpt["weights"]["scale_factor"] = torch.tensor(3.0)
+    ckpt["model"]["scale_factor"] = torch.tensor(3.0)
     torch.save(ckpt, tmp_path / "edited.pt")
     with pytest.raises(CheckpointError, match="do not match its recorded fingerprint"):
         load_autoencoder(tmp_path / "edited.pt")
-    with pytest.raises(FileNotFoundError, match="no autoencoder checkpoint"):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         load_autoencoder(tmp_path / "missing.pt")
+
+
+def test_an_autoencoder_saved_in_the_format_before_the_kinds_still_loads(tmp_path):
+    ae = Autoencoder(image_size=16, ch=16)
+    ae.measure_scale(images(16, 16))
+    torch.save({"format": "diffusion-course-autoencoder/1", "config": dict(ae.config), "weights": ae.state_dict(),
+                "fingerprint": ae.fingerprint(), "history": [{"step": 60, "l1": 0.1}], "extra": {}}, tmp_path / "old.pt")  # fmt: skip
+    assert load_autoencoder(tmp_path / "old.pt").fingerprint() == ae.fingerprint()

@@ -136,3 +136,36 @@ def test_ema_update_every_k_steps_and_store_restore_round_trip():
     assert fresh.shadow["weight"].item() == 2.0 and (fresh.decay, fresh.step, fresh.update_every) == (0.5, 3, 3)
     with pytest.raises(ValueError, match="does not match this model"):
         EMA(nn.Linear(1, 1)).load_state_dict(ema.state_dict())
+
+
+# ---- one format, four kinds --------------------------------------------------------------------------
+
+
+def test_a_checkpoint_names_its_kind_and_another_kind_is_refused_in_one_line(tmp_path):
+    save_checkpoint(tmp_path / "ae.pt", {"model": {"w": torch.ones(2)}, "model_config": {"ch": 8}, "step": 3}, "autoencoder")
+    assert C.read_checkpoint(tmp_path / "ae.pt")["kind"] == "autoencoder"
+    assert load_checkpoint(tmp_path / "ae.pt", kind="autoencoder")["step"] == 3
+    with pytest.raises(CheckpointError, match=r"^\S*ae.pt holds an autoencoder, not a U-Net or a consistency model$"):
+        load_checkpoint(tmp_path / "ae.pt")
+    save_checkpoint(tmp_path / "c.pt", minimal())
+    with pytest.raises(CheckpointError, match=r"c.pt holds a U-Net, not a classifier$"):
+        load_checkpoint(tmp_path / "c.pt", kind="classifier")
+    with pytest.raises(ValueError, match="a checkpoint of an autoencoder needs the key 'step'"):
+        save_checkpoint(tmp_path / "x.pt", {"model": {}, "model_config": {}}, "autoencoder")
+    with pytest.raises(ValueError, match="unknown checkpoint kind 'gan'"):
+        save_checkpoint(tmp_path / "x.pt", minimal(), "gan")
+
+
+@pytest.mark.parametrize("name,kind", [("03_ddpm_eps.pt", "unet"), ("07_v.pt", "unet"), ("08_cfg.pt", "unet"), ("11_cd.pt", "consistency"),
+                                       ("fashion_mnist_28px_w32.pt", "classifier")])  # fmt: skip
+def test_every_shipped_file_reads_with_its_kind(name, kind):
+    """pretrained/ predates the kinds: the course format without one, and the classifier's {config, model, info}."""
+    from helpers.paths import pretrained_dir
+
+    ckpt = C.read_checkpoint(pretrained_dir() / name)
+    assert ckpt["kind"] == kind and "format" in ckpt and ckpt["model"]
+    if kind == "classifier":
+        assert ckpt["info"]["test_accuracy"] > 0.9 and load_checkpoint(pretrained_dir() / name, kind="classifier")["model_config"]["width"] == 32
+    else:
+        model, _, loaded = C.load_model(pretrained_dir() / name)
+        assert loaded["kind"] == kind and model.image_size == 28

@@ -168,7 +168,7 @@ def test_sampler_settings_are_checked():
         MultistepConsistency(0)
     with pytest.raises(ValueError, match="unknown distance"):
         DistilConfig(steps=1, distance="lpips")
-    with pytest.raises(ValueError, match="at least 2 noise levels"):
+    with pytest.raises(ValueError, match="number of noise levels must be an integer >= 2"):
         cd_sigmas(1, Denoiser(random_unet(), Diffusion.from_schedule("linear", 100)))
 
 
@@ -215,3 +215,38 @@ def test_a_distilled_model_exports_with_its_record(tmp_path):
     assert card(slim)["distillation"]["teacher"] == "t.pt"
     for name, value in distiller.ema.shadow.items():
         torch.testing.assert_close(model.state_dict()[name], value)
+
+
+def test_cd_loss_reads_the_same_levels_from_the_cpu_table_and_the_distillers_device_copy():
+    """The Distiller hands cd_loss its float32 copy of the grid on the device (no read back to the
+    host); the numbers are those of the float64 table on the CPU, to the bit."""
+    d = Diffusion.from_schedule("linear", 100)
+    distiller = Distiller(random_unet(), d, tiny_dataset(), DistilConfig(steps=1, batch_size=8, n_levels=6, sigma_max=20.0), progress=False)
+    x0 = torch.stack([tiny_dataset()[i][0] for i in range(8)])
+    n = torch.randint(0, 5, (8,), generator=cpu_generator(8))
+    z = torch.randn(x0.shape, generator=cpu_generator(9))
+    cfg = distiller.config
+    args = (distiller.student_fn, distiller.target_fn, distiller.teacher_fn, x0)
+    expected = cd_loss(*args, distiller.sigmas, n, z, cfg.distance, cfg.teacher_step)
+    assert distiller.sigmas.dtype == torch.float64 and distiller.levels.dtype == torch.float32
+    assert torch.equal(cd_loss(*args, distiller.levels, n, z, cfg.distance, cfg.teacher_step), expected)
+
+
+def test_a_distillation_step_never_waits_for_the_device():
+    # On the "meta" device any read of a value back to the host (.item(), .cpu(), bool(), a CPU
+    # index) raises, so a step that runs there keeps a GPU busy without syncs.
+    d = Diffusion.from_schedule("linear", 100)
+    distiller = Distiller(random_unet(), d, tiny_dataset(), DistilConfig(steps=2, batch_size=8, n_levels=6), device="meta", progress=False)
+    loss = distiller.train_step(torch.stack([tiny_dataset()[i][0] for i in range(8)]))
+    assert loss.device.type == "meta" and distiller.step == 1
+
+
+def test_a_diffusion_checkpoint_is_no_distillation_run_to_resume(tmp_path):
+    from helpers.config import TrainConfig
+    from helpers.training import Trainer
+
+    d = Diffusion.from_schedule("linear", 100)
+    Trainer(random_unet(), d, tiny_dataset(), TrainConfig(steps=1, batch_size=8, lr=1e-3), progress=False).train().save(tmp_path / "unet.pt")
+    distiller = Distiller(random_unet(), d, tiny_dataset(), DistilConfig(steps=2, batch_size=8), progress=False)
+    with pytest.raises(CheckpointError, match="unet.pt holds a U-Net, not a consistency model"):
+        distiller.load(tmp_path / "unet.pt")

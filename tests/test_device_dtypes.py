@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from helpers.consistency import MultistepConsistency
-from helpers.device import amp_dtype, channels_last_ok, cpu_generator, needs_grad_scaler
+from helpers.device import amp_dtype, channels_last_ok, cpu_generator, needs_grad_scaler, pick_device
 from helpers.diffusion import Diffusion
 from helpers.samplers import DDIM, DDPM, Guided, ddim_invert, sample
 from helpers.solvers import SOLVERS, Denoiser, Solver
@@ -107,3 +107,11 @@ def test_autocast_is_native_bf16_fp16_with_a_scaler_on_7x_and_fp32_before(monkey
 def test_no_autocast_and_no_channels_last_where_they_do_not_pay():
     assert amp_dtype(torch.device("cpu")) is None and amp_dtype(torch.device("mps")) is None
     assert not channels_last_ok(torch.device("mps")) and channels_last_ok(torch.device("cuda")) and channels_last_ok(torch.device("cpu"))
+
+
+def test_a_cuda_index_beyond_the_machine_is_a_one_line_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert pick_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ValueError, match="'cuda:2' was asked for, but this machine has 2 CUDA GPU"):
+        pick_device("cuda:2")

@@ -40,7 +40,9 @@ TIMEOUT = timedelta(seconds=120)  # a collective left waiting (processes out of 
 
 def _join(rank: int, port: int) -> World:
     """Rank ``rank`` of 2 in a gloo group whose collectives give up after TIMEOUT (``World.init``
-    then finds the group already there)."""
+    then finds the group already there), on one thread as under torchrun: two processes of two
+    threads on two cores wait at every op for a thread the scheduler has parked."""
+    torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2, timeout=TIMEOUT)
     return World(rank, 2, rank)
@@ -64,18 +66,21 @@ def _trainer(world: World) -> Trainer:
 
 
 def _two_process_runs(rank: int, port: int, folder: str) -> None:
-    """Rank ``rank`` of 2: four steps straight; two steps, saved by rank 0 and resumed; and the
-    one-process run's step-2 checkpoint resumed for two more."""
+    """Rank ``rank`` of 2: four steps straight; two steps, saved by rank 0 and resumed; the
+    one-process run's step-2 checkpoint resumed for two more; and the evaluations of
+    ``_evaluations``. One spawn for all: starting two processes and importing torch, torchvision
+    and torchmetrics in each costs 10 to 20 s on a 2-core CPU, more than the work they do."""
     world = _join(rank, port)
+    torch.save(_evaluations(world), f"{folder}/evaluations_{rank}.pt")
     straight = _trainer(world).train(4)
     half = _trainer(world).train(2, save_to=f"{folder}/two_at_2.pt", save_every=2)
     assert half.step == 2
     resumed = _trainer(world)
     resumed.load(f"{folder}/two_at_2.pt")
-    resumed.train(2)
+    resumed.train(4)  # to step 4 in total
     from_one = _trainer(world)
     from_one.load(f"{folder}/one_at_2.pt")
-    from_one.train(2)
+    from_one.train(4)
     if world.main:
         for name, t in (("straight", straight), ("resumed", resumed), ("from_one", from_one)):
             torch.save({"model": t.model.state_dict(), "ema": t.ema.state_dict(), "history": t.history}, f"{folder}/two_{name}.pt")
@@ -93,6 +98,7 @@ def _assert_same_weights(a: dict, b: dict, what: str) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    """The one-process runs, and the two-process ones (``_two_process_runs``) in ``folder``."""
     folder = tmp_path_factory.mktemp("ddp")
     one = World()
     single = _trainer(one).train(4)
@@ -102,6 +108,7 @@ def runs(tmp_path_factory):
     return folder, single, half, two
 
 
+@pytest.mark.slow
 def test_two_processes_train_as_one_with_the_same_global_batch(runs):
     _, single, _, two = runs
     _assert_same_weights(two["straight"]["model"], single.model.state_dict(), "2 processes x 4 steps vs 1 process")
@@ -117,18 +124,20 @@ def test_two_processes_train_as_one_with_the_same_global_batch(runs):
     assert any("fid_ema" in r for r in single.history), "the runs evaluate"
 
 
+@pytest.mark.slow
 def test_two_processes_resume_as_they_would_have_continued(runs):
     _, single, _, two = runs
     _assert_same_weights(two["resumed"]["model"], two["straight"]["model"], "2 processes stopped and resumed")
     _assert_same_weights(two["resumed"]["model"], single.model.state_dict(), "2 processes resumed vs 1 process")
 
 
+@pytest.mark.slow
 def test_checkpoints_move_between_one_and_two_processes(runs):
     folder, single, _, two = runs
     _assert_same_weights(two["from_one"]["model"], single.model.state_dict(), "1-process checkpoint continued by 2")
     continued = _trainer(World())
     continued.load(folder / "two_at_2.pt")
-    continued.train(2)
+    continued.train(4)
     _assert_same_weights(continued.model.state_dict(), single.model.state_dict(), "2-process checkpoint continued by 1")
 
 
@@ -157,19 +166,13 @@ def _evaluations(world: World) -> dict[str, tuple]:
     return out
 
 
-def _two_process_evaluations(rank: int, port: int, folder: str) -> None:
-    world = _join(rank, port)
-    out = _evaluations(world)
-    torch.save(out, f"{folder}/evaluations_{rank}.pt")
-    torch.distributed.destroy_process_group()
-
-
-def test_two_processes_evaluate_as_one(tmp_path):
+@pytest.mark.slow
+def test_two_processes_evaluate_as_one(runs):
     """Each process samples its share (rank 0 batches 0-1, rank 1 batch 2, after passing over the
     first two); the gathered features and the row equal one process's, for stochastic samplers too."""
+    folder = runs[0]
     single = _evaluations(World())
-    mp.spawn(_two_process_evaluations, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
-    first, second = (torch.load(tmp_path / f"evaluations_{r}.pt", weights_only=False) for r in (0, 1))
+    first, second = (torch.load(folder / f"evaluations_{r}.pt", weights_only=False) for r in (0, 1))
     for name, ((feats, logits), row) in single.items():
         (feats2, logits2), row2 = first[name]
         assert feats2.shape == feats.shape == (12, 8)

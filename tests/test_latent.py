@@ -9,7 +9,8 @@ from torch import nn
 
 from helpers import sample as sample_cli
 from helpers import train as train_cli
-from helpers.autoencoder import Autoencoder, save_autoencoder
+from helpers.autoencoder import Autoencoder
+from helpers.checkpoints import save_autoencoder
 from helpers.checkpoints import CheckpointError, load_checkpoint
 from helpers.config import get_profile
 from helpers.data import profile_dataset
@@ -103,8 +104,8 @@ def test_latent_training_and_sampling_from_the_command_line(tmp_path, data_env, 
 
 
 def test_the_autoencoder_trains_from_the_command_line(tmp_path, data_env, capsys):
-    from helpers import autoencoder as autoencoder_cli
-    from helpers.autoencoder import load_autoencoder
+    from helpers import autoencode as autoencoder_cli
+    from helpers.checkpoints import load_autoencoder
 
     out = tmp_path / "ae.pt"
     assert autoencoder_cli.main(["--profile", "smoke", "--out", str(out), "--steps", "3", "--no-progress"]) == 0

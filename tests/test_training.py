@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ from torch import nn
 from helpers.checkpoints import CheckpointError, load_model
 from helpers.data import ImageDataset
 from helpers.diffusion import Diffusion
+from helpers.runs import Precision
 from helpers.train_log import N_BUCKETS, Window
 from helpers.training import TrainConfig, Trainer
 from helpers.unet import UNet
@@ -37,7 +39,7 @@ def test_resume_is_exact(tmp_path):
     torch.manual_seed(12345)  # whatever the global RNG did meanwhile must not matter
     resumed = make_trainer(seed=99)  # fresh objects, different initial weights
     resumed.load(tmp_path / "half.pt")
-    resumed.train(4)
+    resumed.train(8)  # to step 8 in total
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
@@ -53,7 +55,7 @@ def test_the_log_file_holds_exactly_the_runs_rows(tmp_path):
 
     first = make_trainer(out_dir=tmp_path / "logs")
     first.train(2).save(tmp_path / "two.pt")
-    first.train(2)
+    first.train(4)
     assert steps_in_file() == [1, 2, 3, 4]
     make_trainer(out_dir=tmp_path / "logs").load(tmp_path / "two.pt")
     assert steps_in_file() == [1, 2]
@@ -61,6 +63,7 @@ def test_the_log_file_holds_exactly_the_runs_rows(tmp_path):
     assert steps_in_file() == [1]
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_logs_every_row(tmp_path, data_env):
     from helpers.config import PROFILES
     from helpers.data import profile_dataset
@@ -87,15 +90,28 @@ def test_training_lowers_the_loss_and_logs_every_row(tmp_path, data_env):
     assert buckets[0] > buckets[-1]
 
 
-def test_per_image_losses_fall_into_their_timestep_buckets(monkeypatch):
-    trainer = make_trainer(conditional=False, log_every=3)
-    draws = iter([torch.tensor([0, 9, 10, 55, 99, 99, 50, 5])] * 3)
-    monkeypatch.setattr(torch, "randint", lambda *a, **k: next(draws))
-    trainer.train(3)
+class Recording(Trainer):
+    """A Trainer that keeps what each of its steps returns (per-image losses and their timesteps)."""
+
+    def train_step(self, x0, y):
+        out = super().train_step(x0, y)
+        self.steps_seen = getattr(self, "steps_seen", []) + [out]
+        return out
+
+
+def test_per_image_losses_fall_into_their_timestep_buckets():
+    torch.manual_seed(0)
+    d = Diffusion.from_schedule("linear", 100)
+    config = TrainConfig(steps=1, batch_size=8, lr=1e-3)
+    trainer = Recording(UNet(**SMALL_UNET), d, tiny_dataset(), config, progress=False).train()
+    losses = torch.cat([l for l, _, _ in trainer.steps_seen]).double()
+    t = torch.cat([t for _, t, _ in trainer.steps_seen])
     row = trainer.history[-1]["loss_by_bucket"]
-    filled = [i for i, v in enumerate(row) if v is not None]
-    assert filled == [0, 1, 5, 9], "t = 0, 5, 9 -> bucket 0; 10 -> 1; 50, 55 -> 5; 99 -> 9"
-    assert trainer.log.bucket_losses() == row and trainer.log.bucket_losses(since=3) == [None] * N_BUCKETS
+    for i in range(N_BUCKETS):  # bucket i: t in [10 i, 10 i + 10) for T = 100
+        inside = (t >= 10 * i) & (t < 10 * i + 10)
+        assert row[i] == (None if not inside.any() else pytest.approx(float(losses[inside].mean()), rel=1e-6)), i
+    assert None in row, "8 timesteps in 10 buckets"
+    assert trainer.log.bucket_losses() == row and trainer.log.bucket_losses(since=1) == [None] * N_BUCKETS
 
 
 def test_label_dropout_respects_p_uncond():
@@ -183,12 +199,12 @@ def test_resuming_with_different_settings_is_refused_but_switching_ema_on_is_all
 
 def test_checkpoints_load_to_the_cpu_so_adam_step_counters_stay_there(tmp_path, monkeypatch):
     # On a GPU, Adam's step counters loaded onto the device cost a sync per parameter tensor per step.
-    import helpers.training as training
+    import helpers.runs as runs
 
     make_trainer().train(2).save(tmp_path / "c.pt")
     seen = []
-    real = training.load_checkpoint
-    monkeypatch.setattr(training, "load_checkpoint", lambda path, map_location, **kw: seen.append(map_location) or real(path, map_location, **kw))
+    real = runs.load_checkpoint
+    monkeypatch.setattr(runs, "load_checkpoint", lambda path, map_location, **kw: seen.append(map_location) or real(path, map_location, **kw))
     fresh = make_trainer()
     fresh.load(tmp_path / "c.pt")
     assert seen == ["cpu"]
@@ -223,7 +239,7 @@ def test_a_shipped_model_is_a_warm_start_from_its_ema_weights(tmp_path, capsys):
     warm.load(slim)
     assert "weights only" in capsys.readouterr().out
     assert warm.step == 3 and all(torch.equal(a, b) for a, b in zip(warm.model.state_dict().values(), model.state_dict().values()))
-    assert warm.train(2).step == 5
+    assert warm.train(5).step == 5
 
 
 def test_the_learning_rate_warms_up_linearly_from_the_first_step():
@@ -276,9 +292,63 @@ def test_gradient_clipping_bounds_the_gradient_the_optimiser_sees(clip):
 def test_the_trainer_updates_the_ema_every_k_steps():
     trainer = make_trainer(conditional=False, ema_decay=0.5, ema_update_every=3, steps=20)
     shadows = []
-    for _ in range(7):
-        trainer.train(1)
+    for k in range(1, 8):
+        trainer.train(k)
         shadows.append({k: v.clone() for k, v in trainer.ema.shadow.items()})
     changed = [any(not torch.equal(a[k], b[k]) for k in a) for a, b in zip(shadows, shadows[1:])]
     assert changed == [False, True, False, False, True, False], "the average moves at steps 3 and 6 only"
     assert (trainer.ema.step, trainer.ema.num_updates) == (7, 2)
+
+
+@pytest.mark.parametrize("capability,dtype,scaled", [((7, 5), torch.float16, True), ((8, 0), torch.bfloat16, False), ((9, 0), torch.bfloat16, False), ((6, 1), None, False)])
+def test_mixed_precision_follows_the_gpus_compute_capability(monkeypatch, capability, dtype, scaled):
+    """bf16 where the GPU has it natively (8.x and later), fp16 with a gradient scaler on 7.x, float32 below."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a CUDA GradScaler on a machine without CUDA disables itself, with a warning
+        chosen = Precision.choose(torch.device("cuda"), None)
+    assert chosen.dtype == dtype and (chosen.scaler is not None) == scaled
+    assert Precision.choose(torch.device("cuda"), False).dtype is None, "amp=False: float32 on any GPU"
+
+
+def test_the_trainer_trains_in_float32_on_the_cpu_and_refuses_mixed_precision_there():
+    assert make_trainer().precision == Precision(None, None, "cpu")
+    with pytest.raises(ValueError, match="mixed precision was asked for, but cpu has none"):
+        make_trainer(amp=True)
+
+
+def test_float16_steps_scale_the_loss_and_resume_with_the_scaler(tmp_path):
+    """The Trainer's fp16 path (its precision as on a 7.x GPU, run on the CPU): the losses it logs are
+    float32, the gradient scaler's state is saved, and resuming restores it."""
+    def fp16_trainer(seed=0):
+        trainer = make_trainer(seed=seed, conditional=False)
+        trainer.precision = Precision(torch.float16, torch.amp.GradScaler("cpu", init_scale=2.0**8), "cpu")
+        return trainer
+
+    trainer = fp16_trainer()
+    x0, y = next(iter(torch.utils.data.DataLoader(trainer.dataset, batch_size=8)))
+    losses, _, _ = trainer.train_step(x0, y)
+    assert losses.dtype == torch.float32
+    trainer.train(3)
+    trainer.save(tmp_path / "c.pt")
+    saved = torch.load(tmp_path / "c.pt", weights_only=True)["scaler"]
+    assert saved["scale"] == trainer.precision.scaler.get_scale() and saved["_growth_tracker"] == 3
+    resumed = fp16_trainer(seed=1)
+    resumed.load(tmp_path / "c.pt")
+    assert resumed.precision.scaler.state_dict() == trainer.precision.scaler.state_dict()
+
+
+def test_a_refused_run_leaves_the_running_ones_log_and_grids_alone(tmp_path):
+    """The lock is taken before a fresh run clears the log folder: the live run's files survive."""
+    import os
+
+    from helpers.runs import RunLockedError
+
+    logs = tmp_path / "logs"
+    (logs / "grids").mkdir(parents=True)
+    (logs / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    (logs / "grids" / "step_0000001.png").write_bytes(b"the live run's grid")
+    (tmp_path / "run.pt.lock").write_text(str(os.getppid()))  # a live process trains into run.pt
+    with pytest.raises(RunLockedError):
+        make_trainer(out_dir=logs).train(save_to=tmp_path / "run.pt")
+    assert (logs / "metrics.jsonl").read_text() == '{"step": 1, "loss": 0.5}\n' and (logs / "grids" / "step_0000001.png").exists()
