@@ -34,6 +34,26 @@ def test_fid_of_a_shifted_set_is_the_squared_shift():
     assert q.fid == pytest.approx(float(delta.square().sum()), rel=1e-6)
 
 
+def test_fid_of_two_diagonal_gaussians_with_equal_means_is_the_covariance_closed_form():
+    """Equal means, so FID = Tr(S1 + S2 - 2 (S1 S2)^{1/2}) alone (Heusel et al. 2017, eq. 6; Dowson &
+    Landau 1982). For diagonal S1 = diag(s1), S2 = diag(s2) it is sum_i (s1_i + s2_i - 2 sqrt(s1_i s2_i))
+    = sum_i (sd1_i - sd2_i)^2 with sd = sqrt(s).
+
+    Monte-Carlo tolerance: n draws per set estimate each sd with variance sd^2 / (2n), so by the delta
+    method FID_hat has standard error sqrt(sum_i 4 (sd1_i - sd2_i)^2 (sd1_i^2 + sd2_i^2) / (2n)) (0.03
+    here, 0.6% of the value); allow 5 of them. The estimator's bias (the sample means' spread,
+    sum_i (s1_i + s2_i) / n, and the off-diagonal sample covariances, O(d^2 s / n)) is about 1e-3."""
+    n = 100_000
+    sd1 = torch.tensor([1.0, 1.0, 1.0, 2.0], dtype=torch.float64)
+    sd2 = torch.tensor([2.0, 0.5, 3.0, 2.0], dtype=torch.float64)  # the last dimension agrees: it adds nothing
+    a, b = gaussian(n, d=4, seed=10) * sd1, gaussian(n, d=4, seed=11) * sd2
+    s1, s2 = sd1.square(), sd2.square()
+    closed = float((s1 + s2 - 2 * (s1 * s2).sqrt()).sum())  # = 1 + 0.25 + 4 + 0 = 5.25
+    se = float((4 * (sd1 - sd2).square() * (s1 + s2) / (2 * n)).sum().sqrt())
+    q = fid_kid(a, b, "toy", kid_subset_size=100)
+    assert q.fid == pytest.approx(closed, abs=5 * se), f"FID {q.fid:.4f}, closed form {closed:.4f} (standard error {se:.4f})"
+
+
 def test_noised_or_shifted_sets_score_clearly_worse_than_a_fresh_sample():
     real, fresh = gaussian(1000, seed=1), gaussian(1000, seed=2)
     same = fid_kid(real, fresh, "toy", 200)
@@ -62,7 +82,8 @@ def test_too_few_samples_and_mismatched_features_are_clear_errors():
         feats(torch.zeros(2, 3, 16, 16))
 
 
-def test_classifier_learns_fashion_mnist_and_is_cached(data_env, monkeypatch):
+@pytest.mark.slow
+def test_classifier_learns_fashion_mnist(data_env):
     from helpers.data import load_dataset
 
     train = load_dataset("fashion_mnist", True, 16, subset=3000).tensors()
@@ -70,16 +91,33 @@ def test_classifier_learns_fashion_mnist_and_is_cached(data_env, monkeypatch):
     model, acc = train_classifier(train, test, epochs=3, width=16, progress=False)
     assert acc > 0.7, f"a CNN on 3,000 images should beat 70% (chance is 10%), got {acc:.1%}"
 
-    profile = dataclasses.replace(PROFILES["smoke"], classifier_epochs=1, classifier_width=8)
+
+def test_the_profiles_classifier_is_trained_once_and_then_loaded(data_env, monkeypatch):
+    """The cache, not the learning (the test above): the training is cut to the first 512 images,
+    so that the first call trains in a fraction of a second; the second loads the same weights, and
+    another classifier width is another cache entry."""
+    from helpers.classifier import accuracy
+    from helpers.data import load_dataset
+
     calls = []
     real_train = classifier_mod.train_classifier
-    monkeypatch.setattr(classifier_mod, "train_classifier", lambda *a, **k: calls.append(1) or real_train(*a, **{**k, "progress": False}))
+
+    def first_images(train, test, *args, **kwargs):
+        calls.append(len(train[0]))
+        return real_train((train[0][:512], train[1][:512]), test, *args, **{**kwargs, "progress": False})
+
+    monkeypatch.setattr(classifier_mod, "train_classifier", first_images)
+    profile = dataclasses.replace(PROFILES["smoke"], classifier_epochs=1, classifier_width=8)
     first, info = load_or_train_classifier(profile, progress=False)
     again, info_again = load_or_train_classifier(profile, progress=False)
-    assert calls == [1], "the second call loads the cached classifier"
-    assert info == info_again and info["test_images"] == 10_000 and info["test_accuracy"] > 0.7
+    assert calls == [60_000], "one training, on the whole training split; the second call loads the cached classifier"
+    assert info == info_again and (info["train_images"], info["test_images"], info["width"]) == (60_000, 10_000, 8)
+    test = load_dataset("fashion_mnist", False, 16).tensors()
+    assert info["test_accuracy"] == accuracy(again, *test), "the recorded accuracy is the loaded classifier's on the test split"
     x = test[0][:8]
     assert torch.equal(first(x), again(x))
+    wider, _ = load_or_train_classifier(dataclasses.replace(profile, classifier_width=4), progress=False)
+    assert calls == [60_000, 60_000] and wider.config["width"] == 4, "another width must not be served the cached classifier"
 
 
 def test_inception_features_from_a_local_weights_file(tmp_path, monkeypatch):
@@ -226,15 +264,39 @@ def test_real_floor_sits_far_below_a_damaged_copy_of_the_same_images(data_env):
     assert f"real-data floor {floor.fid:.3f}" in str(q)
 
 
+class PixelFeatures(M.Features):
+    """Stand-in features whose outputs a test can compute from the images: the first 8 pixels as the
+    features and 20 x the first 10 as the class logits (confident, and different for each image,
+    where a random classifier gives nearly the same logits to every sample and an IS of 1.00001)."""
+
+    name, key, dim = "pixels", "pixels", 8
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()), requires_grad=False)  # where extract() finds the device
+
+    def check(self, x):
+        pass
+
+    @torch.no_grad()
+    def both(self, x):
+        flat = x.flatten(1)
+        return flat[:, :8], 20 * flat[:, :10]
+
+
 def test_evaluator_rows_carry_the_floor_and_the_inception_score():
     torch.manual_seed(0)
-    feats = ClassifierFeatures(Classifier(1, 16, width=4, feature_dim=8), "fashion_mnist")
+    feats = PixelFeatures()
     real = M.extract(feats, torch.rand(64, 1, 16, 16) * 2 - 1)
     floor = M.Floor(fid=1.5, fid_std=0.1, kid=0.001, inception_score=3.0, sets=2)
     ev = Evaluator(Diffusion.from_schedule("linear", 20), feats, real, n=40, steps=4, batch_size=16, kid_subset_size=20, floor=floor)
-    row = ev(random_unet())
+    model = random_unet()
+    row = ev(model)
     assert (row["fid_floor"], row["fid_floor_std"], row["is_floor"]) == (1.5, 0.1, 3.0)
-    assert 1.0 <= row["is"] <= 10.0, "an Inception Score lies between 1 and the number of classes"
+    # the row's IS is that of the logits of these very samples (10 splits of 4), not of their features
+    images, _ = ev.images(model)
+    logits = (20 * images.flatten(1)[:, :10]).double()
+    assert row["is"] == pytest.approx(M.inception_score(logits, splits=10)[0], rel=1e-6)
 
 
 def test_a_damaged_feature_cache_is_named_with_what_to_do(data_env, _isolated_artifacts):

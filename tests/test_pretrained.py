@@ -1,6 +1,13 @@
 """Quality regression: the shipped laptop models, sampled with the samplers and schedules of
 today's code, must still score what their cards recorded. A broken sampler coefficient, schedule
-or U-Net change sends these numbers far off."""
+or U-Net change sends these numbers far off.
+
+Each measurement samples 500 images (the cards' count) and scores them against the features of
+10,000 training and 10,000 held-out test images. ``helpers.metrics`` caches those features under
+``artifacts/laptop/fid/``; the measuring tests share one artifacts folder, so the first extracts
+them and the others read them back, as the notebooks do."""
+
+from pathlib import Path
 
 import pytest
 
@@ -9,28 +16,70 @@ from helpers.paths import card, pretrained_dir
 from helpers.pretrained import measure
 
 
-def assert_scores_its_card(name: str) -> None:
+@pytest.fixture(scope="module")
+def _laptop_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("laptop-artifacts")
+
+
+@pytest.fixture
+def shared_artifacts(_laptop_artifacts: Path, data_env: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """One artifacts folder for this module's measurements (in place of each test's own)."""
+    monkeypatch.setenv("DIFFUSION_ARTIFACTS", str(_laptop_artifacts))
+    return _laptop_artifacts
+
+
+def measure_with_cached_features(path: Path, artifacts: Path, **kw) -> dict:
+    """``measure(path, **kw)``, then check that the feature cache holds one file of training-image
+    and one of held-out features: a later measurement found and reused the first one's."""
+    now = measure(path, **kw)
+    cached = sorted(p.name.split("_")[0] for p in (artifacts / "laptop" / "fid").iterdir())
+    assert cached == ["heldout", "real"], f"one cache file each, reused across measurements; found {cached}"
+    return now
+
+
+def assert_scores_its_card(name: str, artifacts: Path) -> None:
     """The shipped model ``name`` measured now against its card: the same seed, classifier, sampler
     and sample count give, on the CPU, the same FID up to float noise; allow the larger of 10% and
     three floor spreads."""
     path = pretrained_dir() / name
     recorded = card(path)["quality"]
-    now = measure(path)
+    now = measure_with_cached_features(path, artifacts)
     assert (now["samples"], now["features"], now["sampler"]) == (recorded["samples"], recorded["features"], recorded["sampler"])
     bound = recorded["fid"] + max(0.1 * recorded["fid"], 3 * recorded["fid_floor_std"])
     assert now["fid"] <= bound, f"{name}: FID {now['fid']:.1f} is above the bound {bound:.1f} (recorded {recorded['fid']:.1f})"
 
 
-def test_the_shipped_eps_model_still_scores_its_recorded_fid(data_env):
-    assert_scores_its_card("03_ddpm_eps.pt")
+@pytest.mark.slow
+def test_the_shipped_eps_model_still_scores_its_recorded_fid(shared_artifacts):
+    assert_scores_its_card("03_ddpm_eps.pt", shared_artifacts)
 
 
-def test_the_shipped_conditional_model_draws_the_asked_for_class(data_env):
+@pytest.mark.slow
+def test_the_shipped_conditional_model_draws_the_asked_for_class(shared_artifacts):
+    """The card's class accuracy is over 500 guided samples, two batches of 250 from one seed
+    (``measure``); this draws the first batch alone, the same 250 images (the same noise, labels
+    0..249 mod 10, 25 a class), at half the cost of the slowest test here. Its accuracy differs
+    from the card's by the spread of a half drawn from the 500, sqrt(p (1 - p) / 250 * 250 / 499)
+    = 0.013 at p = 0.9, so the 0.05 allowed is 4 of those; a broken sampler or guidance falls far
+    below."""
+    from helpers.checkpoints import load_model
+    from helpers.classifier import classifier_scores, load_or_train_classifier
+    from helpers.evaluation import Evaluator
+    from helpers.metrics import get_features
+
     path = pretrained_dir() / "08_cfg.pt"
     recorded = card(path)["quality"]
-    now = measure(path, guidance_scale=recorded["guidance_scale"])
-    assert now["class_accuracy"] >= recorded["class_accuracy"] - 0.05
-    assert now["class_accuracy"] > 0.5, "most samples must look like the class asked for"
+    laptop = PROFILES["laptop"]
+    half = laptop.sample.batch_size
+    assert recorded["samples"] == 2 * half, "the card's samples are two of the evaluator's batches"
+    model, d, _ = load_model(path)
+    evaluator = Evaluator.for_profile(laptop, d, get_features(laptop, verbose=False), n=half, floor=None)
+    assert f"{evaluator.sampler}, seed {evaluator.seed}" == recorded["sampler"]
+    images, labels = evaluator.images(model, recorded["guidance_scale"])
+    classifier, _ = load_or_train_classifier(laptop, progress=False)
+    accuracy = classifier_scores(classifier, images, labels)["accuracy"]
+    assert accuracy >= recorded["class_accuracy"] - 0.05, f"{accuracy:.1%} of the first {half} samples against the card's {recorded['class_accuracy']:.1%}"
+    assert accuracy > 0.5, "most samples must look like the class asked for"
 
 
 def test_laptop_notebooks_fall_back_to_the_shipped_models_and_say_so(capsys):
@@ -42,5 +91,6 @@ def test_laptop_notebooks_fall_back_to_the_shipped_models_and_say_so(capsys):
         PROFILES["smoke"].require("eps")
 
 
-def test_the_shipped_consistency_model_still_scores_its_recorded_one_step_fid(data_env):
-    assert_scores_its_card("11_cd.pt")
+@pytest.mark.slow
+def test_the_shipped_consistency_model_still_scores_its_recorded_one_step_fid(shared_artifacts):
+    assert_scores_its_card("11_cd.pt", shared_artifacts)

@@ -25,7 +25,7 @@ def test_forward_process_view_shows_q_sample_and_marks_alpha_bar():
 def test_trajectory_view_draws_the_chosen_frame():
     traj = Trajectory()
     for i, t in enumerate([9, 4, 0]):
-        traj({"i": i, "steps": 3, "t": t, "x_t": torch.rand(2, 1, 8, 8), "x0": torch.rand(2, 1, 8, 8)})
+        traj({"i": i, "steps": 3, "t": t, "sigma": 0.5 * t, "x_t": torch.rand(2, 1, 8, 8), "x0": torch.rand(2, 1, 8, 8)})
     view = TrajectoryView(traj)
     assert len(view) == 3 and view.render(1).startswith(PNG)
     assert "t = 4" in view.ax_x.get_title() and "t = 4" in view.ax_x0.get_title()
