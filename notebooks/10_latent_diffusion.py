@@ -236,7 +236,7 @@ rows = [r for r in trainer.history if "loss" in r]
 fig, ax = plt.subplots(figsize=(7, 3.6))
 ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
 ax.set(yscale="log", xlabel="step", ylabel="training loss (log scale)", title=f"latent U-Net, {latent_steps} steps in {latent_minutes:.1f} minutes [{profile.name} profile]")
-print(f"trained {trainer.step} steps in {latent_minutes:.1f} minutes; saved {profile.checkpoint('10_latent.pt')}")
+print(f"trained {trainer.step} steps in {latent_minutes:.1f} minutes; saved {profile.checkpoint('latent')}")
 
 # %% [markdown]
 # ## Sampling in latent space

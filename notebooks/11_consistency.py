@@ -304,7 +304,7 @@ distiller = Distiller(teacher, d, dataset, config, device, teacher_path=teacher_
 start = time.perf_counter()
 distiller.train(save_to=profile.checkpoint("consistency"), profile=profile.name)
 minutes = (time.perf_counter() - start) / 60
-print(f"{distiller.step} steps of batch {config.batch_size} in {minutes:.1f} minutes ({60 * minutes / distiller.step:.2f} s a step); saved {profile.checkpoint('11_cd.pt')}")
+print(f"{distiller.step} steps of batch {config.batch_size} in {minutes:.1f} minutes ({60 * minutes / distiller.step:.2f} s a step); saved {profile.checkpoint('consistency')}")
 
 # %%
 fig, ax = plt.subplots(figsize=(7, 3.8))
