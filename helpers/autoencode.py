@@ -7,8 +7,8 @@ profile, measure its scale factor, and save it; then train a latent model on it.
 
 The run is an ``AutoencoderTrainer`` (``helpers.autoencoder_training``) with the profile's
 ``AutoencoderConfig``: one run per file, a checkpoint every ten minutes and on Ctrl-C or SIGTERM,
-and ``--resume`` continues it exactly. The scale factor is measured on 2,000 training images once
-the run reaches its steps. ``python -m helpers.autoencode`` runs the same command.
+and ``--resume`` continues it exactly. The scale factor is measured on 2,000 training images at
+the run's last step (``AutoencoderTrainer``). ``python -m helpers.autoencode`` runs the same command.
 """
 
 from __future__ import annotations
@@ -22,9 +22,6 @@ from helpers.checkpoints import load_checkpoint
 from helpers.config import AutoencoderConfig
 from helpers.device import describe, seed_everything
 from helpers.paths import CHECKPOINTS
-
-SCALE_IMAGES = 2000  # training images behind the scale factor
-
 
 def build_parser() -> argparse.ArgumentParser:
     return cli.parser("autoencoder", "Settings left out come from the profile (or, with --resume, from the checkpoint).",
@@ -49,10 +46,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{profile.name} profile on {describe(device)}: a {sum(p.numel() for p in ae.parameters()):,}-parameter autoencoder, latents {ae.latent_shape}")
     if not cli.train_to(trainer, out, config.steps, profile=profile.name):
         return 0
-    with cli.running(out):
-        scale = ae.measure_scale(data.tensors()[0][:SCALE_IMAGES])
-        trainer.save(out, profile=profile.name)
-    cli.saved(out, trainer.step, f": L1 per pixel {trainer.history[-1]['l1']:.4f}, scale factor {scale:.4f}")
+    cli.saved(out, trainer.step, f": L1 per pixel {trainer.history[-1]['l1']:.4f}, scale factor {float(ae.scale_factor):.4f}")
     return 0
 
 

@@ -23,19 +23,24 @@ from torch.utils.data import Dataset
 
 from helpers.autoencoder import Autoencoder
 from helpers.checkpoints import rng_state, set_rng_state
-from helpers.config import AutoencoderConfig
+from helpers.config import RESUMABLE_RUN_SETTINGS, AutoencoderConfig
 from helpers.runs import GuardedRun, check_batch_size, conflicts, refuse_conflicts
 
-__all__ = ["AutoencoderTrainer", "RESUMABLE"]
+__all__ = ["AutoencoderTrainer", "SCALE_IMAGES"]
 
-RESUMABLE = ("steps", "log_every")  # the settings a resumed run may change
+SCALE_IMAGES = 2000  # training images behind the scale factor
 
 
 class AutoencoderTrainer(GuardedRun):
     """Trains ``ae`` (moved to ``device``) on ``dataset`` ((image in [-1, 1], label) pairs) with
     ``config``; ``history`` holds the log rows. The autoencoder is in train mode while ``train``
     runs and in eval mode afterwards. ``save(path, profile=None, extra=None)`` writes a checkpoint
-    of kind "autoencoder" that ``helpers.checkpoints.load_autoencoder`` reads and ``load`` resumes."""
+    of kind "autoencoder" that ``helpers.checkpoints.load_autoencoder`` reads and ``load`` resumes.
+
+    At the last step of each ``train`` call the scale factor is measured on the first
+    ``SCALE_IMAGES`` training images (``Autoencoder.measure_scale``; it draws no random numbers) and
+    the checkpoint records the step it was measured at (``scale_step``), so the file of a run that
+    stopped early, whose scale belongs to older weights, is refused by ``load_autoencoder``."""
 
     kind, desc = "autoencoder", "autoencoder"
     resume_hint = "load it (AutoencoderTrainer.load, or --resume on the command line) to continue exactly from here"
@@ -46,7 +51,7 @@ class AutoencoderTrainer(GuardedRun):
         self.model = ae.to(self.device)
         self.optimizer = torch.optim.Adam(ae.parameters(), lr=config.lr)
         self.generator = torch.Generator().manual_seed(config.seed)  # the posterior samples'
-        self.step = 0
+        self.step, self.scale_step = 0, None
         self.history: list[dict[str, float]] = []
 
     @property
@@ -71,6 +76,9 @@ class AutoencoderTrainer(GuardedRun):
         loss.backward()
         self.optimizer.step()
         self.step += 1
+        if self.step == end:
+            self.model.measure_scale(torch.stack([self.dataset[i][0] for i in range(min(SCALE_IMAGES, len(self.dataset)))]))
+            self.scale_step = self.step
         self._l1.append(rec.mean().detach())
         self._kl.append(kl.mean().detach())
         if self.step % cfg.log_every and self.step != end:
@@ -93,7 +101,7 @@ class AutoencoderTrainer(GuardedRun):
     def state_dict(self, profile: str | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(), "model_config": dict(self.model.config), "fingerprint": self.model.fingerprint(),
-            "optimizer": self.optimizer.state_dict(), "step": self.step, "train": asdict(self.config), "history": self.history,
+            "optimizer": self.optimizer.state_dict(), "step": self.step, "scale_step": self.scale_step, "train": asdict(self.config), "history": self.history,
             "rng": {"posterior": self.generator.get_state(), "global": rng_state()}, "profile": profile, "extra": extra or {},
         }  # fmt: skip
 
@@ -101,7 +109,7 @@ class AutoencoderTrainer(GuardedRun):
         return {"model_config": dict(self.model.config)}
 
     def check(self, ckpt: dict[str, Any], path: str | Path) -> None:
-        refuse_conflicts(path, conflicts(ckpt.get("train") or {}, asdict(self.config), RESUMABLE))
+        refuse_conflicts(path, conflicts(ckpt.get("train") or {}, asdict(self.config), RESUMABLE_RUN_SETTINGS))
 
     def restore(self, ckpt: dict[str, Any], path: str | Path) -> None:
         """Weights (with the scale factor), optimiser, step, log and generators. A file without
@@ -112,3 +120,4 @@ class AutoencoderTrainer(GuardedRun):
             self.generator.set_state(ckpt["rng"]["posterior"])
             set_rng_state(ckpt["rng"]["global"])
         self.step, self.history = ckpt["step"], list(ckpt.get("history") or [])
+        self.scale_step = ckpt.get("scale_step")

@@ -183,7 +183,7 @@ def _random_evaluator(profile: Profile, model: nn.Module, world: World) -> Evalu
 
 def bench_processes(profile: Profile, device: torch.device, what: str, counts: list[int], steps: int, warmup: int) -> list[dict[str, Any]]:
     """For each process count N: ``what`` = "train": img/s of the global batch through ``Trainer.train_step``
-    under DistributedDataParallel (eager, bf16 where the device has it), each process taking batch/N;
+    under DistributedDataParallel (eager, mixed precision where the device has it), each process taking batch/N;
     "evaluate": samples/s of the profile's FID evaluation with the sampling shared. One
     torch.multiprocessing run per count; on the CPU the N processes share the cores."""
     import tempfile
@@ -217,10 +217,17 @@ def sampler_overhead(
     """Seconds of a full sampling run (``samplers.sample``), of the same number of bare forward passes, and
     the share of the total spent outside the network. Each is the best of ``repeats`` runs after a
     warm-up; a slightly negative share means the overhead is below the timing noise."""
-    n_calls = sampler.spent if isinstance(sampler, Solver) else len(sampler.timesteps(d.T))
+    model.eval()
+    calls: list[int] = []
+
+    def counted(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # how many calls a run makes, for any sampler
+        calls.append(1)
+        return model(x_t, t)
+
+    sample(counted, d, shape, sampler, cpu_generator(0), progress=False, device=device)
+    n_calls = len(calls)
     x = torch.randn(shape, device=device)
     t = torch.full((shape[0],), d.T // 2, device=device, dtype=torch.long)
-    model.eval()
 
     def forward_only() -> None:
         for _ in range(n_calls):

@@ -245,6 +245,9 @@ def load_autoencoder(path: str | Path, device: torch.device | str = "cpu") -> Au
         raise damaged(path, err) from err
     if ckpt.get("fingerprint") is not None and ae.fingerprint() != ckpt["fingerprint"]:
         raise CheckpointError(f"{path}: its weights do not match its recorded fingerprint (a damaged or edited file)")
+    if "scale_step" in ckpt and ckpt["scale_step"] != ckpt["step"]:
+        raise CheckpointError(f"{path} stopped at step {ckpt['step']} before its scale factor was measured for those weights; "
+                              f"finish its training (python -m helpers autoencoder --resume) first")  # fmt: skip
     broken = non_finite(ae.state_dict().items())
     if broken:
         raise CheckpointError(f"{path} holds non-finite weights ({len(broken)} tensors, e.g. {broken[0]}): its training diverged")

@@ -327,5 +327,5 @@ def run_command(build: Callable[[], argparse.ArgumentParser], run: Callable[[arg
     except CliError as err:
         return fail(err, err.code)
     except KeyboardInterrupt as err:
-        print(f"stopped: {one_line(err)}" if str(err) else "stopped; nothing was saved after the last checkpoint", file=sys.stderr)
+        print(f"stopped: {one_line(err)}" if str(err) else "stopped", file=sys.stderr)
         return 130

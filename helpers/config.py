@@ -27,6 +27,7 @@ __all__ = [
     "DistilConfig",
     "AutoencoderConfig",
     "RESUMABLE_SETTINGS",
+    "RESUMABLE_RUN_SETTINGS",
     "OPTIMIZERS",
     "SampleSettings",
     "Profile",
@@ -38,6 +39,9 @@ __all__ = [
 
 # What a resumed run may change; every other setting must match the checkpoint's for the
 # continuation to be the same run (the data position, for one, counts batches of batch_size).
+# What a resumed distillation or autoencoder run may change.
+RESUMABLE_RUN_SETTINGS = ("steps", "log_every")
+
 RESUMABLE_SETTINGS = frozenset(
     {"steps", "log_every", "sample_every", "grid_size", "grid_ddim_steps", "eval_every", "amp", "compile", "channels_last"}
 )

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from helpers.checkpoints import CheckpointError, rng_state, set_rng_state
-from helpers.config import DistilConfig
+from helpers.config import RESUMABLE_RUN_SETTINGS, DistilConfig
 from helpers.consistency import SIGMA_DATA, ConsistencyFunction, cd_loss, cd_sigmas
 from helpers.device import cpu_generator, randn
 from helpers.diffusion import Diffusion
@@ -28,9 +28,7 @@ from helpers.paths import portable_path
 from helpers.runs import GuardedRun, check_batch_size, conflicts, refuse_conflicts
 from helpers.solvers import Denoiser
 
-__all__ = ["Distiller", "RESUMABLE"]
-
-RESUMABLE = ("steps", "log_every")  # the settings a resumed run may change
+__all__ = ["Distiller"]
 
 
 class Distiller(GuardedRun):
@@ -71,7 +69,7 @@ class Distiller(GuardedRun):
         self.teacher_fn = Denoiser(self.teacher, d)
         self.student_fn, self.target_fn = ConsistencyFunction(self.student, d), ConsistencyFunction(self.target, d)
         self.sigmas = cd_sigmas(config.n_levels, self.teacher_fn, config.sigma_max, config.rho)  # float64, on the CPU
-        self.levels = self.sigmas.to(self.device, torch.float32)  # the same grid in the images' dtype, on the device
+        self.levels = self.sigmas.to(torch.float32).to(self.device)  # the same grid in the images' dtype, on the device
         self.dataset, self.generator = dataset, cpu_generator(config.seed)
         self.step = 0
         self.history: list[dict[str, float]] = []
@@ -144,7 +142,7 @@ class Distiller(GuardedRun):
         if ckpt.get("optimizer") is None:
             raise CheckpointError(f"{path} holds a consistency model without its training state (a shipped model): there is no run to resume")
         saved = ((ckpt.get("extra") or {}).get("consistency") or {}).get("config") or {}
-        refuse_conflicts(path, conflicts(saved, asdict(self.config), RESUMABLE), "distilled")
+        refuse_conflicts(path, conflicts(saved, asdict(self.config), RESUMABLE_RUN_SETTINGS), "distilled")
 
     def restore(self, ckpt: dict[str, Any], path: str | Path) -> None:
         self.student.load_state_dict(ckpt["model"])

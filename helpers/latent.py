@@ -10,7 +10,7 @@ and fingerprint), and ``check_autoencoder`` refuses any other.
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +93,8 @@ def decode(ae: Autoencoder, z: torch.Tensor) -> torch.Tensor:
 def unclipped(sampler: Any) -> Any:
     """``sampler`` with x_0 clipping off (any sampler with a ``clip_x0`` setting: DDPM, DDIM): the
     [-1, 1] bound belongs to pixels, not latents."""
-    return replace(sampler, clip_x0=False) if "clip_x0" in {f.name for f in fields(sampler)} else sampler
+    settings = {f.name for f in fields(sampler)} if is_dataclass(sampler) else set()
+    return replace(sampler, clip_x0=False) if "clip_x0" in settings else sampler
 
 
 @torch.no_grad()

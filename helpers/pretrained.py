@@ -4,7 +4,7 @@ machine can run the later notebooks (and ``python -m helpers sample``) without t
 Each model is a small checkpoint in the course's format (the EMA weights as ``model``, no
 optimiser state; loads with ``weights_only=True``) beside a JSON card: what it is, the recipe,
 steps, minutes and machine it took, and its FID with the real-data floor. Notebooks ask for
-their inputs through ``helpers.checkpoints.require``, which falls back to these under the laptop
+their inputs through ``Profile.require`` (``helpers.paths.require``), which falls back to these under the laptop
 profile only; smoke runs always train their own.
 
     python -m helpers pretrained measure pretrained/03_ddpm_eps.pt            # FID/KID/IS now, as JSON

@@ -34,11 +34,8 @@ processes, compiled if asked), ``loader`` (resumable batches from ``step``), ``c
 ``conflicts``/``refuse_conflicts`` (settings a resumed run must keep) and ``Precision`` (autocast
 dtype and gradient scaler of a training step).
 
-    class Count(GuardedRun):              # the smallest run (tests/test_runs.py has it whole)
-        def begin(self): return iter(data)
-        def advance(self, batches, end): step_on(next(batches)); self.step += 1
-        def state_dict(self): return {"model": ..., "model_config": ..., "step": self.step}
-    Count().train(100, save_to="count.pt", save_every=10)
+    (tests/test_runs.py has the smallest complete run, a counter with one weight, and the three
+    runs of the course are its larger examples)
 """
 
 from __future__ import annotations

@@ -260,9 +260,9 @@ def sample_pc(
         for _ in range(corrector_steps if sigma_next > 0 else 0):
             score = (denoiser(x, sigma_next) - x) / sigma_next**2
             z = randn(x.shape, generator, x.device)
-            if _mean_norm(score) > 0:  # a zero score (an untrained model) leaves nothing to correct
-                step = 2 * (snr * _mean_norm(z) / _mean_norm(score)) ** 2
-                x = x + step * score + (2 * step).sqrt() * z
+            norm = _mean_norm(score)  # a zero score (an untrained model) leaves nothing to correct: step 0
+            step = torch.where(norm > 0, 2 * (snr * _mean_norm(z) / norm.clamp(min=torch.finfo(norm.dtype).tiny)) ** 2, 0.0)
+            x = x + step * score + (2 * step).sqrt() * z  # decided on the device: no read back to the host
     return x
 
 

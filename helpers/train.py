@@ -19,7 +19,6 @@ import argparse
 import functools
 import sys
 from collections.abc import Callable
-from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -39,7 +38,6 @@ from helpers.schedules import SCHEDULES
 MODEL_FLAGS = ("prediction", "schedule", "loss_weighting", "min_snr_gamma", "num_classes")
 # every field of TrainConfig is a flag (its help and group in the field's metadata); on --resume
 # they come from the checkpoint, and only RESUMABLE_SETTINGS may differ from it
-TRAIN_FLAGS = tuple(f.name for f in fields(TrainConfig))
 
 
 def default_checkpoint(prediction: str, num_classes: int | None) -> str:
@@ -122,7 +120,7 @@ def run(args: argparse.Namespace, world: World | None = None) -> int:
     with cli.setting_up():
         ae = load_autoencoder(args.autoencoder, device) if latent else None
         if args.resume:
-            ckpt = load_checkpoint(out)
+            ckpt = load_checkpoint(out, kind="unet")
             saved_diffusion, model_config = ckpt["diffusion"], ckpt["model_config"]
             record = latent_record(ckpt)
             if record is not None or ae is not None:

@@ -108,7 +108,25 @@ def test_the_run_draws_and_logs_the_numbers_of_the_loop_it_replaced():
     expected = the_loop_it_replaced(reference, tiny_data(side=12), 7, 8, 2e-3, 1e-3, 4, 3)
     trainer = AutoencoderTrainer(before, tiny_data(side=12), config, progress=False).train()
     assert [{k: r[k] for k in ("step", "l1", "kl")} for r in trainer.history] == expected, "bit for bit, rows at 3, 6 and the end"
-    assert all(torch.equal(a, b) for a, b in zip(trainer.ae.state_dict().values(), reference.state_dict().values()))
+    weights = {k: v for k, v in trainer.ae.state_dict().items() if k != "scale_factor"}
+    assert all(torch.equal(v, reference.state_dict()[k]) for k, v in weights.items())
+    data = tiny_data(side=12)
+    reference.measure_scale(torch.stack([data[i][0] for i in range(len(data))]))
+    assert torch.equal(trainer.ae.scale_factor, reference.scale_factor) and float(reference.scale_factor) != 1.0, "measured at the last step"
+
+
+def test_a_file_saved_before_the_scale_was_measured_for_its_weights_is_refused(tmp_path):
+    """The scale factor is measured at the last step of a run; a file saved after further steps
+    (a run stopped early) carries a scale of older weights and must not become a latent space."""
+    config = AutoencoderConfig(steps=4, batch_size=8, lr=2e-3, log_every=1, ch=16)
+    trainer = AutoencoderTrainer(Autoencoder(**config.model_config(16, 1)), tiny_data(), config, progress=False)
+    trainer.train(2)
+    trainer.advance(trainer.loader(trainer.dataset, config.batch_size, config.seed), end=4)  # one step more, not the last
+    trainer.save(tmp_path / "early.pt")
+    with pytest.raises(CheckpointError, match="stopped at step 3 before its scale factor was measured"):
+        load_autoencoder(tmp_path / "early.pt")
+    trainer.train(save_to=tmp_path / "done.pt")
+    assert load_autoencoder(tmp_path / "done.pt").fingerprint() == trainer.ae.fingerprint()
 
 
 def test_an_autoencoder_run_resumes_exactly_and_its_file_loads_as_the_autoencoder(tmp_path):

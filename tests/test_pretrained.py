@@ -7,13 +7,26 @@ Each measurement samples 500 images (the cards' count) and scores them against t
 ``artifacts/laptop/fid/``; the measuring tests share one artifacts folder, so the first extracts
 them and the others read them back, as the notebooks do."""
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from helpers.config import PROFILES
 from helpers.paths import card, pretrained_dir
 from helpers.pretrained import measure
+
+
+@pytest.fixture(autouse=True)
+def _every_core():
+    """These tests sample the shipped models, the heaviest computation of the suite, and nothing
+    else runs beside them: here torch uses every core (the other tests run on one thread, see
+    conftest; on an idle 2-core CPU two threads sample about 1.6x faster)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(before, os.cpu_count() or 1))
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +70,11 @@ def test_the_shipped_eps_model_still_scores_its_recorded_fid(shared_artifacts):
 @pytest.mark.slow
 def test_the_shipped_conditional_model_draws_the_asked_for_class(shared_artifacts):
     """The card's class accuracy is over 500 guided samples, two batches of 250 from one seed
-    (``measure``); this draws the first batch alone, the same 250 images (the same noise, labels
-    0..249 mod 10, 25 a class), at half the cost of the slowest test here. Its accuracy differs
-    from the card's by the spread of a half drawn from the 500, sqrt(p (1 - p) / 250 * 250 / 499)
-    = 0.013 at p = 0.9, so the 0.05 allowed is 4 of those; a broken sampler or guidance falls far
-    below."""
+    (``measure``); this draws the first 100 alone, the same 100 images (DDIM at eta 0 draws only
+    x_T, and a generator fills a smaller tensor with the first numbers of a larger one; labels
+    0..99 mod 10, 10 a class), at a fifth of the cost. Their accuracy differs from the card's by
+    the spread of 100 drawn from the 500, sqrt(p (1 - p) / 100 * 400 / 499) = 0.027 at p = 0.9, so
+    the 0.1 allowed is 3.7 of those; a broken sampler or guidance falls far below."""
     from helpers.checkpoints import load_model
     from helpers.classifier import classifier_scores, load_or_train_classifier
     from helpers.evaluation import Evaluator
@@ -70,15 +83,15 @@ def test_the_shipped_conditional_model_draws_the_asked_for_class(shared_artifact
     path = pretrained_dir() / "08_cfg.pt"
     recorded = card(path)["quality"]
     laptop = PROFILES["laptop"]
-    half = laptop.sample.batch_size
-    assert recorded["samples"] == 2 * half, "the card's samples are two of the evaluator's batches"
+    first = 100
+    assert recorded["samples"] == 2 * laptop.sample.batch_size, "the card's samples are two of the evaluator's batches"
     model, d, _ = load_model(path)
-    evaluator = Evaluator.for_profile(laptop, d, get_features(laptop, verbose=False), n=half, floor=None)
+    evaluator = Evaluator.for_profile(laptop, d, get_features(laptop, verbose=False), n=first, floor=None)
     assert f"{evaluator.sampler}, seed {evaluator.seed}" == recorded["sampler"]
     images, labels = evaluator.images(model, recorded["guidance_scale"])
     classifier, _ = load_or_train_classifier(laptop, progress=False)
     accuracy = classifier_scores(classifier, images, labels)["accuracy"]
-    assert accuracy >= recorded["class_accuracy"] - 0.05, f"{accuracy:.1%} of the first {half} samples against the card's {recorded['class_accuracy']:.1%}"
+    assert accuracy >= recorded["class_accuracy"] - 0.1, f"{accuracy:.1%} of the first {first} samples against the card's {recorded['class_accuracy']:.1%}"
     assert accuracy > 0.5, "most samples must look like the class asked for"
 
 
