@@ -24,7 +24,8 @@ from torch.utils.data import Dataset
 from helpers.autoencoder import Autoencoder
 from helpers.checkpoints import rng_state, set_rng_state
 from helpers.config import RESUMABLE_RUN_SETTINGS, AutoencoderConfig
-from helpers.runs import GuardedRun, check_batch_size, conflicts, refuse_conflicts
+from helpers.runs import GuardedRun, conflicts, refuse_conflicts
+from helpers.validate import batch_fits
 
 __all__ = ["AutoencoderTrainer", "SCALE_IMAGES"]
 
@@ -46,7 +47,7 @@ class AutoencoderTrainer(GuardedRun):
     resume_hint = "load it (AutoencoderTrainer.load, or --resume on the command line) to continue exactly from here"
 
     def __init__(self, ae: Autoencoder, dataset: Dataset, config: AutoencoderConfig, device: torch.device | str = "cpu", progress: bool = True) -> None:
-        check_batch_size(config.batch_size, dataset)
+        batch_fits(config.batch_size, len(dataset))  # before any work
         self.config, self.dataset, self.device, self.progress = config, dataset, torch.device(device), progress
         self.model = ae.to(self.device)
         self.optimizer = torch.optim.Adam(ae.parameters(), lr=config.lr)

@@ -32,6 +32,7 @@ from torchvision.transforms import functional as TF
 from helpers.config import Profile
 from helpers.paths import data_root, repo_root
 from helpers.distributed import ShardedBatches, World
+from helpers.validate import batch_fits
 
 __all__ = [
     "DATASETS",
@@ -245,8 +246,7 @@ class StepBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, n: int, batch_size: int, seed: int = 0, start: int = 0) -> None:
-        if batch_size > n:
-            raise ValueError(f"batch_size {batch_size} exceeds the {n} images of the dataset")
+        batch_fits(batch_size, n)
         self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start
         self.per_epoch = n // batch_size
 

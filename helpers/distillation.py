@@ -25,7 +25,8 @@ from helpers.device import cpu_generator, randn
 from helpers.diffusion import Diffusion
 from helpers.ema import EMA
 from helpers.paths import portable_path
-from helpers.runs import GuardedRun, check_batch_size, conflicts, refuse_conflicts
+from helpers.runs import GuardedRun, conflicts, refuse_conflicts
+from helpers.validate import batch_fits
 from helpers.solvers import Denoiser
 
 __all__ = ["Distiller"]
@@ -55,7 +56,7 @@ class Distiller(GuardedRun):
         teacher_path: str | Path | None = None,
         progress: bool = True,
     ) -> None:
-        check_batch_size(config.batch_size, dataset)
+        batch_fits(config.batch_size, len(dataset))  # before any work
         if config.sigma_max is not None and config.sigma_max > Denoiser(teacher, d).sigma_max:
             raise ValueError(f"sigma_max {config.sigma_max:g} lies above the teacher's highest noise level, {Denoiser(teacher, d).sigma_max:.4g}")
         self.config, self.d, self.device, self.progress = config, d, torch.device(device), progress

@@ -30,7 +30,7 @@ Writing a run: subclass ``GuardedRun``; in ``__init__`` set ``step`` (0), ``devi
     finish()         (optional) end of a ``train`` call, also when it stops early
 
 Helpers for runs: ``place`` (a model on the device, channels-last where it helps, DDP with several
-processes, compiled if asked), ``loader`` (resumable batches from ``step``), ``check_batch_size``,
+processes, compiled if asked), ``loader`` (resumable batches from ``step``),
 ``conflicts``/``refuse_conflicts`` (settings a resumed run must keep) and ``Precision`` (autocast
 dtype and gradient scaler of a training step).
 
@@ -61,7 +61,7 @@ from helpers.device import amp_dtype, channels_last_ok, needs_grad_scaler
 from helpers.distributed import World
 from helpers.validate import integer
 
-__all__ = ["SAVE_MINUTES", "RunLockedError", "RunLock", "deferred_interrupts", "GuardedRun", "Precision", "check_batch_size", "conflicts", "refuse_conflicts"]
+__all__ = ["SAVE_MINUTES", "RunLockedError", "RunLock", "deferred_interrupts", "GuardedRun", "Precision", "conflicts", "refuse_conflicts"]
 
 SAVE_MINUTES = 10  # how often a training run writes its checkpoint unless told a number of steps
 
@@ -138,12 +138,6 @@ def deferred_interrupts() -> Iterator[list[int]]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-
-
-def check_batch_size(batch_size: int, dataset: Any) -> None:
-    """A run's batches must fit in its data (the loaders drop an epoch's incomplete last batch)."""
-    if batch_size > len(dataset):
-        raise ValueError(f"batch_size {batch_size} exceeds the {len(dataset)} images of the dataset")
 
 
 def refuse_conflicts(path: str | Path, differences: dict[str, tuple[Any, Any]], verb: str = "trained") -> None:

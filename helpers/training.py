@@ -24,7 +24,8 @@ from helpers.device import cpu_generator
 from helpers.diffusion import Diffusion
 from helpers.distributed import World
 from helpers.ema import EMA
-from helpers.runs import GuardedRun, Precision, check_batch_size, refuse_conflicts
+from helpers.runs import GuardedRun, Precision, refuse_conflicts
+from helpers.validate import batch_fits
 from helpers.samplers import DDIM, Guided, sample
 from helpers.train_log import N_BUCKETS, TrainLog, Window
 
@@ -53,7 +54,7 @@ class Trainer(GuardedRun):
         self.config, self.diffusion, self.dataset = config, diffusion, dataset
         self.evaluator, self.progress, self.num_workers = evaluator, progress, num_workers
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        check_batch_size(config.batch_size, dataset)
+        batch_fits(config.batch_size, len(dataset))  # before any work
         if config.eval_every and evaluator is None:
             raise ValueError("eval_every is set, but no evaluator was given to compute FID/KID")
         self.model, self.forward = self.place(model, config.batch_size, config.channels_last, config.compile)

@@ -10,7 +10,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["integer", "number", "fraction", "choice"]
+__all__ = ["integer", "number", "fraction", "choice", "batch_fits"]
 
 
 def integer(name: str, value: Any, minimum: int = 1) -> int:
@@ -43,3 +43,11 @@ def choice(name: str, value: Any, options: Iterable[str]) -> Any:
     if value not in options:
         raise ValueError(f"unknown {name} {value!r}; choose {', '.join(map(str, options))}")
     return value
+
+
+def batch_fits(batch_size: int, n: int) -> int:
+    """``batch_size`` if a batch of it fits in a dataset of ``n`` images (the loaders drop an epoch's
+    incomplete last batch, so a larger one would never be drawn)."""
+    if batch_size > n:
+        raise ValueError(f"batch_size {batch_size} exceeds the {n} images of the dataset")
+    return batch_size
