@@ -4,7 +4,8 @@ Each module imports only from its own layer and those before it, never from a la
 lazily inside a function (``tests/test_layers.py`` holds the package to ``LAYERS``):
 
 * leaves: ``device`` (which device, reproducible noise, timing), ``paths`` (where files live, the
-  checkpoint names, the shipped models), ``validate`` (the argument checks).
+  checkpoint names, the shipped models), ``validate`` (the argument checks), ``stats``
+  (bootstrap intervals).
 * math: ``schedules``, ``diffusion`` (01, 03, 07), ``samplers`` (04, 05: the one sampler protocol
   and ``sample``), ``solvers`` (09), ``consistency`` (11), ``ema`` (06), ``toy`` (09).
 * networks: ``unet`` (02), ``autoencoder`` (10).
@@ -18,7 +19,7 @@ lazily inside a function (``tests/test_layers.py`` holds the package to ``LAYERS
 """
 
 LAYERS: dict[str, tuple[str, ...]] = {
-    "leaves": ("device", "paths", "validate"),
+    "leaves": ("device", "paths", "validate", "stats"),
     "math": ("schedules", "diffusion", "samplers", "solvers", "consistency", "ema", "toy"),
     "networks": ("unet", "autoencoder"),
     "plumbing": ("config", "checkpoints", "distributed", "data", "latent", "viz"),

@@ -39,6 +39,7 @@ from helpers.checkpoints import atomic_torch_save, safe_load
 from helpers.classifier import Classifier, load_or_train_classifier
 from helpers.config import Profile
 from helpers.device import cpu_generator
+from helpers.stats import Interval, bootstrap
 
 __all__ = [
     "Features",
@@ -55,6 +56,7 @@ __all__ = [
     "Quality",
     "fid_kid",
     "inception_score",
+    "fid_interval",
 ]
 
 
@@ -378,3 +380,24 @@ def inception_score(logits: torch.Tensor, splits: int = 10, seed: int = 0) -> tu
         torch.random.default_generator.manual_seed(seed)
         mean, std = metric.compute()
     return float(mean), float(std)
+
+
+def fid_interval(real: torch.Tensor, fake: torch.Tensor, other: torch.Tensor | None = None, replicates: int = 1000, level: float = 0.95, seed: int = 0) -> Interval:
+    """FID of ``fake`` against ``real`` (feature sets [N, d], [M, d]) with a bootstrap interval over the
+    generated samples (``helpers.stats.bootstrap``; the real statistics stay fixed). With ``other`` (the
+    features of another model's M samples, the i-th from the same noise as ``fake``'s i-th) it is the
+    paired difference FID(fake) - FID(other), both computed on the same resampled indices."""
+    if other is not None and other.shape != fake.shape:
+        raise ValueError(f"a paired comparison needs the same number of samples from both models, got {tuple(fake.shape)} and {tuple(other.shape)}")
+    fid = FrechetInceptionDistance(feature=_Precomputed(real.shape[1]), reset_real_features=False, sync_on_compute=False)
+    fid.update(real.double(), real=True)
+
+    def score(x: torch.Tensor) -> float:
+        fid.reset()  # the generated statistics only
+        fid.update(x.double(), real=False)
+        return float(fid.compute())
+
+    def statistic(idx: torch.Tensor) -> float:
+        return score(fake[idx]) - (score(other[idx]) if other is not None else 0.0)
+
+    return bootstrap(statistic, len(fake), replicates, level, seed)
