@@ -10,6 +10,7 @@ overwrites a real one.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -29,6 +30,7 @@ __all__ = [
     "RESUMABLE_SETTINGS",
     "RESUMABLE_RUN_SETTINGS",
     "OPTIMIZERS",
+    "LR_DECAYS",
     "SampleSettings",
     "Profile",
     "PROFILES",
@@ -48,6 +50,7 @@ RESUMABLE_SETTINGS = frozenset(
 
 
 OPTIMIZERS = ("adam", "adamw")
+LR_DECAYS = ("none", "cosine", "linear")
 
 
 def _setting(default: Any = MISSING, *, help: str, group: str = "optimisation", **meta: Any) -> Any:
@@ -65,7 +68,8 @@ class TrainConfig:
     steps: int = _setting(help="train until this many optimiser steps in total")
     batch_size: int = _setting(help="images per step")
     lr: float = _setting(help="peak learning rate")
-    warmup_steps: int = _setting(0, help="linear learning-rate warm-up steps, then constant")
+    warmup_steps: int = _setting(0, help="linear learning-rate warm-up steps")
+    lr_decay: str = _setting("none", help="after the warm-up: none (constant), cosine or linear decay to 0 at `steps`", choices=LR_DECAYS)
     grad_clip: float | None = _setting(1.0, help="clip the gradient norm to this, 0 for off")
     optimizer: str = _setting("adam", help="adam (as DDPM) or adamw", choices=OPTIMIZERS)
     weight_decay: float = _setting(0.0, help="weight decay (with adamw)")
@@ -88,12 +92,23 @@ class TrainConfig:
         """The profile's training settings, with ``overrides`` on top."""
         return _override(profile.train, overrides)
 
+    def lr_factor(self, k: int) -> float:
+        """The learning rate of step k (from 0) is ``lr * lr_factor(k)``: a linear warm-up
+        min(1, (k + 1) / warmup_steps), then with ``lr_decay`` a fall to 0 at step ``steps`` over
+        f = (k - warmup_steps) / (steps - warmup_steps), cosine (1 + cos(pi f)) / 2 (Loshchilov &
+        Hutter 2017, without restarts) or linear 1 - f; 0 from ``steps`` on."""
+        if k < self.warmup_steps or self.lr_decay == "none":
+            return min(1.0, (k + 1) / max(self.warmup_steps, 1))
+        f = min(1.0, (k - self.warmup_steps) / max(self.steps - self.warmup_steps, 1))
+        return (1 + math.cos(math.pi * f)) / 2 if self.lr_decay == "cosine" else 1 - f
+
     def resume_conflicts(self, saved: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
         """{setting: (saved, now)} for settings outside ``RESUMABLE_SETTINGS`` that differ from a
-        checkpoint's ``train`` entry. Switching EMA on for a run saved without it is allowed."""
+        checkpoint's ``train`` entry. Switching EMA on for a run saved without it is allowed; with a
+        decaying learning rate ``steps`` sets the schedule, so it must match too."""
         conflicts = {}
         for name, now in asdict(self).items():
-            if name in RESUMABLE_SETTINGS or name not in saved:
+            if name in RESUMABLE_SETTINGS and not (name == "steps" and self.lr_decay != "none") or name not in saved:
                 continue
             if name.startswith("ema_") and saved.get("ema_decay") is None:
                 continue
@@ -116,6 +131,7 @@ class TrainConfig:
             fraction("ema_decay", self.ema_decay)
         fraction("p_uncond", self.p_uncond)
         choice("optimizer", self.optimizer, OPTIMIZERS)
+        choice("lr_decay", self.lr_decay, LR_DECAYS)
 
 
 def _option(default: Any, help: str) -> Any:

@@ -61,8 +61,7 @@ class Trainer(GuardedRun):
         self.precision = Precision.choose(self.device, config.amp)
         opt = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        warmup = max(config.warmup_steps, 1)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda k: config.lr_factor(k))
         self.ema = self._fresh_ema() if config.ema_decay is not None else None
         self.num_classes: int | None = getattr(model, "num_classes", None)
         self.step, self.callback = 0, None  # callback: train's, for the rows of the run in progress

@@ -1,4 +1,6 @@
+import dataclasses
 import json
+import math
 import warnings
 
 import pytest
@@ -267,6 +269,34 @@ def test_the_learning_rate_warms_up_linearly_from_the_first_step():
             moved = torch.cat([(p.detach() - b)[p.grad.abs() > 1e-5] for p, b in zip(params, before) if p.grad is not None])
             assert moved.numel() == 10 and torch.allclose(moved.abs(), torch.full_like(moved, 0.25e-3), rtol=1e-3)
     assert rates == pytest.approx([0.25e-3, 0.5e-3, 0.75e-3, 1e-3, 1e-3, 1e-3])
+
+
+@pytest.mark.parametrize("decay", ["cosine", "linear"])
+def test_a_decaying_learning_rate_falls_from_its_peak_to_zero_at_the_last_step(decay):
+    """After a 2-step warm-up over 10 steps, f = (k - 2) / 8 runs 0 .. 1: the rate is lr at f = 0,
+    lr/2 half way under both shapes, lr (1 + cos(pi/4)) / 2 or lr * 3/4 a quarter of the way, and 0 from
+    step 10 on, where a longer train() would otherwise climb back up the cosine. The Trainer's
+    optimiser runs at exactly these rates."""
+    config = TrainConfig(steps=10, batch_size=8, lr=1e-3, warmup_steps=2, lr_decay=decay)
+    quarter = (1 + math.cos(math.pi / 4)) / 2 if decay == "cosine" else 0.75
+    expected = {0: 0.5, 1: 1.0, 2: 1.0, 4: quarter, 6: 0.5, 10: 0.0, 13: 0.0}
+    assert {k: config.lr_factor(k) for k in expected} == pytest.approx(expected)
+    trainer = Trainer(UNet(**SMALL_UNET), Diffusion.from_schedule("linear", 100), tiny_dataset(), config, progress=False)
+    x0, y = next(iter(torch.utils.data.DataLoader(trainer.dataset, batch_size=8)))
+    rates = []
+    for _ in range(10):
+        rates.append(trainer.optimizer.param_groups[0]["lr"])
+        trainer.train_step(x0, y)
+    assert rates == pytest.approx([1e-3 * config.lr_factor(k) for k in range(10)])
+
+
+def test_a_decaying_run_cannot_be_resumed_to_a_different_length():
+    """With lr_decay the total steps set the schedule, so they join the settings a resume must keep."""
+    config = TrainConfig(steps=10, batch_size=8, lr=1e-3, lr_decay="cosine")
+    saved = dataclasses.asdict(config)
+    assert config.resume_conflicts(saved) == {}
+    assert dataclasses.replace(config, steps=20).resume_conflicts(saved) == {"steps": (10, 20)}
+    assert dataclasses.replace(config, lr_decay="none", steps=20).resume_conflicts({**saved, "lr_decay": "none"}) == {}
 
 
 @pytest.mark.parametrize("clip", [0.01, None])
