@@ -25,6 +25,7 @@
 # %%
 import json
 import math
+import time
 
 import matplotlib.pyplot as plt
 import torch
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 
 from helpers.config import PROFILES, setup
 
+notebook_start = time.perf_counter()
 device, profile = setup(seed=0)
 
 # %% [markdown]
@@ -124,9 +126,10 @@ assert torch.allclose(attn(x), by_hand, atol=1e-5)
 # ## The whole U-Net
 #
 # Down: a 3×3 convolution, then per level `num_res_blocks` residual blocks (with attention at the
-# chosen resolutions) and a stride-2 convolution. Middle: residual, attention, residual. Up: per
-# level one more residual block than on the way down, each concatenating the matching output
-# from the way down, and a nearest-neighbour upsampling. The DDPM CIFAR-10 model, layer by layer:
+# chosen resolutions) and, except at the last level, a stride-2 convolution. Middle: residual,
+# attention, residual. Up: per level one more residual block than on the way down, each
+# concatenating the matching output from the way down, and, except at the last level, a
+# nearest-neighbour upsampling. The DDPM CIFAR-10 model, layer by layer:
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -138,7 +141,7 @@ for name, shape in shape_table(full, torch.randn(1, 3, 32, 32), torch.tensor([50
 
 # %% [markdown]
 # The forward pass is short enough to write out. The timestep embedding goes through a small MLP;
-# every block on the way down keeps its output on a stack; on the way up every block first
+# the first convolution and every block on the way down keep their outputs on a stack; on the way up every block first
 # concatenates the newest entry of the stack to its input along the channels. Residual blocks
 # take the embedding, attention and resampling do not:
 
@@ -174,12 +177,22 @@ with torch.no_grad():
 
 # %% [markdown]
 # Drawn in the order the forward pass runs, the same network is a "U": down to the coarsest
-# feature map and back up, with every skip connection bridging the U at one size.
+# feature map and back up, with every skip connection bridging the U at one size. The arcs are
+# coloured in turn so that each can be followed to its pair; the list under the figure names
+# the pairs, as the stack of the forward pass makes them (the last one pushed is the first one
+# popped).
 
 # %%
 from helpers.viz import plot_unet_layout
 
-plot_unet_layout(full, title="the DDPM CIFAR-10 U-Net (full profile): channels above each block");
+ax = plot_unet_layout(full, title="the DDPM CIFAR-10 U-Net (full profile): output channels above each block")
+ax.figure.set_size_inches(13, 4.6)
+arcs = [line for line in ax.get_lines() if line.get_linestyle() == "--" and len(line.get_xdata()) > 2]
+assert len(arcs) == len(full.up)  # one arc per up block, drawn from up.0 outwards
+for j, arc in enumerate(arcs):
+    arc.set(color=plt.cm.tab10(j % 10), lw=1.6)
+names = ["conv_in"] + [f"down.{i}" for i in range(len(full.down))]  # the stack, in the order it is pushed
+print("skip pairs: " + ", ".join(f"up.{j} <- {names[-1 - j]}" for j in range(len(full.up))))
 
 # %% [markdown]
 # The three profiles build the same architecture at different sizes. The full one is the DDPM
@@ -214,6 +227,7 @@ x_t = d.q_sample(x0, t, torch.randn_like(x0))
 with torch.no_grad():
     out = model(x_t, t.to(device))
 print(f"input {tuple(x_t.shape)} -> output {tuple(out.shape)}; all zeros: {bool((out == 0).all())}")
+assert out.shape == x_t.shape and (out == 0).all()
 for name, shape in shape_table(model, x_t, t.to(device)):
     print(f"  {name:<26} {str(shape):>18}")
 
@@ -264,3 +278,6 @@ def multihead_attention(attn, x):
 
 # %%
 check(multihead_attention)
+
+# %%
+print(f"this notebook ran in {(time.perf_counter() - notebook_start) / 60:.1f} minutes under profile {profile.name}")

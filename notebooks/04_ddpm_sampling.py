@@ -32,6 +32,7 @@ from helpers.checkpoints import load_model
 from helpers.config import setup
 from helpers.device import cpu_generator
 
+notebook_start = time.perf_counter()
 device, profile = setup(seed=0)
 model, d, ckpt = load_model(profile.require("eps"), device)
 print(f"model after {ckpt['step']} training steps; {d}")
@@ -105,15 +106,18 @@ by_hand = x.clamp(-1, 1)
 # %% tags=["nbval-ignore-output"]
 from helpers.samplers import DDPM, sample
 
-samples = sample(model, d, few, DDPM(), cpu_generator(0))
+start = time.perf_counter()
+samples = sample(model, d, few, DDPM(), cpu_generator(0), progress=False)
 assert torch.allclose(samples, by_hand, atol=1e-5)
+print(f"DDPM(): {few[0]} images, {d.T} steps in {time.perf_counter() - start:.0f} s, equal to the loop by hand")
 
 # %% [markdown]
 # ## A trajectory
 #
 # The sampler calls a callback after every step with $x_t$ and its current guess $\hat x_0$; a
-# `Trajectory` is a callback that keeps every `every`-th of them. Scrub from $t = T-1$ (left of the slider) to $t = 0$ and watch when the guess stops
-# changing; the numbers under the figure measure it.
+# `Trajectory` is a callback that keeps every `every`-th of them. Scrub from $t = T-1$ (left of
+# the slider) to $t = 0$ and watch when the guess stops changing; the numbers under the figure
+# measure it, and their last line says from which $t$ on the guess stays close to the final image.
 
 # %% tags=["nbval-ignore-output"]
 from ipywidgets import IntSlider
@@ -122,7 +126,9 @@ from helpers.samplers import Trajectory
 from helpers.viz import TrajectoryView, slider_widget
 
 trajectory = Trajectory(every=max(1, d.T // 50))
-sample(model, d, few, DDPM(), cpu_generator(0), callback=trajectory)
+start = time.perf_counter()
+sample(model, d, few, DDPM(), cpu_generator(0), callback=trajectory, progress=False)
+print(f"trajectory of {few[0]} images, {d.T} steps, {len(trajectory.t)} frames kept, in {time.perf_counter() - start:.0f} s")
 view = TrajectoryView(trajectory, title=f"[{profile.name}] ")
 slider_widget(view.render, IntSlider(value=0, min=0, max=len(view) - 1, description="frame"))
 
@@ -137,21 +143,37 @@ for j, k in enumerate(frames):
 fig.suptitle(f"one DDPM trajectory: noisy state (top) and predicted x0 (bottom) [{profile.name} profile]", y=1.02)
 final = trajectory.x0[-1]
 print("mean |x0 guess - final image| at t =", ", ".join(f"{trajectory.t[k]}: {(trajectory.x0[k] - final).abs().mean():.3f}" for k in frames))
+gaps = [(trajectory.x0[k] - final).abs().mean().item() for k in range(len(trajectory.t))]
+settled = next(k for k in range(len(gaps)) if max(gaps[k:]) < 0.1)  # the first frame after which every guess is within 0.1
+print(f"from t = {trajectory.t[settled]} on ({trajectory.t[settled] / d.T:.0%} of the chain before its end) the guess stays within "
+      f"0.1 of the final image (mean |difference|, pixels in [-1, 1]): the steps after that only refine it")
 
 # %% [markdown]
 # ## Fixed small or fixed large, clipped or not
 #
 # The same noise through the four combinations. Fixed large injects $\sum_t \beta_t$ of noise
-# variance over the chain against $\sum_t \tilde\beta_t$ for fixed small (printed first); the
-# network has to remove the difference. Without clipping nothing keeps the early, poor
-# $\hat x_0$ guesses inside $[-1, 1]$. Two numbers summarise each grid against the data: the
-# mean and the standard deviation of its pixels. Notebook 06 replaces such summaries by FID.
+# variance over the chain against $\sum_t \tilde\beta_t$ for fixed small (printed first), and
+# $\tilde\beta_t = \frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\beta_t$ differs from $\beta_t$ only where
+# $\bar\alpha_{t-1}$ and $\bar\alpha_t$ are both close to 1, at small $t$, where $\beta_t$ itself is
+# small. Without clipping nothing keeps the early, poor $\hat x_0$ guesses inside $[-1, 1]$. Two
+# numbers summarise each grid against the data: the mean and the standard deviation of its
+# pixels (over only a few images, so only large gaps mean anything); notebook 06 replaces such
+# summaries by FID. The second row maps the differences between images from the same noise, with
+# two unrelated samples as the control for scale.
 
 # %%
 from helpers.data import profile_dataset
+from matplotlib.ticker import FuncFormatter
+
+from helpers.viz import grid_image
 
 real = profile_dataset(profile).tensors()[0][:1024]
-print(f"noise variance added over the chain: fixed large {d.betas[1:].sum():.2f}, fixed small {d.posterior_variance[1:].sum():.2f}")
+large, small = d.betas[1:], d.posterior_variance[1:]
+print(f"noise variance added over the chain: fixed large {large.sum():.2f}, fixed small {small.sum():.2f}")
+apart = small / large < 0.99  # the steps where fixed small injects less than 99% of fixed large
+print(f"beta tilde / beta < 0.99 at {int(apart.sum())} of {d.T - 1} steps, all with beta_t <= {large[apart].max():.4f}; "
+      f"together they differ by {(large - small).sum():.3f} of the {large.sum():.2f}")
+assert (large - small).sum() < 0.02 * large.sum()  # the reason the two chains barely differ
 print(f"{'data':<24} pixel mean {real.mean():+.3f}, std {real.std():.3f}")
 variants = {}
 for variance in ("fixed_small", "fixed_large"):
@@ -161,10 +183,32 @@ for variance in ("fixed_small", "fixed_large"):
         v = variants[name]
         print(f"{name:<24} pixel mean {v.mean():+.3f}, std {v.std():.3f}")
 
-fig, axes = plt.subplots(1, 4, figsize=(11, 3))
-for ax, (name, v) in zip(axes, variants.items()):
+base = variants["fixed_small, clip"]
+differences = {
+    "fixed large - fixed small\n(both clipped)": variants["fixed_large, clip"] - base,
+    "no clip - clip\n(both fixed small)": variants["fixed_small, no clip"] - base,
+    "control: two different samples\n(fixed small, clip)": base.roll(1, 0) - base,
+}
+gap = {name: diff.abs().mean().item() for name, diff in differences.items()}
+control = gap[list(differences)[-1]]
+for name, value in gap.items():
+    print(f"mean |difference|, {name.replace(chr(10), ' ')}: {value:.4f}")
+for name, value in list(gap.items())[:2]:
+    verdict = "under a tenth of" if value < 0.1 * control else "not far below"
+    print(f"verdict: the difference {name.split(chr(10))[0]} is {verdict} the gap between two unrelated samples")
+
+fig, axes = plt.subplots(2, 4, figsize=(13, 6.6))
+for ax, (name, v) in zip(axes[0], variants.items()):
     show_grid(v, name, ax=ax)
-fig.suptitle(f"DDPM variants from the same noise [{profile.name} profile]", y=1.04);
+for ax, (name, diff) in zip(axes[1], differences.items()):
+    im = ax.imshow(grid_image(diff / 2, padding=0)[..., 0], cmap="RdBu", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(f"{name}\nmean |difference| {gap[name]:.4f}", fontsize=9)
+    ax.set_axis_off()
+fig.colorbar(im, ax=axes[1, :3], ticks=[0, 0.5, 1], format=FuncFormatter(lambda v, _: f"{4 * v - 2:+.0f}"), label="pixel difference", shrink=0.8)
+ax = axes[1, 3]
+ax.plot(range(1, d.T), (small / large).numpy())
+ax.set(xscale="log", xlabel="timestep t (log scale)", ylabel=r"$\tilde\beta_t / \beta_t$", title="fixed small / fixed large, per step")
+fig.suptitle(f"DDPM variants from the same noise, and their differences [{profile.name} profile]", y=1.0);
 
 # %% [markdown]
 # ## A sample grid, its cost, and what this notebook leaves
@@ -188,7 +232,7 @@ seconds = time.perf_counter() - start
 memory, what = peak_memory_mb(device)
 print(f"DDPM, {d.T} steps, batch {shape[0]} on {device.type}: {1000 * seconds / shape[0]:.1f} ms per image; {what} {memory:.0f} MiB")
 path = save_grid(grid, profile.artifacts / "figures" / "04_ddpm_samples.png")
-show_grid(grid, f"DDPM samples, {d.T} steps [{profile.name} profile]")
+show_grid(grid, f"DDPM samples, {d.T} steps [{profile.name} profile]", ax=plt.subplots(figsize=(6.5, 6.5))[1])
 print(f"saved {path}; next: 05 · DDIM, the same model in far fewer steps")
 
 # %% [markdown]
@@ -225,3 +269,6 @@ def posterior_mean_from_eps(alpha, alpha_bar, x_t, eps_hat):
 
 # %%
 check(posterior_mean_from_eps)
+
+# %%
+print(f"this notebook ran in {(time.perf_counter() - notebook_start) / 60:.1f} minutes under profile {profile.name}")

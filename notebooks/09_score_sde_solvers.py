@@ -40,6 +40,7 @@ from helpers.device import cpu_generator
 from helpers.toy import GaussianMixture
 from helpers.viz import show_grid
 
+notebook_start = time.perf_counter()
 device, profile = setup(seed=0)
 model, d, ckpt = load_model(profile.require("eps"), device)
 model.eval()
@@ -150,36 +151,44 @@ with torch.no_grad():
 print(f"denoiser by hand == helpers.solvers.Denoiser; the model spans sigma {denoiser.sigma_min:.4f} .. {denoiser.sigma_max:.1f}")
 
 # %% [markdown]
-# The same picture on the trained image model: a test image noised to several $t$, the network's
-# $\hat\varepsilon = -\sqrt{1-\bar\alpha_t}\,s_\theta$, and Tweedie's estimate of $x_0$. The last row is
-# what `Diffusion.predict_x0` returns, computed here from the score.
+# The same picture on the trained image model: a test image noised to several $t$ with one fixed
+# noise $\varepsilon$, the network's error $\hat\varepsilon - \varepsilon$ with $\hat\varepsilon = -\sqrt{1-\bar\alpha_t}\,s_\theta$
+# ($\hat\varepsilon$ itself would look like that same $\varepsilon$ in every column), and Tweedie's
+# estimate of $x_0$. The last row is what `Diffusion.predict_x0` returns, computed here from the score.
 
 # %%
 from helpers.data import profile_dataset
 
 image = profile_dataset(profile, train=False).tensors()[0][:1].to(device)
 fracs = (0.05, 0.2, 0.35, 0.5, 0.65, 0.8)
-rows = {"x_t": [], "eps_hat = -sqrt(1 - alpha_bar) score": [], "Tweedie: (x_t + (1 - alpha_bar) score) / sqrt(alpha_bar)": []}
+rows = {"x_t": [], "the network's error eps_hat - eps, eps_hat = -sqrt(1 - alpha_bar) score": [], "Tweedie: (x_t + (1 - alpha_bar) score) / sqrt(alpha_bar)": []}
+noise = torch.randn(image.shape, generator=cpu_generator(2)).to(device)  # one noise for every t
+errors = []
 with torch.no_grad():
     for frac in fracs:
         t = int(frac * (d.T - 1))
         tt = torch.full((1,), t, device=device)
         ab = float(d.alpha_bars[t])
-        x_t = d.q_sample(image, tt, torch.randn(image.shape, generator=cpu_generator(2)).to(device))
+        x_t = d.q_sample(image, tt, noise)
         score = -model(x_t, tt) / (1 - ab) ** 0.5
         x0_tweedie = (x_t + (1 - ab) * score) / ab**0.5
         assert torch.allclose(x0_tweedie, d.predict_x0(x_t, t, -score * (1 - ab) ** 0.5), atol=1e-4)
-        for key, v in zip(rows, (x_t, -(1 - ab) ** 0.5 * score, x0_tweedie)):
+        eps_error = -(1 - ab) ** 0.5 * score - noise
+        errors.append((t, float(eps_error.pow(2).mean().sqrt()), float(((1 - ab) / ab) ** 0.5)))
+        for key, v in zip(rows, (x_t, eps_error, x0_tweedie)):
             rows[key].append(v.clamp(-1, 1).cpu())
-fig, axes = plt.subplots(3, 1, figsize=(9, 5.4), constrained_layout=True)
+fig, axes = plt.subplots(3, 1, figsize=(10, 6.2), constrained_layout=True)
 for ax, (key, imgs) in zip(axes, rows.items()):
     show_grid(torch.cat(imgs), key, nrow=len(fracs), ax=ax)
-fig.suptitle(f"one test image at t = {', '.join(str(int(f * (d.T - 1))) for f in fracs)} (left to right) [{profile.name} profile]");
+fig.suptitle(f"one test image at t = {', '.join(str(int(f * (d.T - 1))) for f in fracs)} (left to right) [{profile.name} profile]")
+for t, rms, sigma_t in errors:
+    print(f"t = {t:>4}: rms of eps_hat - eps {rms:.3f}; sigma_t = {sigma_t:7.3f}; error reaching Tweedie's x0, rms {sigma_t * rms:.3f}")
 
 # %% [markdown]
 # At small $t$ Tweedie's estimate is close to the image itself. As $t$ grows it can only be the
 # average of every image the noisy one could have come from, so it blurs; and the network's error
-# in $\hat\varepsilon$ reaches it multiplied by $\sqrt{(1-\bar\alpha_t)/\bar\alpha_t} = \sigma_t$. One jump from
+# in $\hat\varepsilon$ reaches it multiplied by $\sqrt{(1-\bar\alpha_t)/\bar\alpha_t} = \sigma_t$ (the printed
+# rms: the error itself stays of one size while $\sigma_t$ grows by orders of magnitude). One jump from
 # noise to data is not enough: a sampler takes many smaller steps, each trusting the estimate
 # only a little.
 #
@@ -188,8 +197,9 @@ fig.suptitle(f"one test image at t = {', '.join(str(int(f * (d.T - 1))) for f in
 # The mixture's exact denoiser (`toy(x, sigma)`, the posterior mean of each component weighted by
 # its responsibility) has the same signature as `Denoiser`, so every solver of `helpers.solvers`
 # runs on it unchanged. From the same eight starting points, the probability-flow ODE (Heun, below)
-# and the reverse SDE (Euler-ancestral, below) both end on the ring; the ODE's paths are smooth and
-# each start has one end, the SDE's jitter and may end in another component.
+# and the reverse SDE (Euler-ancestral, below) both end on the ring (the cell checks that every end
+# lies within three component stds of a mean); the ODE's paths are smooth and each start has one
+# end, the SDE's jitter and may end in another component (the cell counts how many do).
 
 # %%
 from helpers.solvers import sample_euler_ancestral, sample_heun
@@ -203,18 +213,24 @@ for name, solve in (("probability-flow ODE (Heun, 40 steps)", lambda cb: sample_
     visited = []
     end = solve(lambda step: visited.append(step["x"]))
     paths[name] = torch.stack(visited + [end])  # [steps + 1, 8, 2]
+frame = math.ceil(max(float(p.abs().max()) for p in paths.values()) + 0.2)  # every start and path inside the frame
+frame_ticks = torch.linspace(-frame, frame, 161, dtype=torch.float64)
+data = toy.log_prob(torch.cartesian_prod(frame_ticks, frame_ticks).flip(1), 0.0).exp().reshape(161, 161)
 fig, axes = plt.subplots(1, 2, figsize=(11, 5), constrained_layout=True)
-data = toy.log_prob(dense, 0.0).exp().reshape(121, 121)
 for ax, (name, path) in zip(axes, paths.items()):
-    ax.contourf(ticks, ticks, data, levels=8, cmap="Blues")
+    ax.contourf(frame_ticks, frame_ticks, data, levels=8, cmap="Blues")
     for k in range(path.shape[1]):
         ax.plot(path[:, k, 0], path[:, k, 1], "-", lw=1.2, color=f"C{k}")
         ax.plot(*path[0, k], "o", color=f"C{k}", ms=4)
         ax.plot(*path[-1, k], "*", color=f"C{k}", ms=11, mec="black", mew=0.5)
-    ax.set(title=name, xlabel="x_1", ylabel="x_2", xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
+    ax.set(title=name, xlabel="x_1", ylabel="x_2", xlim=(-frame, frame), ylim=(-frame, frame), aspect="equal")
 fig.suptitle(f"from N(0, {toy_sigma_max:g}^2 I) (dots) to the ring mixture (stars) [{profile.name} profile]")
 ends = {name: torch.cdist(p[-1], toy.means).min(1).values.max().item() for name, p in paths.items()}
 print("farthest end from a component mean:", ", ".join(f"{name.split(' (')[0]} {v:.2f}" for name, v in ends.items()), f"(component std {toy.stds[0]:g})")
+assert max(ends.values()) < 3 * float(toy.stds[0]), "an end lies off the ring"
+component = {name: torch.cdist(p[-1], toy.means).argmin(1) for name, p in paths.items()}
+moved = int((component["probability-flow ODE (Heun, 40 steps)"] != component["reverse SDE (Euler-ancestral, 40 steps)"]).sum())
+print(f"the SDE ends in another component than the ODE from the same start for {moved} of {len(starts)} starts")
 
 # %% [markdown]
 # The same two samplers on the image model, from the same three noises: each column is the
@@ -226,7 +242,7 @@ print("farthest end from a component mean:", ", ".join(f"{name.split(' (')[0]} {
 # %%
 image_grid = karras_sigmas(20, denoiser.sigma_min, denoiser.sigma_max)
 x_img = torch.randn(3, profile.channels, profile.image_size, profile.image_size, generator=cpu_generator(10)).to(device) * (1 + denoiser.sigma_max**2) ** 0.5
-fig, axes = plt.subplots(2, 1, figsize=(11, 4.2), constrained_layout=True)
+fig, axes = plt.subplots(2, 1, figsize=(12, 5.6), constrained_layout=True)
 for ax, (name, solve) in zip(axes, (("probability-flow ODE (Heun)", lambda cb: sample_heun(denoiser, x_img, image_grid, callback=cb)),
                                     ("reverse SDE (Euler-ancestral)", lambda cb: sample_euler_ancestral(denoiser, x_img, image_grid, cpu_generator(11), callback=cb)))):
     guesses = []
@@ -243,8 +259,8 @@ fig.suptitle(f"denoised guesses along a path, sigma from {denoiser.sigma_max:.0f
 #
 # $$\sigma_i = \Big(\sigma_{\max}^{1/\rho} + \tfrac{i}{n-1}\big(\sigma_{\min}^{1/\rho} - \sigma_{\max}^{1/\rho}\big)\Big)^{\rho},$$
 #
-# and found $\rho = 7$ best: most steps go where $\sigma$ is small, where the image's details are
-# decided. Here $\sigma_{\max}$ and $\sigma_{\min}$ are the model's own $\sigma_{T-1}$ and $\sigma_0$. By hand,
+# and found $\rho = 7$ best: it puts more of its steps at small $\sigma$, where the image's details are
+# decided, than a grid uniform in $\sigma$ or in $t$ (the counts under the figure). Here $\sigma_{\max}$ and $\sigma_{\min}$ are the model's own $\sigma_{T-1}$ and $\sigma_0$. By hand,
 # against `karras_sigmas`, and beside the $\sigma_t$ of DDIM's trailing grid (uniform in $t$):
 
 # %%
@@ -266,8 +282,10 @@ for name, g in grids.items():
     ax.plot(range(n), g, "o-", label=name)
 ax.set(yscale="log", xlabel="step i", ylabel="noise level sigma (log scale)", title=f"{n}-step grids from sigma_max = {denoiser.sigma_max:.0f} to sigma_min = {denoiser.sigma_min:.3f} [{profile.name} profile]")
 ax.legend();
-for name, g in grids.items():
-    print(f"{name:<36} steps with sigma < 1: {int((g < 1).sum())} of {n}")
+below_one = {name: int((g < 1).sum()) for name, g in grids.items()}
+for name, k in below_one.items():
+    print(f"{name:<36} steps with sigma < 1: {k} of {n}")
+print(f"most steps below sigma = 1: {max(below_one, key=below_one.get)}")
 
 # %% [markdown]
 # ## Five solvers by hand
@@ -398,12 +416,15 @@ for name in ("euler", "heun", "dpmpp-2m", "euler-a", "pc"):
 # Every sampler draws the same images from the same noise (the evaluator's seed), and each set
 # is scored with FID against the real-data floor at the same count (notebook 06). DDIM here is
 # $\eta = 0$ on the trailing grid, DDPM the full ancestral chain of $T$ steps; the solvers use the
-# Karras grid with $\rho = 7$. On a CPU this is the notebook's long cell: per image it makes $T$
-# network evaluations for DDPM and up to each budget for each of the six others.
+# Karras grid with $\rho = 7$. DDIM and DDPM clip their $\hat x_0$ to $[-1, 1]$ at every step
+# (notebooks 04 and 05); the solvers do not. So DDIM runs twice, clipped and unclipped: the
+# unclipped one is the control that says what the clipping, not the grid, changes. On a CPU this is
+# the notebook's long cell: per image it makes $T$ network evaluations for DDPM and up to each
+# budget for each of the seven others (the cell prints its minutes).
 
 # %% tags=["nbval-ignore-output"]
 from helpers.evaluation import Evaluator
-from helpers.metrics import get_features
+from helpers.metrics import extract_both, fid_interval, get_features
 from helpers.samplers import DDIM, DDPM
 
 features = get_features(profile, device)
@@ -411,8 +432,10 @@ evaluator = Evaluator.for_profile(profile, d, features, n=min(250, profile.sampl
 
 # %%
 budgets = [n for n in (5, 10, 20, 50, 100) if n <= d.T][: 2 if profile.name == "smoke" else None]  # smoke: CI's minutes
-methods = {"DDIM": lambda nfe: DDIM(nfe)} | {name: (lambda nfe, name=name: Solver(name, nfe)) for name in ("euler", "heun", "dpmpp-2m", "euler-a", "pc")}
-results = []
+methods = {"DDIM": lambda nfe: DDIM(nfe), "DDIM unclipped": lambda nfe: DDIM(nfe, clip_x0=False)}
+methods |= {name: (lambda nfe, name=name: Solver(name, nfe)) for name in ("euler", "heun", "dpmpp-2m", "euler-a", "pc")}
+results, feats = [], {}  # feats[(method, budget)]: the classifier features of its samples, for paired intervals
+table_start = time.perf_counter()
 for method, make in [("DDPM", lambda nfe: DDPM())] + list(methods.items()):
     for nfe in [d.T] if method == "DDPM" else budgets:
         sampler = make(nfe)
@@ -422,19 +445,21 @@ for method, make in [("DDPM", lambda nfe: DDPM())] + list(methods.items()):
         sync(device)
         seconds = time.perf_counter() - start
         q = evaluator.score(images)
+        feats[(method, nfe)] = extract_both(features, images)[0]
         spent = sampler.spent if isinstance(sampler, Solver) else len(sampler.timesteps(d.T))
         results.append({"method": method, "budget": nfe, "nfe": spent, "sampler": str(sampler), "fid": q.fid, "kid": q.kid, "seconds": seconds})
 floor = q.floor
 print(f"{q.n_fake} images per sampler, {q.features} features, {q.n_real} real images; real-data floor {floor}")
-print(f"{'sampler':<10} {'NFE':>5} {'FID':>8} {'FID / floor':>12} {'s':>7}")
+print(f"{'sampler':<15} {'NFE':>5} {'FID':>8} {'s':>7}")
 for r in results:
-    print(f"{r['method']:<10} {r['nfe']:>5} {r['fid']:>8.2f} {r['fid'] / floor.fid:>12.1f} {r['seconds']:>7.1f}")
+    print(f"{r['method']:<15} {r['nfe']:>5} {r['fid']:>8.2f} {r['seconds']:>7.1f}")
+print(f"the table took {(time.perf_counter() - table_start) / 60:.1f} minutes")
 
 # %%
 fig, ax = plt.subplots(figsize=(8, 4.8))
 for k, method in enumerate(methods):
     rs = [r for r in results if r["method"] == method]
-    ax.plot([r["nfe"] for r in rs], [r["fid"] for r in rs], "o-", color=f"C{k}", label=method)
+    ax.plot([r["nfe"] for r in rs], [r["fid"] for r in rs], "o--" if method == "DDIM unclipped" else "o-", color=f"C{k}", label=method)
 ddpm = next(r for r in results if r["method"] == "DDPM")
 ax.plot([ddpm["nfe"]], [ddpm["fid"]], "*", ms=14, color="black", label=f"DDPM ({ddpm['nfe']} steps)")
 ax.axhline(ddpm["fid"], color="black", lw=0.8, ls=":")
@@ -444,33 +469,59 @@ ax.set(xscale="log", yscale="log", xlabel="network evaluations per image (NFE, l
 ax.legend(ncol=2, fontsize=9);
 
 # %% [markdown]
-# What the table says, from its own numbers (a difference smaller than the floor's spread is
-# noise at this sample count):
+# What the table says, from its own numbers. Every sampler starts from the same noise, so two of
+# them are compared by the paired bootstrap interval of their FID difference
+# (`helpers.metrics.fid_interval`: both FIDs recomputed on the same resampled images); an interval
+# that excludes 0 is a difference that resampling the images does not explain.
 
 # %%
+replicates = 100 if profile.name == "smoke" else 500  # smoke: CI's minutes
+fid = {(r["method"], r["budget"]): r["fid"] for r in results}
+
+
+def paired(a, b):
+    """FID(a) - FID(b) on the same noise, with its bootstrap interval and a verdict."""
+    iv = fid_interval(evaluator.real, feats[a], feats[b], replicates=replicates)
+    verdict = "no difference resolved" if not iv.excludes_zero else f"{a[0]} {'lower' if iv.estimate < 0 else 'higher'}"
+    return iv, verdict
+
+
+ddpm_key = ("DDPM", d.T)
 for nfe in [b for b in (10, 50) if b in budgets]:
     b = min((r for r in results if r["method"] != "DDPM" and r["budget"] == nfe), key=lambda r: r["fid"])
-    print(f"best at a budget of {nfe} NFE: {b['method']} ({b['nfe']} NFE), FID {b['fid']:.1f} = {b['fid'] / ddpm['fid']:.2f}x DDPM-{ddpm['nfe']}'s {ddpm['fid']:.1f}")
-second_order = [r for r in results if r["method"] in ("heun", "dpmpp-2m") and 10 <= r["nfe"] <= 20]
-if second_order:
-    b = min(second_order, key=lambda r: r["fid"])
-    verdict = "within" if b["fid"] <= 1.5 * ddpm["fid"] else "not within"
-    print(f"best second-order ODE solver at 10-20 NFE: {b['method']} at {b['nfe']} NFE, FID {b['fid']:.1f}: {verdict} 1.5x DDPM-{ddpm['nfe']}'s FID")
+    iv, verdict = paired((b["method"], nfe), ddpm_key)
+    print(f"best at a budget of {nfe} NFE: {b['method']} ({b['nfe']} NFE), FID {b['fid']:.1f}; minus DDPM-{ddpm['nfe']}'s {ddpm['fid']:.1f}: {iv} -> {verdict}")
 top = max(budgets)
 at_top = sorted(((r["fid"], r["method"]) for r in results if r["budget"] == top))
 print(f"at a budget of {top}: " + ", ".join(f"{m} {f:.1f}" for f, m in at_top) + f"; DDPM-{ddpm['nfe']} {ddpm['fid']:.1f}; floor {floor.fid:.1f} ± {floor.fid_std:.1f}")
+ode = ["DDIM unclipped", "euler", "heun", "dpmpp-2m"]  # the four unclipped integrators of one ODE
+ode_fids = [fid[(m, top)] for m in ode]
+print(f"the four unclipped ODE samplers at {top}: FID {min(ode_fids):.1f} to {max(ode_fids):.1f} (a spread of {max(ode_fids) - min(ode_fids):.1f})")
+clip_iv, clip_verdict = paired(("DDIM", top), ("DDIM unclipped", top))
+print(f"DDIM clipped minus unclipped at {top}: {clip_iv} -> {clip_verdict}")
+same_iv, same_verdict = paired(("DDIM unclipped", top), ("dpmpp-2m", top))
+print(f"DDIM unclipped minus DPM-Solver++(2M) at {top}: {same_iv} -> {same_verdict}")
+sde_iv, sde_verdict = paired(("euler-a", top), ("dpmpp-2m", top))
+print(f"Euler-ancestral (reverse SDE) minus DPM-Solver++(2M) (ODE) at {top}: {sde_iv} -> {sde_verdict}")
+pc_rank = [m for _, m in at_top].index("pc") + 1
+print(f"PC at {top}: rank {pc_rank} of {len(at_top)} (1 = lowest FID)")
 
 # %% [markdown]
-# Why the curves look as they do. DDIM, Euler, Heun and DPM-Solver++ integrate the same
-# probability-flow ODE, so as the budget grows their samples approach the same images and their
-# FIDs one value, the ODE's own; a better solver gets there in fewer evaluations, which is all it
-# can do. Euler-ancestral (and DDPM) sample the reverse SDE instead and approach its samples.
-# Which limit is better is a property of the model: Karras et al. (2022, section 4) found that the
-# fresh noise of a stochastic sampler corrects earlier errors, which helps a network with large
-# errors (as η = 1 helped this model in notebook 05) and costs detail with a very good one. PC's
-# predictor is the Euler–Maruyama step of the reverse SDE, whose noise of variance
+# Why the curves look as they do. Euler, Heun, DPM-Solver++ and DDIM without clipping integrate
+# the same probability-flow ODE, so as the budget grows their samples approach the same images and
+# their FIDs one value, the ODE's own; a better solver gets there in fewer evaluations, which is all
+# it can do. The printed spread of the four at the largest budget says how close they have come.
+# Clipping $\hat x_0$ changes the ODE: every step of clipped DDIM projects its guess into the pixel
+# range, which removes the part of a large high-noise error that falls outside it; the paired
+# interval of clipped against unclipped DDIM says whether that is a difference here, and which way.
+# Euler-ancestral (and DDPM) sample the reverse SDE instead and approach its samples. Which limit is
+# better is a property of the model: Karras et al. (2022, section 4) found that the fresh noise of a
+# stochastic sampler corrects earlier errors, which helps a network with large errors and costs
+# detail with a very good one; the SDE-against-ODE interval above says which holds for this one.
+# PC's predictor is the Euler–Maruyama step of the reverse SDE, whose noise of variance
 # $\sigma^2-\sigma'^2$ is right only for steps with $\sigma'/\sigma$ near 1: Song et al. (2021,
-# Table 1) ran it with 1,000 predictor and 1,000 corrector steps, far beyond these budgets.
+# Table 1) ran it with 1,000 predictor and 1,000 corrector steps, far beyond these budgets (its
+# rank is printed above).
 
 # %% [markdown]
 # The same eight noises through every sampler at a budget of 10 evaluations, with DDPM's full
@@ -482,15 +533,23 @@ from helpers.samplers import sample
 
 shown = [("DDPM", DDPM())] + [(m, make(min(10, d.T))) for m, make in methods.items()]
 fig, axes = plt.subplots(len(shown), 1, figsize=(9, 1.45 * len(shown)), constrained_layout=True)
+labels = {}
 for ax, (method, sampler) in zip(axes, shown):
-    show_grid(sample(model, d, x_T, sampler, cpu_generator(9), progress=False).cpu(), str(sampler), nrow=8, ax=ax)
-fig.suptitle(f"the same noise, NFE = 10 except DDPM [{profile.name} profile]");
+    drawn = sample(model, d, x_T, sampler, cpu_generator(9), progress=False).cpu()
+    labels[method] = extract_both(features, drawn)[1].argmax(1)  # the FID classifier's label of each sample
+    show_grid(drawn, str(sampler), nrow=8, ax=ax)
+fig.suptitle(f"the same noise, NFE = 10 except DDPM [{profile.name} profile]")
+print("samples given the same class as DPM-Solver++(2M)'s from the same noise: "
+      + ", ".join(f"{m} {int((labels[m] == labels['dpmpp-2m']).sum())} of {len(x_T)}" for m in labels if m != "dpmpp-2m"))
+print(f"FID at a budget of 10 (table above): " + ", ".join(f"{m} {fid[(m, 10)]:.1f}" for m in methods if (m, 10) in fid))
 
 # %% [markdown]
-# The deterministic samplers (DDIM, Euler, Heun, DPM-Solver++) follow the same ODE, so each
-# noise becomes much the same item under all four, drawn more or less cleanly (Heun, with only
-# five steps, least); Euler-ancestral and DDPM add fresh noise on the way and draw other items,
-# and PC at this budget is still noise.
+# The deterministic samplers (DDIM with and without clipping, Euler, Heun, DPM-Solver++) follow one
+# ODE, so each noise should become much the same item under all of them, drawn more or less cleanly
+# (Heun has only five steps); Euler-ancestral and DDPM add fresh noise on the way and may draw other
+# items. The printed counts of samples the feature classifier puts in the same class as
+# DPM-Solver++'s say how far each holds for these eight noises; PC's row and its FID at this budget
+# show how far it is from an image.
 #
 # ## What this notebook leaves
 #
@@ -538,3 +597,6 @@ def ancestral_split(sigma, sigma_next):
 
 # %%
 check(ancestral_split)
+
+# %%
+print(f"this notebook ran in {(time.perf_counter() - notebook_start) / 60:.1f} minutes under profile {profile.name}")
