@@ -30,9 +30,17 @@ from .solvers import ancestral_split as _ancestral_split
 from .toy import GaussianMixture
 from .unet import AttentionBlock, ResBlock
 
-__all__ = ["EXERCISES", "check"]
+__all__ = ["EXERCISES", "check", "exercise"]
 
 Check = Callable[[Callable[..., Any]], None]
+
+EXERCISES: dict[str, Check] = {}
+
+
+def exercise(check_fn: Check) -> Check:
+    """Register ``check_fn`` as the check of the exercise with its name (the reader's function keeps it)."""
+    EXERCISES[check_fn.__name__] = check_fn
+    return check_fn
 
 
 def _close(got: Any, want: torch.Tensor, what: str, atol: float = 1e-5) -> None:
@@ -53,6 +61,7 @@ def _schedules() -> dict[str, Diffusion]:
 # ---- 01 · the forward process ---------------------------------------------------------------------
 
 
+@exercise
 def forward_step(fn: Callable[..., Any]) -> None:
     """fn(x_prev, beta, eps) = one step of q(x_t | x_{t-1}) (DDPM eq. 2), against Diffusion.q_step."""
     d, g = Diffusion.from_schedule("linear", 1000), _gen()
@@ -62,6 +71,7 @@ def forward_step(fn: Callable[..., Any]) -> None:
         _close(fn(x_prev, float(d.betas[t]), eps), want, f"t = {t}")
 
 
+@exercise
 def snr_crossing(fn: Callable[..., Any]) -> None:
     """fn(alpha_bars) = the first t with SNR(t) <= 1, against each schedule's SNR table."""
     for name, d in _schedules().items():
@@ -73,6 +83,7 @@ def snr_crossing(fn: Callable[..., Any]) -> None:
 # ---- 02 · the U-Net ---------------------------------------------------------------------------------
 
 
+@exercise
 def resblock_parameters(fn: Callable[..., Any]) -> None:
     """fn(in_ch, out_ch, emb_dim) = the parameter count of ResBlock, against the module itself."""
     for in_ch, out_ch, emb_dim in ((32, 32, 128), (32, 64, 128), (24, 48, 96)):
@@ -81,6 +92,7 @@ def resblock_parameters(fn: Callable[..., Any]) -> None:
         assert got == want, f"ResBlock({in_ch} -> {out_ch}, emb {emb_dim}): got {got}, expected {want}"
 
 
+@exercise
 def multihead_attention(fn: Callable[..., Any]) -> None:
     """fn(attn, x) = AttentionBlock's output with attn.heads heads, by explicit softmax."""
     with torch.random.fork_rng(devices=[]):  # the blocks' initial weights: leave the reader's seed alone
@@ -97,6 +109,7 @@ def multihead_attention(fn: Callable[..., Any]) -> None:
 # ---- 03 · training ----------------------------------------------------------------------------------
 
 
+@exercise
 def min_snr_weight(fn: Callable[..., Any]) -> None:
     """fn(alpha_bars, t, gamma) = w(t) of min-SNR-gamma for the eps loss, against Diffusion.loss_weight."""
     for name, d in _schedules().items():
@@ -106,6 +119,7 @@ def min_snr_weight(fn: Callable[..., Any]) -> None:
             _close(fn(d.alpha_bars.clone(), t, gamma), want, f"{name} schedule, gamma {gamma}", atol=1e-6)
 
 
+@exercise
 def initial_loss(fn: Callable[..., Any]) -> None:
     """fn(alpha_bars, gamma) = the min-SNR loss of a model that outputs zeros, against Diffusion.loss
     on 100 noise draws at every timestep (a 2% tolerance covers the sampling error)."""
@@ -119,6 +133,7 @@ def initial_loss(fn: Callable[..., Any]) -> None:
 # ---- 04 · DDPM sampling -----------------------------------------------------------------------------
 
 
+@exercise
 def x0_from_eps(fn: Callable[..., Any]) -> None:
     """fn(alpha_bar, x_t, eps_hat) = the x_0 estimate (DDPM eq. 15), against Diffusion.predict_x0."""
     d, g = Diffusion.from_schedule("linear", 1000), _gen()
@@ -127,6 +142,7 @@ def x0_from_eps(fn: Callable[..., Any]) -> None:
         _close(fn(float(d.alpha_bars[t]), x_t, eps), d.predict_x0(x_t, t, eps), f"t = {t}", atol=1e-3 if t == 999 else 1e-5)
 
 
+@exercise
 def posterior_mean_from_eps(fn: Callable[..., Any]) -> None:
     """fn(alpha, alpha_bar, x_t, eps_hat) = 1/sqrt(alpha) (x_t - beta / sqrt(1 - alpha_bar) eps_hat)
     (DDPM eq. 11), against q_posterior at the x_0 the network implies."""
@@ -140,6 +156,7 @@ def posterior_mean_from_eps(fn: Callable[..., Any]) -> None:
 # ---- 05 · DDIM --------------------------------------------------------------------------------------
 
 
+@exercise
 def leading_timesteps(fn: Callable[..., Any]) -> None:
     """fn(T, steps) = the leading grid in descending order, against ddim_timesteps(..., "leading")."""
     with warnings.catch_warnings():
@@ -150,6 +167,7 @@ def leading_timesteps(fn: Callable[..., Any]) -> None:
             assert got == want, f"T = {T}, {steps} steps: got {got[:4]}..., expected {want[:4]}..."
 
 
+@exercise
 def ddim_sigma(fn: Callable[..., Any]) -> None:
     """fn(alpha_bar_t, alpha_bar_prev, eta) = DDIM's sigma_t(eta) (Song et al. 2021, eq. 16),
     read off ddim_step as the factor on the noise it adds."""
@@ -167,6 +185,7 @@ def ddim_sigma(fn: Callable[..., Any]) -> None:
 # ---- 06 · EMA and FID -------------------------------------------------------------------------------
 
 
+@exercise
 def ema_update(fn: Callable[..., Any]) -> None:
     """fn(shadow, params, decay) = the new shadow tensors, against helpers.ema.EMA (without warm-up)."""
     with torch.random.fork_rng(devices=[]):
@@ -187,6 +206,7 @@ def ema_update(fn: Callable[..., Any]) -> None:
         _close(g, want, name, atol=1e-6)
 
 
+@exercise
 def ema_half_life(fn: Callable[..., Any]) -> None:
     """fn(decay) = updates until a weight's old value has half its say in the average, against an EMA
     (no warm-up) tracking a parameter that jumps from 0 to 1: its shadow crosses 0.5 then."""
@@ -211,6 +231,7 @@ def _v_pairs() -> list[tuple[int, float, torch.Tensor, torch.Tensor]]:
     return [(t, float(d.alpha_bars[t]), torch.randn(4, 1, 8, 8, generator=g), torch.randn(4, 1, 8, 8, generator=g)) for t in (0, 400, 999)]
 
 
+@exercise
 def x0_from_v(fn: Callable[..., Any]) -> None:
     """fn(alpha_bar, x_t, v) = x_0 (Salimans & Ho 2022, sec. 4), against Diffusion.predict_x0 for v."""
     d = Diffusion.from_schedule("cosine", 1000, prediction="v")
@@ -218,6 +239,7 @@ def x0_from_v(fn: Callable[..., Any]) -> None:
         _close(fn(ab, x_t, v), d.predict_x0(x_t, t, v), f"t = {t}")
 
 
+@exercise
 def eps_from_v(fn: Callable[..., Any]) -> None:
     """fn(alpha_bar, x_t, v) = eps, against Diffusion.predict_eps for v."""
     d = Diffusion.from_schedule("cosine", 1000, prediction="v")
@@ -228,6 +250,7 @@ def eps_from_v(fn: Callable[..., Any]) -> None:
 # ---- 08 · classifier-free guidance ------------------------------------------------------------------
 
 
+@exercise
 def drop_labels(fn: Callable[..., Any]) -> None:
     """fn(y, p_uncond, null_id, generator) = y with each label replaced by null_id with probability
     p_uncond: kept labels unchanged, the dropped share within 5 binomial standard deviations."""
@@ -251,6 +274,7 @@ class _ToyConditional(nn.Module):
         return x * (1 + y.view(-1, 1, 1, 1)) + 0.01 * t.view(-1, 1, 1, 1)
 
 
+@exercise
 def guidance_w_form(fn: Callable[..., Any]) -> None:
     """fn(eps_cond, eps_uncond, w) = (1 + w) eps_cond - w eps_uncond (Ho & Salimans 2022, eq. 6),
     against Guided at scale s = 1 + w."""
@@ -264,6 +288,7 @@ def guidance_w_form(fn: Callable[..., Any]) -> None:
 # ---- 09 · scores, SDEs and solvers -------------------------------------------------------------------
 
 
+@exercise
 def tweedie(fn: Callable[..., Any]) -> None:
     """fn(x, sigma, score) = E[x_0 | x] = x + sigma^2 score (Tweedie's formula), against the exact
     denoiser of a Gaussian mixture."""
@@ -273,6 +298,7 @@ def tweedie(fn: Callable[..., Any]) -> None:
         _close(fn(x.clone(), sigma, mix.score(x, sigma)), mix(x, sigma), f"sigma = {sigma}", atol=1e-8)
 
 
+@exercise
 def ancestral_split(fn: Callable[..., Any]) -> None:
     """fn(sigma, sigma_next) = (sigma_down, sigma_up) of an Euler-ancestral step, against helpers.solvers."""
     for sigma, sigma_next in ((80.0, 40.0), (2.0, 1.0), (1.0, 0.9), (0.5, 0.0)):
@@ -285,6 +311,7 @@ def ancestral_split(fn: Callable[..., Any]) -> None:
 # ---- 10 · latent diffusion ----------------------------------------------------------------------------
 
 
+@exercise
 def kl_to_standard_normal(fn: Callable[..., Any]) -> None:
     """fn(mean, logvar) = KL(N(mean, diag exp(logvar)) || N(0, I)) per image, against helpers.autoencoder."""
     g = _gen()
@@ -293,6 +320,7 @@ def kl_to_standard_normal(fn: Callable[..., Any]) -> None:
         _close(fn(mean.clone(), logvar.clone()), DiagonalGaussian(mean, logvar).kl(), f"latents of scale {scale:g}", atol=1e-3)
 
 
+@exercise
 def latent_scale_factor(fn: Callable[..., Any]) -> None:
     """fn(latents) = 1 / std(latents), the factor that gives unit variance (as Autoencoder.measure_scale)."""
     for std, mean in ((5.0, 0.0), (0.2, 1.0), (1.0, -3.0)):
@@ -304,6 +332,7 @@ def latent_scale_factor(fn: Callable[..., Any]) -> None:
 # ---- 11 · consistency models --------------------------------------------------------------------------
 
 
+@exercise
 def consistency_coefficients(fn: Callable[..., Any]) -> None:
     """fn(sigma, sigma_min) = (c_skip, c_out) of Song et al. 2023 (sigma_data = 0.5), against helpers.consistency."""
     for sigma, sigma_min in ((0.002, 0.002), (0.01, 0.002), (0.5, 0.01), (3.0, 0.01), (80.0, 0.002)):
@@ -313,6 +342,7 @@ def consistency_coefficients(fn: Callable[..., Any]) -> None:
             assert math.isclose(float(g), w, rel_tol=1e-6, abs_tol=1e-12), f"sigma = {sigma}, sigma_min = {sigma_min}: {what} {float(g):.6g}, expected {w:.6g}"
 
 
+@exercise
 def pseudo_huber(fn: Callable[..., Any]) -> None:
     """fn(a, b) = sqrt(||a - b||^2 + c^2) - c per image, c = 0.00054 sqrt(dim), against helpers.consistency."""
     a = torch.randn(6, 1, 28, 28, generator=_gen())
@@ -321,15 +351,6 @@ def pseudo_huber(fn: Callable[..., Any]) -> None:
         _close(fn(a.clone(), b.clone()), _pseudo_huber(a, b), f"errors of size {scale:g}", atol=1e-6)
 
 
-EXERCISES: dict[str, Check] = {
-    check.__name__: check
-    for check in (
-        forward_step, snr_crossing, resblock_parameters, multihead_attention, min_snr_weight, initial_loss,
-        x0_from_eps, posterior_mean_from_eps, leading_timesteps, ddim_sigma, ema_update, ema_half_life,
-        x0_from_v, eps_from_v, drop_labels, guidance_w_form, tweedie, ancestral_split, kl_to_standard_normal, latent_scale_factor,
-        consistency_coefficients, pseudo_huber,
-    )
-}
 
 
 def check(fn: Callable[..., Any]) -> None:

@@ -45,10 +45,10 @@ def _off(value: Any) -> Any:
     return value * 1.1 + 1
 
 
-def test_every_notebook_ends_with_two_or_three_exercises_and_every_check_is_used():
+def test_every_notebook_ends_with_two_or_more_exercises_and_every_check_is_used():
     for nb in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py")):
         names = _exercises_of(nb)
-        assert 2 <= len(names) <= 3, f"{nb.name} has {len(names)} exercises"
+        assert len(names) >= 2, f"{nb.name} has {len(names)} exercises"
         text = nb.read_text()
         assert re.findall(r"^# ## (.+)$", text, re.M)[-1] == "Exercises", f"{nb.name}: the exercises come last"
     assert sorted(WHERE) == sorted(EXERCISES)
