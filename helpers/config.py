@@ -31,6 +31,7 @@ __all__ = [
     "RESUMABLE_RUN_SETTINGS",
     "OPTIMIZERS",
     "LR_DECAYS",
+    "TIMESTEP_SAMPLINGS",
     "SampleSettings",
     "Profile",
     "PROFILES",
@@ -51,6 +52,7 @@ RESUMABLE_SETTINGS = frozenset(
 
 OPTIMIZERS = ("adam", "adamw")
 LR_DECAYS = ("none", "cosine", "linear")
+TIMESTEP_SAMPLINGS = ("uniform", "importance")
 
 
 def _setting(default: Any = MISSING, *, help: str, group: str = "optimisation", **meta: Any) -> Any:
@@ -70,6 +72,9 @@ class TrainConfig:
     lr: float = _setting(help="peak learning rate")
     warmup_steps: int = _setting(0, help="linear learning-rate warm-up steps")
     lr_decay: str = _setting("none", help="after the warm-up: none (constant), cosine or linear decay to 0 at `steps`", choices=LR_DECAYS)
+    timesteps: str = _setting(
+        "uniform", help="t of each image: uniform, or importance (p(t) from the loss, weighted back to the same objective: helpers.timesteps)", choices=TIMESTEP_SAMPLINGS
+    )
     grad_clip: float | None = _setting(1.0, help="clip the gradient norm to this, 0 for off")
     optimizer: str = _setting("adam", help="adam (as DDPM) or adamw", choices=OPTIMIZERS)
     weight_decay: float = _setting(0.0, help="weight decay (with adamw)")
@@ -132,6 +137,7 @@ class TrainConfig:
         fraction("p_uncond", self.p_uncond)
         choice("optimizer", self.optimizer, OPTIMIZERS)
         choice("lr_decay", self.lr_decay, LR_DECAYS)
+        choice("timesteps", self.timesteps, TIMESTEP_SAMPLINGS)
 
 
 def _option(default: Any, help: str) -> Any:

@@ -90,6 +90,14 @@ class World:
         b = len(global_batch) // self.size
         return global_batch[self.rank * b : (self.rank + 1) * b]
 
+    def unshard(self, local: torch.Tensor) -> torch.Tensor:
+        """The global batch from every process's slice of it (the inverse of ``shard``; ``local`` itself for one process)."""
+        if not self.distributed:
+            return local
+        full = local.new_zeros((len(local) * self.size, *local.shape[1:]))
+        full[self.rank * len(local) : (self.rank + 1) * len(local)] = local
+        return self.all_sum(full)
+
     def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor`` summed over the processes, in place (itself for one process)."""
         if self.distributed:

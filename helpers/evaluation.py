@@ -26,12 +26,14 @@ from helpers.samplers import DDIM, Guided, Sampler, sample
 
 __all__ = ["Evaluator", "pixel_diversity", "x0_error_by_timestep"]
 
+MAX_BATCHES = 100_000  # batches per evaluation: batch k of seed s draws from the generator seeded s * MAX_BATCHES + k
+
 
 class Evaluator:
     """FID/KID of a model's samples against cached real features: ``evaluator(model) -> dict``.
 
     Samples ``n`` images with DDIM (``steps`` on the ``spacing`` grid, noise level ``eta``) from a
-    fixed seed, so that two models (or raw and EMA weights) are compared on the same noise. A
+    fixed seed, so that two models (or raw and EMA weights, or two samplers) start from the same noise. A
     class-conditional model gets labels 0, 1, 2, ... in turn and ``guidance_scale``.
 
     ``world`` (default: one process): the processes that call the evaluator together. Each samples
@@ -78,19 +80,17 @@ class Evaluator:
 
     def _batches(self) -> list[tuple[int, int]]:
         """(first index, size) of each sampling batch."""
+        if self.n > MAX_BATCHES * self.batch_size:
+            raise ValueError(f"{self.n} samples in batches of {self.batch_size} exceed {MAX_BATCHES} batches, each with its own noise stream; use larger batches")
         return [(start, min(self.batch_size, self.n - start)) for start in range(0, self.n, self.batch_size)]
 
     @torch.no_grad()
     def _draw(
         self, model: nn.Module, guidance_scale: float | None, sampler: Sampler | None, autoencoder: Autoencoder | None, own: range | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        """(samples on the CPU, their labels or None) of each batch in ``own`` (default: all), from the
-        one generator of the evaluator's seed that every batch draws from in turn.
-
-        The batches before and between one's own are passed through the sampler with ``_Idle``
-        instead of the network: the samplers draw noise by shape alone, so the generator is left
-        where sampling those batches would leave it, and batch k gets the same noise in any share."""
-        gen = cpu_generator(self.seed)
+        """(samples on the CPU, their labels or None) of each batch in ``own`` (default: all). Batch k draws
+        from its own generator, seeded ``seed * MAX_BATCHES + k``: it starts from the same x_T under every
+        sampler (a stochastic one's extra draws stay within its batch) and in any share of the batches."""
         num_classes = getattr(model, "num_classes", None)
         shape = (model.in_channels, model.image_size, model.image_size)
         scale = self.guidance_scale if guidance_scale is None else guidance_scale
@@ -98,16 +98,11 @@ class Evaluator:
         if autoencoder is not None:
             sampler = unclipped(sampler)
         batches = self._batches()
-        own = range(len(batches)) if own is None else own
-        if not own:  # more processes than batches
-            return
-        idle = _Idle()
-        for k, (start, b) in enumerate(batches[: own.stop]):
-            if k not in own:
-                sample(idle, self.d, (b, *shape), sampler, gen, progress=False)
-                continue
+        for k in range(len(batches)) if own is None else own:
+            start, b = batches[k]
             y = (torch.arange(start, start + b) % num_classes) if num_classes is not None else None
             net = Guided(model, y, scale) if y is not None else model
+            gen = cpu_generator(self.seed * MAX_BATCHES + k)
             x = sample(net, self.d, (b, *shape), sampler, gen, progress=False, clamp=autoencoder is None)
             yield (decode(autoencoder, x) if autoencoder is not None else x).cpu(), y
 
@@ -159,18 +154,6 @@ class Evaluator:
             if q.floor is not None:
                 row.update(fid_floor=q.floor.fid, fid_floor_std=q.floor.fid_std, kid_floor=q.floor.kid, is_floor=q.floor.inception_score)
         return self.world.broadcast(row)
-
-
-class _Idle(nn.Module):
-    """A stand-in for the network that costs nothing (zeros for every input, on the CPU): run through
-    a sampler, it moves the generator past a batch exactly as the network would (see ``Evaluator._draw``)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.anchor = nn.Parameter(torch.zeros(()), requires_grad=False)  # where the samplers look for the device
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(x)
 
 
 def pixel_diversity(x: torch.Tensor) -> float:

@@ -29,13 +29,18 @@ class Window:
     def __init__(self, device: torch.device) -> None:
         self.bucket_sum = torch.zeros(N_BUCKETS, device=device)
         self.bucket_count = torch.zeros(N_BUCKETS, device=device, dtype=torch.long)
+        self.objective = torch.zeros(2, device=device)  # the sum of weight * loss, and the images
         self.grad_norm = torch.zeros((), device=device)
         self.n = 0
         self.t0 = time.perf_counter()
 
-    def add(self, losses: torch.Tensor, buckets: torch.Tensor, grad_norm: torch.Tensor) -> None:
+    def add(self, losses: torch.Tensor, buckets: torch.Tensor, weights: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """Per-image losses by timestep bucket, and the objective's estimate: their mean after each is
+        multiplied by its importance weight (all ones for uniform t)."""
         self.bucket_sum.index_add_(0, buckets, losses.float())
         self.bucket_count.index_add_(0, buckets, torch.ones_like(buckets))
+        self.objective[0] += (weights * losses.float()).sum()
+        self.objective[1] += len(losses)
         self.grad_norm = grad_norm
         self.n += 1
 
@@ -51,7 +56,7 @@ class TrainLog:
     def summarise(self, window: Window, step: int, lr: float, model: torch.nn.Module, batch_size: int) -> dict[str, Any]:
         """The row for ``window``; stops the run with a clear error when the loss is not finite."""
         sums, counts = window.bucket_sum.cpu().double(), window.bucket_count.cpu()
-        loss = float(sums.sum() / counts.sum())
+        loss = float(window.objective[0] / window.objective[1])
         if not math.isfinite(loss):
             raise FloatingPointError(
                 f"the loss became {loss} within the {window.n} steps up to step {step}, so training stopped; "
@@ -74,7 +79,7 @@ class TrainLog:
 
     def close(self, window: Window, world: World, step: int, lr: float, model: torch.nn.Module, batch_size: int) -> dict[str, Any]:
         """The row for ``window`` with the losses of every process of ``world`` summed in, appended."""
-        for sums in (window.bucket_sum, window.bucket_count):  # the global batch's losses
+        for sums in (window.bucket_sum, window.bucket_count, window.objective):  # the global batch's losses
             world.all_sum(sums)
         row = self.summarise(window, step, lr, model, batch_size)
         self.append(row)

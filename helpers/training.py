@@ -1,6 +1,6 @@
 """The U-Net training run of notebook 03 and ``python -m helpers train``: a ``GuardedRun`` (``helpers.runs``:
 total steps, lock, Ctrl-C that saves, checkpoint cadence, no non-finite saves, several processes, exact resume)
-whose step is  x_0 ~ data, t ~ U{0..T-1}, eps ~ N(0, I), loss = w(t) || model(x_t, t) - target ||^2  with Adam(W),
+whose step is  x_0 ~ data, t ~ U{0..T-1} (or importance-sampled: ``helpers.timesteps``), eps ~ N(0, I), loss = w(t) || model(x_t, t) - target ||^2  with Adam(W),
 LR warm-up, gradient clipping, EMA, mixed precision where the GPU has it (``runs.Precision``), optional
 ``torch.compile`` and channels_last; plus a metrics log (``helpers.train_log``), sample grids and FID/KID.
 """
@@ -27,6 +27,7 @@ from helpers.ema import EMA
 from helpers.runs import GuardedRun, Precision, refuse_conflicts
 from helpers.validate import batch_fits
 from helpers.samplers import DDIM, Guided, sample
+from helpers.timesteps import ImportanceTimesteps
 from helpers.train_log import N_BUCKETS, TrainLog, Window
 
 __all__ = ["TrainConfig", "Trainer"]  # TrainConfig is defined in helpers.config, with the profiles
@@ -63,6 +64,7 @@ class Trainer(GuardedRun):
         self.optimizer = opt(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda k: config.lr_factor(k))
         self.ema = self._fresh_ema() if config.ema_decay is not None else None
+        self.importance = ImportanceTimesteps(diffusion.T, device=self.device) if config.timesteps == "importance" else None
         self.num_classes: int | None = getattr(model, "num_classes", None)
         self.step, self.callback = 0, None  # callback: train's, for the rows of the run in progress
         self.log = TrainLog(self.out_dir if self.world.main else None)  # the metrics rows (helpers.train_log)
@@ -76,10 +78,11 @@ class Trainer(GuardedRun):
         """The metrics rows: one per ``log_every`` steps (and at the end of each ``train``), one per evaluation."""
         return self.log.rows
 
-    def train_step(self, x0: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One optimiser step on a batch; returns (per-image losses, their timesteps, grad norm) on the device,
-        without waiting for it (no ``.item()``). Label dropout, t and noise are drawn for the global batch and
-        this process keeps its slice, so N processes draw what one would."""
+    def train_step(self, x0: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One optimiser step on a batch; returns (per-image losses, their timesteps, their importance weights
+        (ones for uniform t), grad norm) on the device, without waiting for it (no ``.item()``). The step
+        descends the mean of weight * loss. Label dropout, t and noise are drawn for the global batch and this
+        process keeps its slice, so N processes draw what one would."""
         cfg, d, world = self.config, self.diffusion, self.world
         x0 = x0.to(self.device, non_blocking=True)
         n = len(x0) * world.size  # the global batch
@@ -89,19 +92,26 @@ class Trainer(GuardedRun):
             y = torch.where(drop, torch.full_like(y, self.num_classes), y)
         else:
             y = None
-        t = world.shard(torch.randint(0, d.T, (n,), device=self.device))
+        if self.importance is None:
+            t, weights = world.shard(torch.randint(0, d.T, (n,), device=self.device)), None
+        else:  # drawn, like t above, from the device's generator, which runs in step across processes
+            t, weights = (world.shard(v) for v in self.importance.sample(n))
         noise = world.shard(torch.randn(n, *x0.shape[1:], device=self.device))
         if self.channels_last:
             x0, noise = (v.contiguous(memory_format=torch.channels_last) for v in (x0, noise))
         with self.precision.autocast(), world.own_randomness(cfg.seed, self.step, 0, device=self.device):  # dropout: each process its own
             losses = d.loss(self.forward, x0, y, t=t, noise=noise, reduction="none").float()
+        if weights is None:
+            weights = torch.ones_like(losses)
+        else:  # every process folds in the whole global batch, so all keep the same p(t)
+            self.importance.update(world.unshard(t), world.unshard(losses.detach()))
         self.optimizer.zero_grad(set_to_none=True)
-        grad_norm = self.precision.step(losses.mean(), self.optimizer, self.model.parameters(), cfg.grad_clip)
+        grad_norm = self.precision.step((weights * losses).mean(), self.optimizer, self.model.parameters(), cfg.grad_clip)
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model)
         self.step += 1
-        return losses.detach(), t, grad_norm.detach()
+        return losses.detach(), t, weights, grad_norm.detach()
 
     def train(self, steps: int | None = None, callback: Callback | None = None, save_to: str | Path | None = None,
               save_every: int | None = None, profile: str | None = None) -> Trainer:  # fmt: skip
@@ -120,8 +130,8 @@ class Trainer(GuardedRun):
         cfg, postfix = self.config, None
         with self.world.own_randomness(cfg.seed, self.step, 1, device=self.device):  # random flips: each process its own
             x0, y = next(batches)
-        losses, t, grad_norm = self.train_step(x0, y)
-        self.window.add(losses, t * N_BUCKETS // self.diffusion.T, grad_norm)
+        losses, t, weights, grad_norm = self.train_step(x0, y)
+        self.window.add(losses, t * N_BUCKETS // self.diffusion.T, weights, grad_norm)
         if self.step % cfg.log_every == 0 or self.step == end:
             row = self.log.close(self.window, self.world, self.step, self.scheduler.get_last_lr()[0], self.model, cfg.batch_size)
             postfix, self.window = {"loss": f"{row['loss']:.4f}", "img_s": f"{row['img_per_s']:.0f}"}, Window(self.device)
@@ -176,6 +186,7 @@ class Trainer(GuardedRun):
             "model": self.model.state_dict(), "model_config": dict(self.model.config), "diffusion": self.diffusion.config(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "scaler": self.precision.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None, "step": self.step, "train": asdict(self.config),
+            "timesteps": self.importance.state_dict() if self.importance is not None else None,
             "history": self.log.rows, "rng": rng_state(), "profile": profile, "extra": {**self.extra, **(extra or {})},
         }  # fmt: skip
 
@@ -198,6 +209,8 @@ class Trainer(GuardedRun):
             self.scheduler.load_state_dict(ckpt["scheduler"])
             self.precision.load_state_dict(ckpt.get("scaler"))
             set_rng_state(ckpt["rng"])
+            if self.importance is not None and ckpt.get("timesteps") is not None:
+                self.importance.load_state_dict(ckpt["timesteps"])
         if self.ema is not None and full and ckpt.get("ema") is not None:
             self.ema.load_state_dict(ckpt["ema"])
         elif self.ema is not None:  # no average saved (a run without EMA, a shipped model): it starts from the weights

@@ -30,6 +30,7 @@ from helpers.evaluation import Evaluator
 from helpers.metrics import ClassifierFeatures, extract
 from helpers.samplers import DDPM
 from helpers.solvers import Solver
+from helpers.timesteps import ImportanceTimesteps
 from helpers.training import Trainer
 
 from test_training import make_trainer, tiny_dataset
@@ -60,9 +61,15 @@ def _evaluator(world: World, diffusion: Diffusion, n: int = 12, batch_size: int 
 
 def _trainer(world: World) -> Trainer:
     """The test_training trainer (conditional v-model, label dropout, EMA, warm-up), without U-Net
-    dropout and flips, evaluating at step 4 (raw and EMA weights, guidance scale 2)."""
+    dropout and flips, evaluating at step 4 (raw and EMA weights, guidance scale 2), with t
+    importance-sampled (4 bins, out of their warm-up after a step: every process must fold in the
+    global batch's losses to keep drawing the t one process would)."""
     evaluator = _evaluator(world, Diffusion.from_schedule("linear", 100, prediction="v"), guidance_scale=2.0)
-    return make_trainer(steps=4, batch_size=8, log_every=2, unet_dropout=0.0, flip=False, world=world, evaluator=evaluator, eval_every=4)
+    trainer = make_trainer(
+        steps=4, batch_size=8, log_every=2, unet_dropout=0.0, flip=False, world=world, evaluator=evaluator, eval_every=4, timesteps="importance"
+    )
+    trainer.importance = ImportanceTimesteps(100, bins=4, warmup=1)
+    return trainer
 
 
 def _two_process_runs(rank: int, port: int, folder: str) -> None:

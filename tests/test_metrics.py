@@ -307,3 +307,30 @@ def test_a_damaged_feature_cache_is_named_with_what_to_do(data_env, _isolated_ar
     cache.write_bytes(cache.read_bytes()[:100])
     with pytest.raises(CheckpointError, match=f"{cache} is corrupt, truncated .*; delete this cache file and it is rebuilt"):
         M.real_features(feats, PROFILES["smoke"], n=8)
+
+
+def test_every_batch_starts_from_the_same_noise_under_every_sampler():
+    """A stochastic sampler's extra draws stay within its batch: with eta = 1 every batch still starts
+    from the x_T that eta = 0 starts from (with one shared generator, batch 2 onwards would not)."""
+    firsts: dict[float, list[torch.Tensor]] = {0.0: [], 1.0: []}
+
+    class FirstInputs(torch.nn.Module):
+        in_channels, image_size = 1, 4
+
+        def __init__(self, eta):
+            super().__init__()
+            self.eta, self.anchor = eta, torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, t):
+            if int(t[0]) == 19:  # the first step of each batch on the trailing grid
+                firsts[self.eta].append(x.clone())
+            return torch.zeros_like(x)
+
+    feats = PixelFeatures()
+    ev = Evaluator(Diffusion.from_schedule("linear", 20), feats, M.extract(feats, torch.rand(16, 1, 4, 4)), n=12, steps=4, batch_size=5, kid_subset_size=4)
+    for eta in firsts:
+        ev.eta = eta
+        ev.images(FirstInputs(eta))
+    assert len(firsts[1.0]) == 3
+    for a, b in zip(firsts[0.0], firsts[1.0]):
+        assert torch.equal(a, b)

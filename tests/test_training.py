@@ -106,8 +106,8 @@ def test_per_image_losses_fall_into_their_timestep_buckets():
     d = Diffusion.from_schedule("linear", 100)
     config = TrainConfig(steps=1, batch_size=8, lr=1e-3)
     trainer = Recording(UNet(**SMALL_UNET), d, tiny_dataset(), config, progress=False).train()
-    losses = torch.cat([l for l, _, _ in trainer.steps_seen]).double()
-    t = torch.cat([t for _, t, _ in trainer.steps_seen])
+    losses = torch.cat([l for l, _, _, _ in trainer.steps_seen]).double()
+    t = torch.cat([t for _, t, _, _ in trainer.steps_seen])
     row = trainer.history[-1]["loss_by_bucket"]
     for i in range(N_BUCKETS):  # bucket i: t in [10 i, 10 i + 10) for T = 100
         inside = (t >= 10 * i) & (t < 10 * i + 10)
@@ -213,16 +213,16 @@ def test_checkpoints_load_to_the_cpu_so_adam_step_counters_stay_there(tmp_path, 
     assert all(float(s["step"]) == 2 for s in fresh.optimizer.state.values())
 
 
-@pytest.mark.parametrize("prediction,weighting", [("eps", "none"), ("v", "min_snr")])
-def test_a_training_step_never_waits_for_the_device(prediction, weighting):
+@pytest.mark.parametrize("prediction,weighting,timesteps", [("eps", "none", "uniform"), ("v", "min_snr", "importance")])
+def test_a_training_step_never_waits_for_the_device(prediction, weighting, timesteps):
     # On the "meta" device any read of a value back to the host (.item(), .cpu(), bool(), a CPU
     # index) raises, so a step that runs there keeps a GPU busy without syncs.
     d = Diffusion.from_schedule("cosine", 100, prediction=prediction, loss_weighting=weighting)
-    config = TrainConfig(steps=4, batch_size=8, lr=1e-3, ema_decay=0.9, p_uncond=0.5)
+    config = TrainConfig(steps=4, batch_size=8, lr=1e-3, ema_decay=0.9, p_uncond=0.5, timesteps=timesteps)
     trainer = Trainer(UNet(**SMALL_UNET, num_classes=10), d, tiny_dataset(), config, device="meta", progress=False)
     x0, y = next(iter(torch.utils.data.DataLoader(trainer.dataset, batch_size=8)))
-    losses, t, grad_norm = trainer.train_step(x0, y)
-    Window(trainer.device).add(losses, t * N_BUCKETS // d.T, grad_norm)
+    losses, t, weights, grad_norm = trainer.train_step(x0, y)
+    Window(trainer.device).add(losses, t * N_BUCKETS // d.T, weights, grad_norm)
     assert losses.device.type == t.device.type == "meta"
 
 
@@ -311,7 +311,7 @@ def test_gradient_clipping_bounds_the_gradient_the_optimiser_sees(clip):
     trainer.optimizer.register_step_pre_hook(record)
     x0, y = next(iter(torch.utils.data.DataLoader(trainer.dataset, batch_size=8)))
     for _ in range(3):
-        _, _, grad_norm = trainer.train_step(x0, y)
+        _, _, _, grad_norm = trainer.train_step(x0, y)
         assert float(grad_norm) > 0.01, "the returned norm is the one before clipping"
         if clip is None:
             assert seen[-1] == pytest.approx(float(grad_norm), rel=1e-5)
@@ -357,7 +357,7 @@ def test_float16_steps_scale_the_loss_and_resume_with_the_scaler(tmp_path):
 
     trainer = fp16_trainer()
     x0, y = next(iter(torch.utils.data.DataLoader(trainer.dataset, batch_size=8)))
-    losses, _, _ = trainer.train_step(x0, y)
+    losses, _, _, _ = trainer.train_step(x0, y)
     assert losses.dtype == torch.float32
     trainer.train(3)
     trainer.save(tmp_path / "c.pt")
@@ -382,3 +382,34 @@ def test_a_refused_run_leaves_the_running_ones_log_and_grids_alone(tmp_path):
     with pytest.raises(RunLockedError):
         make_trainer(out_dir=logs).train(save_to=tmp_path / "run.pt")
     assert (logs / "metrics.jsonl").read_text() == '{"step": 1, "loss": 0.5}\n' and (logs / "grids" / "step_0000001.png").exists()
+
+
+def test_importance_sampled_t_resumes_exactly_and_weights_the_step(tmp_path):
+    """With timesteps="importance" the sampler's statistics travel in the checkpoint (a resume draws the
+    same t as a straight run), and the step descends the weighted loss whose mean the log reports."""
+    from helpers.timesteps import ImportanceTimesteps
+
+    def importance_trainer(seed=0):
+        trainer = make_trainer(seed=seed, timesteps="importance")
+        trainer.importance = ImportanceTimesteps(100, bins=4, warmup=2)  # leaves the warm-up within the test
+        return trainer
+
+    straight = importance_trainer().train(8)
+    assert not torch.allclose(straight.importance.probabilities(), torch.full((4,), 0.25))
+    first = importance_trainer().train(4)
+    first.save(tmp_path / "half.pt")
+    resumed = importance_trainer(seed=99)
+    resumed.load(tmp_path / "half.pt")
+    resumed.train(8)
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
+    assert torch.equal(resumed.importance.mean_square, straight.importance.mean_square)
+    descended, step = [], straight.precision.step
+    straight.precision.step = lambda loss, *args: descended.append(loss.detach()) or step(loss, *args)
+    losses, _, weights, _ = straight.train_step(*next(iter(torch.utils.data.DataLoader(straight.dataset, batch_size=8))))
+    assert not torch.allclose(weights, torch.ones_like(weights))
+    assert torch.allclose(descended[0], (weights * losses).mean())
+
+
+def test_a_config_refuses_an_unknown_timestep_sampling():
+    with pytest.raises(ValueError, match="timesteps"):
+        TrainConfig(steps=10, batch_size=8, lr=1e-3, timesteps="lognormal")
