@@ -341,7 +341,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "laptop": Profile(
         name="laptop",
-        description="a 2-core CPU upward: a 0.63M-parameter U-Net on all of Fashion-MNIST at 28x28, min-SNR-5 weighting, notebook 03 in about 19 minutes (docs/laptop-recipe.md)",
+        description="a 2-core CPU upward: a 0.63M-parameter U-Net on all of Fashion-MNIST at 28x28, min-SNR-5 weighting, t importance-sampled, learning rate decayed to 0 (docs/laptop-recipe.md)",
         dataset="fashion_mnist",
         image_size=28,
         channels=1,
@@ -359,8 +359,10 @@ PROFILES: dict[str, Profile] = {
         train=TrainConfig(
             steps=3_200,
             batch_size=64,
-            lr=2e-3,
+            lr=4e-3,
             warmup_steps=200,
+            lr_decay="cosine",
+            timesteps="importance",
             grad_clip=1.0,
             ema_decay=0.999,
             log_every=50,
