@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from helpers.checkpoints import CheckpointError, rng_state, set_rng_state
+from helpers.checkpoints import CheckpointError, damaged, load_checkpoint, rng_state, set_rng_state
 from helpers.config import TrainConfig
 from helpers.device import cpu_generator
 from helpers.diffusion import Diffusion
@@ -189,6 +189,24 @@ class Trainer(GuardedRun):
             "timesteps": self.importance.state_dict() if self.importance is not None else None,
             "history": self.log.rows, "rng": rng_state(), "profile": profile, "extra": {**self.extra, **(extra or {})},
         }  # fmt: skip
+
+    def start_from(self, path: str | Path) -> dict[str, Any]:
+        """Fine-tune from the checkpoint at ``path`` (of the same model and process): its raw weights and,
+        if saved, its average; the optimiser, learning-rate schedule, step and log start afresh under this
+        run's settings. ``load`` continues a run exactly; this starts a new run where another ended (e.g.
+        at a constant learning rate after a run that decayed it to zero). Returns the checkpoint."""
+        ckpt = load_checkpoint(path, "cpu", kind=self.kind, **self.expects())
+        if ckpt["diffusion"] != self.diffusion.config():
+            raise CheckpointError(f"{path} was trained with the process {ckpt['diffusion']}, not {self.diffusion.config()}")
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            if self.ema is not None:
+                self.ema = self._fresh_ema()
+                if ckpt.get("ema") is not None:
+                    self.ema.load_state_dict(ckpt["ema"])
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise damaged(path, err) from err
+        return ckpt
 
     def expects(self) -> dict[str, Any]:
         return {"model_config": dict(self.model.config), "prediction": self.diffusion.prediction}

@@ -16,11 +16,12 @@
 #
 # The network $\varepsilon_\theta(x_t, t)$ takes a noisy image and its timestep and returns a
 # tensor of the image's shape: the noise it believes was added. DDPM (Ho et al. 2020, appendix B)
-# uses a U-Net in the style of PixelCNN++: residual blocks at four resolutions, self-attention at
-# 16×16, skip connections from the way down to the way up, and the timestep fed into every
-# residual block. This notebook builds each piece, checks it against the tested version in
-# `helpers.unet`, and saves the model configuration that notebook 03 trains. It needs nothing
-# from an earlier notebook.
+# uses a U-Net (Ronneberger et al. 2015) in the style of PixelCNN++: residual blocks at four
+# resolutions, self-attention at 16×16, skip connections from the way down to the way up, and the
+# timestep fed into every residual block. This notebook builds each piece, checks it against the
+# tested version in `helpers.unet`, and saves the model configuration that notebook 03 trains. It
+# needs nothing from an earlier notebook. Symbols are as on the [notation](../docs/notation.md)
+# page; timesteps $t$ are the code's index $0, \dots, T-1$ ($t = 0$ is $x_1$).
 
 # %%
 import json
@@ -40,12 +41,13 @@ device, profile = setup(seed=0)
 # ## The timestep embedding
 #
 # The network must know how noisy its input is. The integer $t$ becomes a vector by the
-# transformer's sinusoidal position encoding: for $i = 0 \dots d/2 - 1$,
+# transformer's sinusoidal position encoding (Vaswani et al. 2017) of width $d_{\text{emb}}$: for
+# $i = 0 \dots d_{\text{emb}}/2 - 1$,
 #
-# $$\mathrm{emb}(t)_i = \sin(t\,\omega_i),\quad \mathrm{emb}(t)_{d/2+i} = \cos(t\,\omega_i),\qquad \omega_i = 10000^{-i/(d/2-1)}.$$
+# $$\mathrm{emb}(t)_i = \sin(t\,\omega_i),\quad \mathrm{emb}(t)_{d_{\text{emb}}/2+i} = \cos(t\,\omega_i),\qquad \omega_i = 10000^{-i/(d_{\text{emb}}/2-1)}.$$
 #
 # Low $i$ oscillate fast (telling neighbouring steps apart), high $i$ slowly (telling early from
-# late). An MLP then maps it to the width the residual blocks use.
+# late). An MLP then maps it to the width the residual blocks use (written out further down).
 
 # %%
 def embed(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -62,7 +64,7 @@ assert torch.allclose(embed(t, 128), timestep_embedding(t, 128), atol=1e-6)
 
 fig, ax = plt.subplots(figsize=(7, 3.5))
 im = ax.imshow(timestep_embedding(t, 128).T, aspect="auto", cmap="RdBu", vmin=-1, vmax=1)
-ax.set(title="sinusoidal timestep embedding (d = 128)", xlabel="timestep t", ylabel="embedding dimension")
+ax.set(title=r"sinusoidal timestep embedding ($d_{\mathrm{emb}}$ = 128)", xlabel="timestep t", ylabel="embedding dimension i")
 fig.colorbar(im, ax=ax, label="value");
 
 # %% [markdown]
@@ -102,9 +104,9 @@ assert torch.equal(block(x, emb), block.skip(x)), "zero-initialised conv2: the b
 # On the $HW$ positions of a feature map, after GroupNorm, 1×1 convolutions give queries, keys
 # and values, and
 #
-# $$\mathrm{out} = x + W_o\,\mathrm{softmax}\!\Big(\frac{QK^\top}{\sqrt d}\Big) V,$$
+# $$\mathrm{out} = x + W_o\,\mathrm{softmax}\!\Big(\frac{QK^\top}{\sqrt{d_h}}\Big) V,$$
 #
-# with $d$ the channels per attention head (here all $C = 64$ channels, one head).
+# with $d_h$ the channels per attention head (here all $C = 64$ channels, one head).
 #
 # The tested block calls PyTorch's fused `scaled_dot_product_attention`; the explicit softmax
 # gives the same numbers.
@@ -123,6 +125,66 @@ by_hand = x + attn.proj((v @ weights.transpose(1, 2)).reshape(x.shape))
 assert torch.allclose(attn(x), by_hand, atol=1e-5)
 
 # %% [markdown]
+# ## The remaining layers: time MLP, input, resampling, output
+#
+# Five small pieces connect the blocks above into a network. Here they are on this course's laptop
+# model (1×28×28 images, base width $\mathrm{ch} = 24$), each written with `torch.nn.functional`
+# and the model's own weights, and asserted equal to the layer in `helpers.unet`:
+#
+# * **Time MLP**: $e = W_2\,\mathrm{SiLU}(W_1\,\mathrm{emb}(t) + b_1) + b_2$, from the sinusoidal
+#   embedding of width $d_{\text{emb}} = \mathrm{ch}$ to $4\,\mathrm{ch}$; every residual block then
+#   applies its own SiLU and projection $W$ to $e$.
+# * **Input convolution**: 3×3, padding 1, from the image's channels to $\mathrm{ch}$, same size.
+# * **Downsampling**: a 3×3 convolution with stride 2 and padding 1, so a side $H$ becomes
+#   $\lfloor (H + 2 - 3)/2 \rfloor + 1 = \lceil H/2 \rceil$.
+# * **Upsampling**: nearest neighbour (each pixel becomes a 2×2 block), then a 3×3 convolution.
+# * **Output head**: GroupNorm, SiLU and a 3×3 convolution back to the image's channels. GroupNorm
+#   standardises each image's channels in groups (mean 0, variance 1 over a group's channels and
+#   pixels), then scales and shifts each channel by its learned `weight` and `bias`.
+
+# %%
+from helpers.unet import Downsample, Upsample, UNet
+
+
+def group_norm(z, groups, weight, bias, eps=1e-5):
+    """GroupNorm by hand: standardise over each group of channels and all pixels, then scale and shift per channel."""
+    g = z.reshape(z.shape[0], groups, -1)
+    g = (g - g.mean(-1, keepdim=True)) / (g.var(-1, unbiased=False, keepdim=True) + eps).sqrt()
+    return g.reshape(z.shape) * weight[:, None, None] + bias[:, None, None]
+
+
+torch.manual_seed(0)
+small = UNet(**PROFILES["laptop"].model)
+torch.nn.init.normal_(small.out[-1].weight, std=0.1)  # the last convolution starts at zero; make it speak
+x, t = torch.randn(2, 1, 28, 28), torch.tensor([10, 900])
+
+first, _, second = small.time_mlp  # Linear(ch, 4 ch), SiLU, Linear(4 ch, 4 ch)
+e = F.linear(F.silu(F.linear(embed(t, small.ch), first.weight, first.bias)), second.weight, second.bias)
+assert torch.allclose(e, small.time_mlp(timestep_embedding(t, small.ch)), atol=1e-5)
+
+h = F.conv2d(x, small.conv_in.weight, small.conv_in.bias, padding=1)
+assert torch.allclose(h, small.conv_in(x))
+
+down = next(m for m in small.modules() if isinstance(m, Downsample))  # the first: 24 channels at 28×28
+h_down = F.conv2d(h, down.conv.weight, down.conv.bias, stride=2, padding=1)
+assert torch.allclose(h_down, down(h), atol=1e-6)
+
+up = next(m for m in small.modules() if isinstance(m, Upsample))  # the first: at the coarsest level, 7×7
+h_coarse = torch.randn(2, up.conv.in_channels, 7, 7)
+doubled = h_coarse.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)  # nearest neighbour
+h_up = F.conv2d(doubled, up.conv.weight, up.conv.bias, padding=1)
+assert torch.allclose(h_up, up(h_coarse), atol=1e-6)
+
+norm, _, conv = small.out
+h_last = torch.randn(2, norm.num_channels, 28, 28)  # what the last up block hands the head
+out = F.conv2d(F.silu(group_norm(h_last, norm.num_groups, norm.weight, norm.bias, norm.eps)), conv.weight, conv.bias, padding=1)
+assert torch.allclose(out, small.out(h_last), atol=1e-5)
+
+print(f"{'time MLP':<13} {str(tuple(t.shape)):>16} -> {tuple(embed(t, small.ch).shape)} -> {tuple(e.shape)}")
+for name, before, after in (("input conv", x, h), ("downsampling", h, h_down), ("upsampling", h_coarse, h_up), ("output head", h_last, out)):
+    print(f"{name:<13} {str(tuple(before.shape)):>16} -> {tuple(after.shape)}")
+
+# %% [markdown]
 # ## The whole U-Net
 #
 # Down: a 3×3 convolution, then per level `num_res_blocks` residual blocks (with attention at the
@@ -133,7 +195,7 @@ assert torch.allclose(attn(x), by_hand, atol=1e-5)
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from helpers.unet import UNet, shape_table
+from helpers.unet import shape_table
 
 full = UNet(**PROFILES["full"].model)
 for name, shape in shape_table(full, torch.randn(1, 3, 32, 32), torch.tensor([500])):
@@ -146,9 +208,6 @@ for name, shape in shape_table(full, torch.randn(1, 3, 32, 32), torch.tensor([50
 # take the embedding, attention and resampling do not:
 
 # %%
-from helpers.unet import ResBlock, timestep_embedding
-
-
 def run(block, h, emb):
     for layer in block:
         h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
@@ -168,11 +227,7 @@ def unet_forward(model, x, t):
     return model.out(h)
 
 
-torch.manual_seed(0)
-small = UNet(**PROFILES["laptop"].model)
-torch.nn.init.normal_(small.out[-1].weight, std=0.1)  # the last convolution starts at zero; make it speak
-x, t = torch.randn(2, 1, 28, 28), torch.tensor([10, 900])
-with torch.no_grad():
+with torch.no_grad():  # the laptop model and inputs of the cell before
     assert torch.allclose(unet_forward(small, x, t), small(x, t), atol=1e-5)
 
 # %% [markdown]
@@ -265,8 +320,8 @@ from helpers.exercises import check
 check(resblock_parameters)
 
 # %% [markdown]
-# **2. Attention with several heads.** Split the $C$ channels of $q$, $k$ and $v$ into
-# `attn.heads` groups of $d = C/\text{heads}$, attend within each group with scale $1/\sqrt d$, and
+# **2. Attention with several heads.** Split the $C$ channels of $Q$, $K$ and $V$ into
+# `attn.heads` groups of $d_h = C/\text{heads}$, attend within each group with scale $1/\sqrt{d_h}$, and
 # put the groups back together before the output projection. Use the block's own layers
 # (`attn.norm`, `attn.qkv`, `attn.proj`) as the single-head version above does.
 
@@ -278,6 +333,23 @@ def multihead_attention(attn, x):
 
 # %%
 check(multihead_attention)
+
+# %% [markdown]
+# **3. Trace the channels through the U.** Every up block concatenates $h$, arriving from below,
+# with the newest entry of the skip stack. Without building a model, return for each up block in
+# order (`up.0`, `up.1`, ...) the triple (channels of $h$ from below, channels of the skip, side
+# of both) for a `UNet(image_size, in_channels, ch, ch_mult, num_res_blocks)`. Follow
+# `unet_forward`: what conv_in and each down block push, what the middle and each up block
+# output, and where the side changes. The check runs U-Nets of other shapes than the ones above.
+
+# %%
+def up_block_channels(image_size, ch, ch_mult, num_res_blocks):
+    """[(channels from below, channels of the skip, side)] for each up block, in order."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+check(up_block_channels)
 
 # %%
 print(f"this notebook ran in {(time.perf_counter() - notebook_start) / 60:.1f} minutes under profile {profile.name}")

@@ -14,11 +14,13 @@
 # %% [markdown]
 # # 05 · DDIM: the same model in far fewer steps
 #
-# DDPM needs all $T$ steps because each one undoes one step of a Markov chain. Song et al.
-# (2021) noticed that training only ever sees the marginals $q(x_t \mid x_0)$, so any process with
-# those marginals fits the same trained network, and some of them can be sampled in a few dozen
-# steps, even deterministically. This notebook derives the DDIM update, checks it, and measures
-# the trade between steps, wall time and quality on the model of notebook 03.
+# DDPM needs all $T$ steps because each one undoes one step of a Markov chain. Song, Meng & Ermon
+# (2021, "DDIM") noticed that training only ever sees the marginals $q(x_t \mid x_0)$, so any
+# process with those marginals fits the same trained network, and some of them can be sampled in
+# a few dozen steps, even deterministically. This notebook shows that their processes keep the
+# marginals, derives the DDIM update, checks it, and measures the trade between steps, wall time
+# and quality on the model of notebook 03. Symbols as on the [notation](../docs/notation.md) page
+# ($\sigma_t$ with a timestep subscript is the reverse step's standard deviation).
 #
 # It needs `03_ddpm_eps.pt` from notebook 03.
 
@@ -44,21 +46,100 @@ print(f"model after {ckpt['step']} training steps; {d}")
 # %% [markdown]
 # ## A non-Markovian forward process
 #
-# DDIM defines, for any choice of $\sigma_t$, the reverse-time kernel (Song et al. 2021, eq. 7)
+# DDIM defines a family of processes, one for each choice of $\sigma_t$, by their reverse-time
+# kernel (Song, Meng & Ermon 2021, eq. 7)
 #
-# $$q_\sigma(x_{t-1} \mid x_t, x_0) = \mathcal N\Big(\sqrt{\bar\alpha_{t-1}}\,x_0 + \sqrt{1-\bar\alpha_{t-1}-\sigma_t^2}\;\frac{x_t - \sqrt{\bar\alpha_t}\,x_0}{\sqrt{1-\bar\alpha_t}},\ \sigma_t^2 I\Big),$$
+# $$q_\sigma(x_{t-1} \mid x_t, x_0) = \mathcal N\Big(\sqrt{\bar\alpha_{t-1}}\,x_0 + \sqrt{1-\bar\alpha_{t-1}-\sigma_t^2}\;\frac{x_t - \sqrt{\bar\alpha_t}\,x_0}{\sqrt{1-\bar\alpha_t}},\ \sigma_t^2 I\Big)$$
 #
-# built so that every marginal is still $q(x_t \mid x_0) = \mathcal N(\sqrt{\bar\alpha_t}x_0, (1-\bar\alpha_t)I)$.
-# Same marginals, same training loss: the eps-model of notebook 03 serves every member of the family.
-# Replacing $x_0$ by $\hat x_0$ and $\frac{x_t - \sqrt{\bar\alpha_t}x_0}{\sqrt{1-\bar\alpha_t}}$ by
-# $\hat\varepsilon$ gives the update (eq. 12)
+# and the joint $q_\sigma(x_{1:T} \mid x_0) = q_\sigma(x_T \mid x_0)\prod_{t=2}^{T} q_\sigma(x_{t-1} \mid x_t, x_0)$ with
+# $q_\sigma(x_T \mid x_0) = \mathcal N(\sqrt{\bar\alpha_T}x_0, (1-\bar\alpha_T)I)$ (their eq. 6). They parametrise
+# $\sigma_t$ by $\eta \ge 0$ (eq. 16):
 #
-# $$x_{t-1} = \sqrt{\bar\alpha_{t-1}}\,\hat x_0 + \sqrt{1-\bar\alpha_{t-1}-\sigma_t^2}\;\hat\varepsilon + \sigma_t z,
-# \qquad \sigma_t = \eta\,\sqrt{\frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}}\sqrt{1-\frac{\bar\alpha_t}{\bar\alpha_{t-1}}}\quad\text{(eq. 16)}.$$
+# $$\sigma_t = \eta\,\sqrt{\frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}}\sqrt{1-\frac{\bar\alpha_t}{\bar\alpha_{t-1}}};$$
 #
-# $\eta = 1$ makes $\sigma_t^2 = \tilde\beta_t$, the DDPM posterior variance; $\eta = 0$ makes the
-# sampler deterministic. And since nothing ties $t-1$ to $t$, the same formula jumps between any
-# two timesteps $t > t'$ of a shorter grid, with $\bar\alpha_{t'}$ in place of $\bar\alpha_{t-1}$.
+# $\eta = 1$ makes $\sigma_t^2 = \tilde\beta_t$, and the kernel is DDPM's posterior (the process is then
+# DDPM's Markov chain); for any other $\eta$ the forward step $q_\sigma(x_t \mid x_{t-1}, x_0)$, which
+# follows by Bayes' rule, depends on $x_0$: the process is not Markovian.
+#
+# **Every marginal is still $q(x_t \mid x_0) = \mathcal N(\sqrt{\bar\alpha_t}x_0, (1-\bar\alpha_t)I)$, whatever
+# $\sigma$.** By induction down from $T$, where it holds by definition: suppose
+# $x_t = \sqrt{\bar\alpha_t}x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$ with $\varepsilon \sim \mathcal N(0, I)$. The
+# kernel's mean reads $\varepsilon$ back, $\frac{x_t - \sqrt{\bar\alpha_t}x_0}{\sqrt{1-\bar\alpha_t}} = \varepsilon$, so a
+# draw from the kernel is
+#
+# $$x_{t-1} = \sqrt{\bar\alpha_{t-1}}\,x_0 + \sqrt{1-\bar\alpha_{t-1}-\sigma_t^2}\;\varepsilon + \sigma_t z,\qquad z \sim \mathcal N(0, I) \text{ independent of } \varepsilon,$$
+#
+# and two independent centred Gaussians of variances $1-\bar\alpha_{t-1}-\sigma_t^2$ and $\sigma_t^2$ add to
+# one of variance $1-\bar\alpha_{t-1}$: $x_{t-1} \sim \mathcal N(\sqrt{\bar\alpha_{t-1}}x_0, (1-\bar\alpha_{t-1})I)$, the
+# claim one level down (their Lemma 1). $\sigma_t$ only decides how much of $x_{t-1}$'s noise is
+# the $\varepsilon$ that $x_t$ carried and how much is fresh: it changes how the levels correlate, the
+# joint, never a marginal. Nothing used that $t-1$ is next to $t$: the same holds between the levels
+# $t > t'$ of a shorter grid, with $\bar\alpha_{t'}$ in place of $\bar\alpha_{t-1}$ (in $\sigma_t$ too). Same
+# marginals, same training loss: the eps-model of notebook 03 serves every member of the family.
+#
+# The check, by Monte Carlo on one pixel: fix $x_0$, draw many $x_T$ from $q(x_T \mid x_0)$, run the
+# kernel by hand down the sampler's grid at three values of $\eta$, and compare each level's
+# empirical mean and standard deviation with $\sqrt{\bar\alpha_t}x_0$ and $\sqrt{1-\bar\alpha_t}$ (in
+# standard errors of the estimate); the correlation of each level with $x_T$ shows that the three
+# processes differ all the same.
+
+# %%
+S = min(50, d.T)  # steps of the checks and pictures below
+levels = ddim_timesteps(d.T, S)  # the sampler's trailing grid, code timesteps, descending
+ab = d.alpha_bars
+x0_pixel, n = 0.6, 32_000  # one pixel of x_0, and the number of chains
+stats = {}  # eta -> [level, (mean, std, correlation with x_T)]
+for eta in (0.0, 0.5, 1.0):
+    gen = cpu_generator(20)
+    x = ab[levels[0]].sqrt() * x0_pixel + (1 - ab[levels[0]]).sqrt() * torch.randn(n, generator=gen, dtype=torch.float64)
+    x_top, rows_eta = x, []
+    for t, t_prev in zip(levels, levels[1:] + [None]):
+        correlation = ((x_top - x_top.mean()) * (x - x.mean())).mean() / (x_top.std(correction=0) * x.std(correction=0))
+        rows_eta.append((x.mean(), x.std(), correlation))
+        if t_prev is None:
+            break
+        sigma = eta * ((1 - ab[t_prev]) / (1 - ab[t]) * (1 - ab[t] / ab[t_prev])).sqrt()  # eq. 16 on the grid
+        eps = (x - ab[t].sqrt() * x0_pixel) / (1 - ab[t]).sqrt()  # the noise that x_t carries
+        z = torch.randn(n, generator=gen, dtype=torch.float64)
+        x = ab[t_prev].sqrt() * x0_pixel + (1 - ab[t_prev] - sigma**2).sqrt() * eps + sigma * z  # a draw of eq. 7
+    stats[eta] = torch.tensor(rows_eta)
+
+target_mean, target_std = ab[levels].sqrt() * x0_pixel, (1 - ab[levels]).sqrt()
+print(f"{n} chains from x_0 = {x0_pixel} down {len(levels)} levels; the largest error over the levels, in standard errors:")
+print(f"{'eta':>5} {'mean':>6} {'std':>6}  correlation of x_t with x_T at code t = {levels[-1]}")
+for eta, st in stats.items():
+    z_mean = ((st[:, 0] - target_mean) / (target_std / n**0.5)).abs().max()
+    z_std = ((st[:, 1] / target_std - 1) / (1 / (2 * n) ** 0.5)).abs().max()
+    print(f"{eta:>5} {z_mean:>6.2f} {z_std:>6.2f}  {st[-1, 2]:.3f}")
+    assert z_mean < 5 and z_std < 5, f"eta = {eta}: a marginal is off by more than 5 standard errors"
+last = [st[-1, 2].item() for st in stats.values()]
+assert last[0] > 0.9999 and last[0] > last[1] > last[2], last  # eta = 0: x_t is a function of x_T; more eta, more fresh noise
+
+fig, (ax, ax_corr) = plt.subplots(1, 2, figsize=(12, 3.6))
+for k, ((eta, st), marker) in enumerate(zip(stats.items(), "o^s")):
+    ax.plot(levels, st[:, 1], marker, color=f"C{k}", ms=4, mfc="none", label=f"std, eta = {eta:g}")
+    ax.plot(levels, st[:, 0], marker, color=f"C{k}", ms=4, mfc="none", label=f"mean, eta = {eta:g}")
+    ax_corr.plot(levels, st[:, 2], marker + "-", color=f"C{k}", ms=4, label=f"eta = {eta:g}")
+ax.plot(levels, target_std, "k-", lw=1, label=r"$\sqrt{1-\bar\alpha_t}$")
+ax.plot(levels, target_mean, "k--", lw=1, label=rf"$\sqrt{{\bar\alpha_t}}\,x_0$")
+ax.set(xlabel="code timestep t (the chain runs right to left)", ylabel="mean and std across the chains", title="the marginals: the same for every eta")
+ax_corr.set(xlabel="code timestep t (the chain runs right to left)", ylabel="correlation with $x_T$", title="the processes: different")
+for a_ in (ax, ax_corr):
+    a_.invert_xaxis()
+ax.legend(fontsize=7, ncol=2, loc="center left")
+ax_corr.legend(fontsize=8)
+fig.suptitle(rf"DDIM's processes $q_\sigma$ from one $x_0$ = {x0_pixel}, {n} chains, {len(levels)}-level grid [{profile.name} profile]", y=1.02);
+
+# %% [markdown]
+# ## The DDIM update
+#
+# Replacing $x_0$ by the network's $\hat x_0$ and $\frac{x_t - \sqrt{\bar\alpha_t}x_0}{\sqrt{1-\bar\alpha_t}}$ by its
+# $\hat\varepsilon$ in the kernel gives the update (eq. 12)
+#
+# $$x_{t-1} = \sqrt{\bar\alpha_{t-1}}\,\hat x_0 + \sqrt{1-\bar\alpha_{t-1}-\sigma_t^2}\;\hat\varepsilon + \sigma_t z .$$
+#
+# $\eta = 0$ makes the sampler deterministic, and as above the same formula jumps between any two
+# timesteps $t > t'$ of a shorter grid, with $\bar\alpha_{t'}$ in place of $\bar\alpha_{t-1}$.
 #
 # The whole sampler, written out: the trailing grid, and at each step the network's noise, the
 # clipped guess $\hat x_0$, the noise re-derived from it (so that $\hat x_0$ and $\hat\varepsilon$ explain
@@ -79,7 +160,6 @@ def ddim_by_hand(model, x, steps, eta, gen):
     return x.clamp(-1, 1)
 
 
-S = min(50, d.T)  # steps of the checks and pictures below
 assert [round(d.T - k * d.T / S) - 1 for k in range(S)] == ddim_timesteps(d.T, S)
 x_T = torch.randn(8, profile.channels, profile.image_size, profile.image_size, generator=cpu_generator(5)).to(device)
 for eta in (0.0, 0.5):
@@ -134,9 +214,10 @@ for spacing in ("trailing", "leading", "linspace"):
 #
 # Every sampler below starts from the same noise (the stochastic ones, $\eta > 0$, share it for
 # the first sampling batch only: their step noise advances the generator). Two samplers are
-# therefore compared **paired**: `fid_interval` resamples the same image indices for both and
-# reports the difference of their FIDs with a 95% bootstrap interval; an interval that excludes
-# 0 is a difference that resampling the images does not explain.
+# therefore compared **paired**: `fid_interval` resamples the same image indices for both (200
+# times) and reports the difference of their FIDs with a 95% bootstrap interval; an interval that
+# excludes 0 is a difference that resampling the images does not explain. Each sampler costs one
+# network evaluation per image and step, so the sweeps below stop at 50 steps.
 
 # %% tags=["nbval-ignore-output"]
 from helpers.evaluation import Evaluator
@@ -147,27 +228,26 @@ evaluator = Evaluator.for_profile(profile, d, features)
 
 from helpers.metrics import extract_both, fid_interval
 
-replicates = 200 if profile.name == "smoke" else 1000  # smoke: CI's minutes
-
-
 def paired(feats_a, feats_b, a, b):
-    """FID(a) - FID(b) with its paired 95% bootstrap interval, and the verdict it supports."""
-    interval = fid_interval(evaluator.real, feats_a, feats_b, replicates=replicates)
+    """FID(a) - FID(b) with its paired 95% bootstrap interval (200 resamples), and the verdict it supports."""
+    interval = fid_interval(evaluator.real, feats_a, feats_b, replicates=200)
     if not interval.excludes_zero:
         return interval, f"{a} against {b}: no difference resolved"
     return interval, f"{a} {'lower (better)' if interval.estimate < 0 else 'higher (worse)'} than {b}"
 
 # %%
-rows, step_feats = [], {}
-for steps in [s for s in (10, 20, 50, 100) if s <= d.T]:
+rows, step_feats, step_quality = [], {}, {}
+for steps in (10, 20, 50):
     evaluator.steps = steps
     sync(device)
     start = time.perf_counter()
     images, _ = evaluator.images(model)
     sync(device)
     seconds = time.perf_counter() - start
-    q = evaluator.score(images)
+    q = step_quality[steps] = evaluator.score(images)
     step_feats[steps] = extract_both(features, images)[0]
+    if steps == 10:
+        first_eight = images[:8]  # for the comparison of grids below
     rows.append({"steps": steps, "seconds": seconds, "ms_per_image": 1000 * seconds / len(images), "fid": q.fid, "kid": q.kid})
 print(f"DDIM (eta = 0, {evaluator.spacing} grid), {q.n_fake} images each, {q.features} features, {q.n_real} real images, KID subsets of {q.kid_subset_size}")
 print(f"real-data floor at these counts: {q.floor}")
@@ -201,45 +281,47 @@ ax.set(xscale="log", xlabel="milliseconds per image (log scale)", ylabel=f"FID (
 #
 # ## Deterministic or stochastic: $\eta$
 #
-# Everything above used $\eta = 0$. Song et al. (2021, Table 1) found $\eta = 0$ the best of the
-# values they tried at 10 to 100 steps, for fully trained CIFAR-10 and CelebA models. Fresh noise
-# at every step has a use that their models did not need: it partly washes out the errors that
-# earlier steps made (Karras et al. 2022, section 4), and a model trained for minutes makes many.
-# The same evaluator, the same starting noise, other values of $\eta$, each compared paired
-# with $\eta = 0$ at the same steps (the bars show FID; the printed intervals are the comparison):
+# Everything above used $\eta = 0$. Song, Meng & Ermon (2021, Table 1) found $\eta = 0$ the best
+# of the values they tried at 10 to 100 steps, for fully trained CIFAR-10 and CelebA models, with
+# the gap to $\eta = 1$ widest at few steps. Fresh noise at every step has a use that their models
+# did not need: it partly washes out the errors that earlier steps made (Karras et al. 2022,
+# section 4), and a model trained for minutes makes many. The same evaluator, the same starting
+# noise, $\eta = 1$ at 20 and 50 steps, compared paired with $\eta = 0$ at the same steps and with
+# itself across the two step counts (the bars show FID; the printed intervals are the comparison):
 
 # %%
-eta_rows = [{"eta": 0.0, **{k: r[k] for k in ("steps", "fid", "kid")}} for r in rows if r["steps"] == 50]  # measured above
-eta_feats = {(0.0, 50): step_feats[50]}
-for eta, steps in [(0.5, 50), (1.0, 50), (1.0, min(200, d.T))]:
-    evaluator.eta, evaluator.steps = eta, steps
+eta_rows = [{"eta": 0.0, **{k: r[k] for k in ("steps", "fid", "kid")}} for r in rows if r["steps"] in (20, 50)]  # measured above
+eta_feats = {(0.0, steps): step_feats[steps] for steps in (20, 50)}
+for steps in (20, 50):
+    evaluator.eta, evaluator.steps = 1.0, steps
     images = evaluator.images(model)[0]
     q = evaluator.score(images)
-    eta_feats[eta, steps] = extract_both(features, images)[0]
-    eta_rows.append({"eta": eta, "steps": steps, "fid": q.fid, "kid": q.kid})
+    eta_feats[1.0, steps] = extract_both(features, images)[0]
+    eta_rows.append({"eta": 1.0, "steps": steps, "fid": q.fid, "kid": q.kid})
 evaluator.eta = 0.0
 print(f"{q.n_fake} images each, {q.features} features; real-data floor {q.floor}")
 print(f"{'eta':>5} {'steps':>6} {'FID':>8} {'KID':>8}")
 for r in eta_rows:
     print(f"{r['eta']:>5} {r['steps']:>6} {r['fid']:>8.3f} {r['kid']:>8.4f}")
 eta_verdicts = {}
-for eta, steps in [(0.5, 50), (1.0, 50)]:
-    interval, verdict = paired(eta_feats[eta, steps], eta_feats[0.0, 50], f"eta = {eta:g}", "eta = 0")
-    eta_verdicts[eta] = interval
-    print(f"at 50 steps, FID(eta = {eta:g}) - FID(eta = 0) = {interval}: {verdict}")
-long = min(200, d.T)
-interval, verdict = paired(eta_feats[1.0, long], eta_feats[1.0, 50], f"eta = 1 at {long} steps", "eta = 1 at 50 steps")
-print(f"FID(eta = 1, {long} steps) - FID(eta = 1, 50 steps) = {interval}: {verdict}")
-one = eta_verdicts[1.0]
-paper = ("agrees with" if one.estimate > 0 else "is the opposite of") if one.excludes_zero else "cannot confirm or contradict"
-print(f"so at 50 steps this model {paper} Song et al.'s Table 1 (eta = 0 best for fully trained models)")
+for steps in (20, 50):
+    interval, verdict = paired(eta_feats[1.0, steps], eta_feats[0.0, steps], "eta = 1", "eta = 0")
+    eta_verdicts[steps] = interval
+    print(f"at {steps} steps, FID(eta = 1) - FID(eta = 0) = {interval}: {verdict}")
+interval, verdict = paired(eta_feats[1.0, 50], eta_feats[1.0, 20], "eta = 1 at 50 steps", "eta = 1 at 20 steps")
+print(f"FID(eta = 1, 50 steps) - FID(eta = 1, 20 steps) = {interval}: {verdict}")
+for steps, one in eta_verdicts.items():
+    paper = ("agrees with" if one.estimate > 0 else "is the opposite of") if one.excludes_zero else "cannot confirm or contradict"
+    print(f"so at {steps} steps this model {paper} Song, Meng & Ermon's Table 1 (eta = 0 best for fully trained models)")
 
 fig, ax = plt.subplots(figsize=(6, 3.5))
-labels = [f"eta {r['eta']:g}\n{r['steps']} steps" for r in eta_rows]
-ax.bar(labels, [r["fid"] for r in eta_rows], color="tab:blue")
+for k, eta in enumerate((0.0, 1.0)):
+    ax.bar([i + 0.4 * k for i in range(2)], [r["fid"] for r in eta_rows if r["eta"] == eta], width=0.4, label=f"eta = {eta:g}")
 ax.axhline(q.floor.fid, color="gray", ls="--", label="real-data floor")
-ax.legend()
-ax.set(xlabel="sampler", ylabel=f"FID ({q.features}), lower is better", title=f"DDIM: FID against eta [{profile.name} profile]");
+ax.set_xticks([0.2, 1.2], ["20 steps", "50 steps"])
+ax.set_ylim(top=1.3 * max(r["fid"] for r in eta_rows))  # room for the legend
+ax.legend(ncol=3)
+ax.set(xlabel="DDIM steps", ylabel=f"FID ({q.features}), lower is better", title=f"DDIM: FID against eta [{profile.name} profile]");
 
 # %% [markdown]
 # What $\eta$ does to the images: the same eight starting noises at each value, $S$ steps, and
@@ -254,8 +336,8 @@ fig.suptitle(f"DDIM-{S} from the same noise at three values of eta [{profile.nam
 fig.tight_layout()
 
 # %% [markdown]
-# The last printed line above is the verdict on $\eta$ for this model, computed from the paired
-# interval, and it is stated against Song et al. whichever way it goes. Whatever it says, a
+# The last two lines printed under the table are the verdicts on $\eta$ for this model, computed
+# from the paired intervals, and stated against Song, Meng & Ermon whichever way they go. Whatever it says, a
 # deterministic sampler keeps what makes DDIM useful in the rest of this notebook (the same noise
 # decodes to the same image, and paths between noises decode to paths between images), so the
 # sections below stay at $\eta = 0$.
@@ -292,31 +374,29 @@ if profile.name != "smoke":  # an untrained model need not hold it
 #
 # With 10 steps the grids differ in where they start. Leading starts at $t = T - T/S$, so its
 # first step treats pure noise as if it were the less noisy $x_{T - T/S}$; trailing starts at
-# $T-1$. Lin et al. (2024, "Common diffusion noise schedules and sample steps are flawed")
-# recommend trailing for this reason, and it is the default everywhere else in this course. How
-# much the mistake costs depends on how much signal $x_{T - T/S}$ still carries,
-# $\sqrt{\bar\alpha_{T-T/S}}$ (printed below): where that is close to 0, pure noise is a fair
-# stand-in and the grids should score alike. What this model shows, paired against trailing:
+# $T-1$ (and so does linspace, which is therefore left out here). Lin et al. (2024, "Common
+# diffusion noise schedules and sample steps are flawed") recommend trailing for this reason, and
+# it is the default everywhere else in this course. How much the mistake costs depends on how much
+# signal $x_{T - T/S}$ still carries, $\sqrt{\bar\alpha_{T-T/S}}$ (printed below): where that is close
+# to 0, pure noise is a fair stand-in and the grids should score alike. What this model shows,
+# paired (the trailing samples are the 10-step row of the sweep above, from the same noise):
 
 # %%
-evaluator.steps = min(10, d.T)
-spacing_rows = {}
-for spacing in ("trailing", "leading", "linspace"):
-    evaluator.spacing = spacing
-    imgs, _ = evaluator.images(model)
-    spacing_rows[spacing] = (evaluator.score(imgs), imgs[:8], extract_both(features, imgs)[0])
-fig, axes = plt.subplots(3, 1, figsize=(11, 5.4))
+evaluator.steps, evaluator.spacing = 10, "leading"
+imgs, _ = evaluator.images(model)
+spacing_rows = {"trailing": (step_quality[10], first_eight, step_feats[10]),
+                "leading": (evaluator.score(imgs), imgs[:8], extract_both(features, imgs)[0])}
+fig, axes = plt.subplots(2, 1, figsize=(11, 3.8))
 for ax, (spacing, (q, imgs, _)) in zip(axes, spacing_rows.items()):
     show_grid(imgs, f"{spacing}: starts at t = {ddim_timesteps(d.T, evaluator.steps, spacing)[0]}, FID {q.fid:.3f}", nrow=8, ax=ax)
     print(f"{spacing:<9} {evaluator.steps} steps: {q}")
-fig.suptitle(f"DDIM with {evaluator.steps} steps on three grids [{profile.name} profile]", y=1.02)
+fig.suptitle(f"DDIM with {evaluator.steps} steps on two grids [{profile.name} profile]", y=1.02)
 fig.tight_layout()
 start = ddim_timesteps(d.T, evaluator.steps, "leading")[0]
 print(f"leading starts at t = {start}, where x_t keeps sqrt(alpha_bar) = {d.alpha_bars[start].sqrt().item():.3f} of the image "
       f"against {(1 - d.alpha_bars[start]).sqrt().item():.3f} of noise ({d.schedule} schedule, T = {d.T})")
-for spacing in ("leading", "linspace"):
-    interval, verdict = paired(spacing_rows[spacing][2], spacing_rows["trailing"][2], spacing, "trailing")
-    print(f"FID({spacing}) - FID(trailing) at {evaluator.steps} steps = {interval}: {verdict}")
+interval, verdict = paired(spacing_rows["leading"][2], spacing_rows["trailing"][2], "leading", "trailing")
+print(f"FID(leading) - FID(trailing) at {evaluator.steps} steps = {interval}: {verdict}")
 evaluator.spacing, evaluator.steps = "trailing", profile.sample.ddim_steps
 
 # %% [markdown]
@@ -353,7 +433,7 @@ print(f"pixel std of the two middle images: slerp {contrast['slerp']:.3f}, strai
 # %% [markdown]
 # ## DDIM inversion: from an image back to its noise
 #
-# At $\eta = 0$ DDIM takes steps of an ODE (Song et al. 2021, section 4.3), and an ODE can be
+# At $\eta = 0$ DDIM takes steps of an ODE (Song, Meng & Ermon 2021, section 4.3), and an ODE can be
 # run in either direction. Going up the grid from level $a$ to level $b > a$ is the same update
 # with the two levels swapped, $x_b = \sqrt{\bar\alpha_b}\,\hat x_0 + \sqrt{1-\bar\alpha_b}\,\hat\varepsilon$; it needs
 # the network at $x_b$, which is not known yet, so it uses the network at $x_a$ (at $t = 0$ for
@@ -426,35 +506,52 @@ print(f"saved {path}")
 # ## Exercises
 #
 # Each exercise is a function to write. The cell after it checks your function against
-# `helpers` and prints ✓, what is wrong, or "not done yet". The solutions are in
-# `notebooks/solutions/05_ddim.py`.
+# `helpers`, or runs the experiment you made a prediction for, and prints ✓, what is wrong, or
+# "not done yet". The solutions are in `notebooks/solutions/05_ddim.py`.
 #
-# **1. The leading grid.** Return the $S$ timesteps $k\lfloor T/S\rfloor$, $k = S-1, \dots, 0$, in
-# descending order. At which $t$ does it start for $T = 1000$, $S = 30$, and why does that matter?
+# **1. DDIM is Euler's method.** Write the image in noise-level units, $y = x_t/\sqrt{\bar\alpha_t} = x_0 + \sigma\varepsilon$,
+# with the noise level $\sigma(t) = \sqrt{(1-\bar\alpha_t)/\bar\alpha_t}$ (`d.sigmas`, see the
+# [notation](../docs/notation.md) page). Divide the update of eq. 12 at $\eta = 0$ by $\sqrt{\bar\alpha_{t'}}$
+# and express it in $y$, $\sigma(t)$, $\sigma(t')$ and $\hat\varepsilon$: it becomes one step of Euler's method
+# for an ODE in $\sigma$. Derive that step, then write the deterministic sampler with it: start from
+# $y = x_T/\sqrt{\bar\alpha}$ at the grid's first timestep, call the network on $x_t$ (not on $y$) at each
+# timestep, step $y$ to the next timestep's noise level, and to $\sigma = 0$ after the last one,
+# where $y = x_0$. No clipping. The check compares your sampler with `DDIM(steps, clip_x0=False)`
+# from the same $x_T$, with a stand-in for the network that knows the answer (the exact
+# $\mathbb E[\varepsilon \mid x_t]$ of 2-D toy data from `helpers.toy`).
 
 # %%
-def leading_timesteps(T, steps):
-    """The leading grid of `steps` timesteps out of T, largest first, as a list of ints."""
+def ddim_euler(model, d, x_T, timesteps):
+    """Deterministic DDIM from x_T over `timesteps` (code indices, descending) as Euler steps in sigma; returns x_0.
+
+    model(x_t, t) -> eps_hat, with t a LongTensor [B]; d: the Diffusion (d.alpha_bars, d.sigmas).
+    """
     raise NotImplementedError  # your code here
 
 
 # %%
 from helpers.exercises import check
 
-check(leading_timesteps)
+check(ddim_euler)
 
 # %% [markdown]
-# **2. How much noise $\eta$ adds.** Write $\sigma_t(\eta)$ of eq. 16 for a step from
-# $\bar\alpha_t$ to $\bar\alpha_{t'}$. The check reads the factor off `ddim_step` itself.
+# **2. Predict, then run: what 10 steps do to the spread.** Take data $x_0 \sim \mathcal N(0, \kappa^2)$,
+# one number per sample, with $\kappa = 0.5$, and in place of the network its exact
+# $\mathbb E[\varepsilon \mid x_t]$, so that every error comes from the sampler. The check draws 20,000
+# samples with 10-step DDIM, unclipped, at $\eta = 0$ and at $\eta = 1$, from the same $x_T$. Predict
+# (a) whether at $\eta = 0$ the samples' standard deviation comes out narrower than $\kappa$ ($-1$),
+# the same within 3% ($0$) or wider ($+1$), and (b) which $\eta$, 0 or 1, comes closer to $\kappa$. A
+# hint for (a): along the exact ODE, $y$ grows with $\sigma$ like $\sqrt{\kappa^2 + \sigma^2}$, and Euler
+# follows the tangent. The solution file explains the answer.
 
 # %%
-def ddim_sigma(alpha_bar_t, alpha_bar_prev, eta):
-    """sigma of a DDIM step from alpha_bar_t to alpha_bar_prev (floats) at this eta."""
-    raise NotImplementedError  # your code here
+def predict_ddim_spread():
+    """(eta = 0 at 10 steps: -1 narrower than the data, 0 the same within 3%, +1 wider; the closer eta: 0 or 1)."""
+    raise NotImplementedError  # your prediction here
 
 
 # %%
-check(ddim_sigma)
+check(predict_ddim_spread)
 
 # %%
 print(f"this notebook ran in {(time.perf_counter() - notebook_start) / 60:.1f} minutes under profile {profile.name}")

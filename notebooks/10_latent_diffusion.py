@@ -17,15 +17,16 @@
 # Diffusion does not have to run on pixels. Stable Diffusion's central idea (Rombach et al. 2022)
 # is to compress images with an autoencoder into a small **latent** and run the same U-Net, the
 # same process and the same samplers there; the decoder maps samples back to pixels. This
-# notebook trains a small autoencoder, shows why its latents must be rescaled before they are
-# noised, trains notebook 03's recipe on the latents for the wall-clock minutes that the pixel
-# model's steps take on this machine, and compares the two, at equal minutes and at equal steps.
+# notebook builds and trains a small autoencoder (its blocks and one training step by hand), shows
+# why its latents must be rescaled before they are noised, trains notebook 03's recipe on the
+# latents for as many steps as the pixel model took, and compares the two: equal steps and equal
+# images seen, in a fraction of the pixel model's minutes. Symbols are those of the
+# [notation](../docs/notation.md) page.
 #
 # It needs `03_ddpm_eps.pt` from notebook 03 (under `laptop`, the shipped model in `pretrained/`
 # when 03 has not been run) and leaves `10_autoencoder.pt` and `10_latent.pt`.
 
 # %%
-import contextlib
 import copy
 import json
 import math
@@ -79,8 +80,71 @@ ae = Autoencoder(**ae_config.model_config(profile.image_size, profile.channels))
 print(f"autoencoder: {sum(p.numel() for p in ae.parameters()):,} parameters; {profile.image_size}x{profile.image_size} images -> latents {ae.latent_shape} "
       f"({profile.channels * profile.image_size**2} numbers -> {math.prod(ae.latent_shape)})")
 
+# %% [markdown]
+# ### Its blocks, and one training step, by hand
+#
+# The encoder pads the image with black to a multiple of 8 and applies a 3×3 conv; then, twice, a
+# **residual block** followed by a stride-2 3×3 conv that halves the side; then one more block,
+# GroupNorm, SiLU and a 3×3 conv to $2	imes$ the latent channels: the mean and the log-variance.
+# A block is GroupNorm → SiLU → 3×3 conv, twice, added to its input (through a 1×1 conv when the
+# width changes). The decoder mirrors it, with nearest-neighbour upsampling and a 3×3 conv in place
+# of each stride-2 conv, and crops the padding away. One block written as functions of its weights,
+# and an image walked through the encoder with it, against `Autoencoder.encode`:
+
+# %%
+import torch.nn.functional as F
+
+
+def block_by_hand(block, x):
+    """skip(x) + conv(SiLU(GN(conv(SiLU(GN(x)))))); skip is the identity or, when the width changes, a 1x1 conv."""
+    norm1, _, conv1, norm2, _, conv2 = block.body
+    h = F.conv2d(F.silu(F.group_norm(x, norm1.num_groups, norm1.weight, norm1.bias)), conv1.weight, conv1.bias, padding=1)
+    h = F.conv2d(F.silu(F.group_norm(h, norm2.num_groups, norm2.weight, norm2.bias)), conv2.weight, conv2.bias, padding=1)
+    skip = x if isinstance(block.skip, torch.nn.Identity) else F.conv2d(x, block.skip.weight, block.skip.bias)
+    return skip + h
+
+
+x_walk = data.tensors()[0][:4].to(device)
+pad = ae.padded - profile.image_size
+h = F.pad(x_walk, (pad // 2, pad - pad // 2) * 2, value=-1.0)  # black border up to a multiple of 8
+shapes = [tuple(h.shape[1:])]
+with torch.no_grad():
+    for layer in ae.encoder:
+        h = block_by_hand(layer, h) if hasattr(layer, "body") else layer(h)  # a residual block, or a conv / norm / SiLU
+        shapes.append(tuple(h.shape[1:]))
+    mean_by_hand, logvar_by_hand = h.chunk(2, dim=1)
+    posterior = ae.encode(x_walk)
+assert torch.allclose(mean_by_hand, posterior.mean, atol=1e-5) and torch.allclose(logvar_by_hand.clamp(-30, 20), posterior.logvar, atol=1e-5)
+print("encoder by hand == Autoencoder.encode; shapes (channels, side, side): " + " -> ".join(str(s) for i, s in enumerate(shapes) if i == 0 or s != shapes[i - 1]))
+
+# %% [markdown]
+# One training step: encode, draw $z = \mu + \sigma\odotarepsilon$ with the trainer's generator, decode,
+# $\lVert x - \mathcal D(z)
+Vert_1 + eta\,\mathrm{KL}$ averaged over the batch, one Adam step. On the
+# trainer's first batch, from the same weights, it lands where `AutoencoderTrainer`'s first step does:
+
 # %%
 from helpers.autoencoder_training import AutoencoderTrainer
+
+probe = AutoencoderTrainer(copy.deepcopy(ae), data, ae_config, device, progress=False)
+x_batch = next(probe.loader(data, ae_config.batch_size, ae_config.seed))[0].to(device)  # the trainer's first batch
+ae_by_hand = copy.deepcopy(ae).train()
+adam = torch.optim.Adam(ae_by_hand.parameters(), lr=ae_config.lr)
+mean, logvar = ae_by_hand.encoder(F.pad(x_batch, (pad // 2, pad - pad // 2) * 2, value=-1.0)).chunk(2, dim=1)
+logvar = logvar.clamp(-30, 20)  # as the library does, so that exp cannot overflow
+eps = torch.randn(mean.shape, generator=torch.Generator().manual_seed(ae_config.seed)).to(device)  # the trainer's posterior noise
+z = mean + (0.5 * logvar).exp() * eps  # the reparameterised sample
+recon_error = (ae_by_hand.decode(z) - x_batch).abs().flatten(1).sum(1)  # L1 per image
+kl = 0.5 * (mean**2 + logvar.exp() - 1 - logvar).flatten(1).sum(1)
+loss = (recon_error + ae_config.kl_weight * kl).mean()
+adam.zero_grad()
+loss.backward()
+adam.step()
+probe.train(1)
+assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ae_by_hand.parameters(), probe.ae.parameters()))
+print(f"one training step by hand == AutoencoderTrainer's first step (loss {loss.item():.1f} per image: L1 {recon_error.mean().item():.1f}, KL {kl.mean().item():.1f} x beta {ae_config.kl_weight:g})")
+
+# %%
 
 ae_run = AutoencoderTrainer(ae, data, ae_config, device, progress=False)  # Ctrl-C saves the run: python -m helpers autoencoder --resume continues it
 start = time.perf_counter()
@@ -203,21 +267,22 @@ assert torch.allclose(loss_by_hand, d.loss(latent_model, z0, t=t, noise=eps, red
 print("the eps loss on latents by hand == Diffusion.loss, unchanged")
 
 # %% [markdown]
-# **Equal minutes, and equal steps.** The pixel model's training time is estimated here from 50
-# steps of the same `Trainer` and recipe at its size (the shipped model was trained on another
-# machine, so its own minutes do not compare); the latent model's steps are set from that estimate
-# and its own measured step time so that the two budgets match, its autoencoder's training
-# included. Short measurements are only estimates: the table prints the minutes each actually took,
-# and how far apart they came out. Equal minutes give the latent model more steps, so its EMA
-# weights are also kept at the pixel model's step count: the equal-steps control, which separates
-# "more steps" from "a better place to take them".
+# **What is matched.** The latent model trains with notebook 03's recipe (the profile's
+# `TrainConfig`: batch size, learning rate and its schedule, warm-up, EMA; the training cell prints
+# whether the pixel model's checkpoint records the same) for as many steps as the pixel model took,
+# so the two have taken the same number of optimiser steps on the same number of training images. Time is not
+# matched: a latent step is cheaper, so the latent run takes a fraction of the pixel model's
+# minutes even with its autoencoder's training added. The pixel model's minutes are estimated
+# here from 30 steps of the same `Trainer` at its size (the shipped model was trained on another
+# machine); the cell prints both budgets, and how many steps equal minutes would have given the
+# latent model (more than this notebook's time allows).
 
 # %%
 from helpers.latent import autoencoder_record
 from helpers.training import Trainer
 
 
-def seconds_per_step(model, dataset, n=50):
+def seconds_per_step(model, dataset, n=30):
     trainer = Trainer(model, d, dataset, TrainConfig.from_profile(profile, steps=n + 10, log_every=n + 10, sample_every=0, eval_every=0), device, progress=False)
     trainer.train(10)  # warm up
     sync(device)
@@ -230,22 +295,20 @@ def seconds_per_step(model, dataset, n=50):
 pixel_step = seconds_per_step(UNet(**pixel_model.config), data)
 latent_step = seconds_per_step(UNet(**latent_config), latents)
 pixel_minutes = pixel_ckpt["step"] * pixel_step / 60
-latent_steps = max(1, int((pixel_minutes - ae_minutes) * 60 / latent_step))
+latent_steps = pixel_ckpt["step"]  # equal steps, equal images seen
 print(f"a step of batch {profile.train.batch_size}: pixel model {1000 * pixel_step:.0f} ms, latent model {1000 * latent_step:.0f} ms ({pixel_step / latent_step:.1f}x faster)")
-print(f"the pixel model's {pixel_ckpt['step']} steps take {pixel_minutes:.1f} minutes here; the latent model gets "
-      f"{pixel_minutes:.1f} - {ae_minutes:.1f} (autoencoder) minutes = {latent_steps} steps")
+print(f"{latent_steps} steps: the pixel model's take about {pixel_minutes:.1f} minutes here, the latent model's about {latent_steps * latent_step / 60:.1f} "
+      f"(+ {ae_minutes:.1f} for the autoencoder); equal minutes would have given the latent model {max(0, int((pixel_minutes - ae_minutes) * 60 / latent_step))} steps")
 
 # %%
 latent_model = UNet(**latent_config)
 config = TrainConfig.from_profile(profile, steps=latent_steps, sample_every=0, eval_every=0)
+recipe = ("batch_size", "optimizer", "lr", "lr_decay", "warmup_steps", "timesteps", "grad_clip", "ema_decay")
+recorded = pixel_ckpt["train"]  # an older checkpoint may not record every setting: those are not compared
+differ = {k: (recorded[k], getattr(config, k)) for k in recipe if k in recorded and recorded[k] != getattr(config, k)}
+print(f"the pixel model's recipe ({', '.join(k for k in recipe if k in recorded)}): " + ("the same as this run's" if not differ else f"differs (pixel, latent): {differ}"))
 trainer = Trainer(latent_model, d, latents, config, device, extra={"autoencoder": autoencoder_record(ae, ae_path)}, progress=False)  # the checkpoint names its autoencoder
-equal_steps = pixel_ckpt["step"] if pixel_ckpt["step"] < latent_steps else None  # the equal-steps control, when equal minutes give more steps
 start = time.perf_counter()
-if equal_steps is not None:
-    trainer.train(equal_steps)  # resuming from here continues the same run exactly (the batches depend on the step alone)
-    with trainer.ema.averaged(trainer.model) if trainer.ema is not None else contextlib.nullcontext():
-        at_equal_steps = copy.deepcopy(trainer.model).eval()  # the EMA weights after the pixel model's number of steps
-    equal_steps_minutes = (time.perf_counter() - start) / 60
 trainer.train(save_to=profile.checkpoint("latent"), profile=profile.name)
 latent_minutes = (time.perf_counter() - start) / 60
 rows = [r for r in trainer.history if "loss" in r]
@@ -280,12 +343,11 @@ assert torch.allclose(by_hand, draw_images(ema_model, d, ae, 8, DDIM(steps), cpu
 print(f"DDIM-{steps} in latent space by hand, decoded == helpers.latent.draw_images")
 
 # %% [markdown]
-# ## Pixel against latent diffusion on the same training budget
+# ## Pixel against latent diffusion at equal steps
 #
 # Both models sample the evaluator's images (the count is printed) with DDIM-50 and with
 # DPM-Solver++(2M) at 10 evaluations from the evaluator's fixed seed, the latent model from noise of
-# its own shape, and are scored against the same real-data floor; the latent model's EMA weights at
-# the pixel model's step count (the equal-steps control) with DDIM-50 beside them.
+# its own shape, and are scored against the same real-data floor.
 
 # %%
 from helpers.latent import unclipped
@@ -293,8 +355,6 @@ from helpers.metrics import extract_both, fid_interval
 from helpers.solvers import Solver
 
 contenders = [("pixel", pixel_model, {}, (DDIM(steps), Solver("dpmpp-2m", 10))), ("latent", ema_model, {"autoencoder": ae}, (DDIM(steps), Solver("dpmpp-2m", 10)))]
-if equal_steps is not None:
-    contenders.append((f"latent at {equal_steps} steps", at_equal_steps, {"autoencoder": ae}, (DDIM(steps),)))
 results, drawn = [], {}
 for name, net, kw, samplers in contenders:
     for sampler in samplers:
@@ -312,14 +372,11 @@ decoder = sum(p.numel() for p in ae.decoder.parameters())
 minutes = {"pixel": pixel_minutes, "latent": ae_minutes + latent_minutes}
 trained = {"pixel": pixel_ckpt["step"], "latent": trainer.step}
 step_ms = {"pixel": 1000 * pixel_step, "latent": 1000 * latent_step}
-if equal_steps is not None:
-    name = f"latent at {equal_steps} steps"
-    params[name], minutes[name], trained[name], step_ms[name] = params["latent"], ae_minutes + equal_steps_minutes, equal_steps, step_ms["latent"]
 print(f"{q.n_fake} samples each, {q.features} features; real-data floor {floor}; reconstruction FID (the latent ceiling) {q_recon.fid:.1f}")
-print(f"{'model':<22} {'sampler':<44} {'FID':>7} {'img/s':>7} {'U-Net params':>13} {'step ms':>8} {'steps':>7} {'train min':>10}")
+print(f"{'model':<8} {'sampler':<44} {'FID':>7} {'img/s':>7} {'U-Net params':>13} {'step ms':>8} {'steps':>7} {'train min':>10}")
 for r in results:
     m = r["model"]
-    print(f"{m:<22} {r['sampler']:<44} {r['fid']:>7.1f} {r['images_per_s']:>7.1f} {params[m]:>13,} {step_ms[m]:>8.0f} {trained[m]:>7} {minutes[m]:>10.1f}")
+    print(f"{m:<8} {r['sampler']:<44} {r['fid']:>7.1f} {r['images_per_s']:>7.1f} {params[m]:>13,} {step_ms[m]:>8.0f} {trained[m]:>7} {minutes[m]:>10.1f}")
 print(f"(the latent model's samples also pass the decoder, {decoder:,} parameters; its minutes include the autoencoder's {ae_minutes:.1f}; "
       f"the pixel model's minutes are the estimate above)")
 
@@ -327,32 +384,24 @@ print(f"(the latent model's samples also pass the decoder, {decoder:,} parameter
 fig, axes = plt.subplots(len(results), 1, figsize=(9, 1.25 * len(results) + 0.5), constrained_layout=True)
 for ax, r in zip(axes, results):
     show_grid(r["first"], f"{r['model']}, {r['sampler']}: FID {r['fid']:.1f}", nrow=10, ax=ax)
-fig.suptitle(f"pixel and latent diffusion on the same training budget, the same seed [{profile.name} profile]");
+fig.suptitle(f"pixel and latent diffusion after the same number of training steps, the same seed [{profile.name} profile]");
 
 # %%
 best = {m: min(r["fid"] for r in results if r["model"] == m) for m in ("pixel", "latent")}
 speed = {m: max(r["images_per_s"] for r in results if r["model"] == m and r["sampler"].startswith("DDIM")) for m in ("pixel", "latent")}
 print(f"best FID: pixel {best['pixel']:.1f}, latent {best['latent']:.1f} (ceiling {q_recon.fid:.1f}, floor {floor.fid:.1f} ± {floor.fid_std:.1f}); "
       f"DDIM-{steps} sampling: latent {speed['latent'] / speed['pixel']:.1f}x the pixel model's images per second")
-print(f"training budgets: latent {minutes['latent']:.1f} minutes ({trained['latent']} steps) against the pixel model's estimated {minutes['pixel']:.1f} "
-      f"({trained['pixel']} steps): {minutes['latent'] - minutes['pixel']:+.1f} minutes ({minutes['latent'] / minutes['pixel'] - 1:+.0%})")
-replicates = 100 if profile.name == "smoke" else 500  # smoke: CI's minutes
+print(f"matched: {trained['latent']} steps of batch {profile.train.batch_size} each ({trained['latent'] * profile.train.batch_size:,} training images seen); "
+      f"not matched: minutes, latent {minutes['latent']:.1f} (autoencoder included) against the pixel model's estimated {minutes['pixel']:.1f} "
+      f"({minutes['latent'] / minutes['pixel']:.0%} of it)")
+replicates = 100 if profile.name == "smoke" else 200  # smoke: CI's minutes
 feats = {key: extract_both(features, images)[0] for key, images in drawn.items()}
-
-
-def latent_minus_pixel(latent_key, pixel_key):
+for sampler_key in ("DDIM", "dpmpp-2m"):
     # the two models start from noise of different shapes, so their i-th samples share nothing: the
     # paired bootstrap (the same resampled indices for both) is then simply that of two independent sets
-    iv = fid_interval(evaluator.real, feats[latent_key], feats[pixel_key], replicates=replicates)
-    return iv, ("no difference resolved" if not iv.excludes_zero else "latent lower" if iv.estimate < 0 else "pixel lower")
-
-
-for sampler_key in ("DDIM", "dpmpp-2m"):
-    iv, verdict = latent_minus_pixel(("latent", sampler_key), ("pixel", sampler_key))
-    print(f"latent minus pixel FID, equal minutes, {sampler_key}: {iv} -> {verdict}")
-if equal_steps is not None:
-    iv, verdict = latent_minus_pixel((f"latent at {equal_steps} steps", "DDIM"), ("pixel", "DDIM"))
-    print(f"latent minus pixel FID, equal steps ({equal_steps}), DDIM-{steps}: {iv} -> {verdict}")
+    iv = fid_interval(evaluator.real, feats[("latent", sampler_key)], feats[("pixel", sampler_key)], replicates=replicates)
+    verdict = "no difference detected" if not iv.excludes_zero else "latent is better" if iv.estimate < 0 else "pixel is better"
+    print(f"latent minus pixel FID at equal steps, {sampler_key}: {iv} -> {verdict}")
 print(f"the decoder's ceiling: best latent FID {best['latent']:.1f} is {'above' if best['latent'] > q_recon.fid else 'below'} the reconstruction FID {q_recon.fid:.1f}")
 
 # blur against FID: the mean absolute Laplacian per pixel (4 neighbours), high for sharp edges, low for blur
@@ -414,9 +463,10 @@ slider_widget(view.render, SelectionSlider(options=t_values, value=t_values[5], 
 # %% [markdown]
 # What to take from the table. The latent model's step is cheaper because its U-Net works on
 # the latent grid instead of the image's (the shapes printed at the top: 64 positions per channel
-# against 784 under `laptop`); in the same minutes it therefore takes more steps, and it samples
-# faster (the printed ratios). Whether it is better is the paired interval's verdict, at equal
-# minutes and, to separate the extra steps from the smaller space, at equal steps. Its quality is
+# against 784 under `laptop`); it therefore trains its steps in a fraction of the minutes, and it
+# samples faster (the printed ratios). Whether it is better after the same number of steps is the
+# paired interval's verdict; given the pixel model's minutes it could have taken more steps (how
+# many is printed above), which this notebook does not run. Its quality is
 # capped by the decoder (the reconstruction FID above): a small autoencoder trained for a few
 # minutes with an L1 loss blurs, and the sharpness line says by how much, for reconstructions and
 # samples against the real images. Blur and FID are different measurements here: the FID features
@@ -430,37 +480,44 @@ slider_widget(view.render, SelectionSlider(options=t_values, value=t_values[5], 
 #
 # ## Exercises
 #
-# Each exercise is a function to write. The cell after it checks your function against
-# `helpers` and prints ✓, what is wrong, or "not done yet". The solutions are in
+# Each exercise is a function to write. The cell after it checks your function and prints ✓, what
+# is wrong, or "not done yet". The solutions, with their reasoning, are in
 # `notebooks/solutions/10_latent_diffusion.py`.
 #
-# **1. The KL term.** Return $\mathrm{KL}(\mathcal N(\mu, \operatorname{diag} e^{\ell})\,\Vert\,\mathcal N(0, I))$ per image for
-# tensors `mean` and `logvar` of shape [B, C, H, W]. Which latents make it zero?
+# **1. The KL against a prior of another width.** The KL above is against $\mathcal N(0, I)$. Derive the KL of
+# $q = \mathcal N(\mu, \operatorname{diag} e^{\ell})$ from $\mathcal N(0, s^2 I)$ and return it per image, for tensors
+# `mean` ($\mu$) and `logvar` ($\ell$) of shape [B, C, H, W] and a float `prior_std` ($s$). Then: if the
+# latents are multiplied by the scale factor $c$, the KL of the scaled posterior from $\mathcal N(0, I)$
+# equals the KL of the unscaled one from which prior?
 
 # %%
-def kl_to_standard_normal(mean, logvar):
-    """Per-image KL divergence [B] of a diagonal Gaussian from N(0, I)."""
+def kl_to_prior(mean, logvar, prior_std):
+    """Per-image KL [B] of N(mean, diag exp(logvar)) from N(0, prior_std^2 I)."""
     raise NotImplementedError  # your code here
 
 
 # %%
 from helpers.exercises import check
 
-check(kl_to_standard_normal)
+check(kl_to_prior)
 
 # %% [markdown]
-# **2. The scale factor.** Given a batch of unscaled latents, return the factor that gives them unit
-# variance (all elements together, as Stable Diffusion measured its 0.18215). What happens to
-# $q(z_t \mid z_0)$'s signal-to-noise ratio at every $t$ if you forget it and the latents have std 5?
+# **2. Predict, then run: the latents' spread and a five-step sampler.** Latents of std $s$ have
+# $s^2$ times the schedule's SNR at every $t$ (the figure of the three spreads). Take a perfect
+# model: the exact denoiser of notebook 09's 2-D ring of Gaussians, rescaled to a per-coordinate
+# std of 0.2, 1 or 5.5, sampled with DDIM in 5 steps (trailing grid, this notebook's linear schedule,
+# $T = 1000$), and measure how far the samples land from the nearest ring component, in units of
+# each spread. Before running anything: compared with std 1, do latents of std 0.2 land further
+# (+1) or closer (−1)? And latents of std 5.5? The check runs the experiment and tells you.
 
 # %%
-def latent_scale_factor(latents):
-    """The float c with std(c * latents) = 1."""
-    raise NotImplementedError  # your code here
+def predict_spread_effect():
+    """(your prediction for std 0.2, for std 5.5): +1 further from the data than std 1, -1 closer."""
+    raise NotImplementedError  # your prediction here
 
 
 # %%
-check(latent_scale_factor)
+check(predict_spread_effect)
 
 # %%
 print(f"this notebook ran in {(time.perf_counter() - notebook_start) / 60:.1f} minutes under profile {profile.name}")

@@ -67,7 +67,7 @@ def test_a_wrong_answer_fails_the_check(name):
 
 
 MISTAKES = {  # a slip a student might make in each exercise
-    "forward_step": lambda x, beta, eps: (1 - beta) * x + beta**0.5 * eps,  # no square root on the signal
+    "jump_forward": lambda x, a, b, ab, eps: (ab[b] / ab[a]).sqrt() * x + (1 - ab[b]).sqrt() * eps,  # x_from's own noise counted twice
     "snr_crossing": lambda ab: int(torch.nonzero(ab / (1 - ab) <= 1)[0]) - 1,  # the last step above 1
     "resblock_parameters": lambda i, o, e: 2 * i + 2 * o + 9 * i * o + o + 9 * o * o + o + e * o + o,  # forgot the skip
     "multihead_attention": lambda attn, x: x + attn.proj(  # scaled by sqrt(C), not sqrt(C / heads)
@@ -75,24 +75,44 @@ MISTAKES = {  # a slip a student might make in each exercise
             *attn.qkv(attn.norm(x)).reshape(x.shape[0], 3, attn.heads, x.shape[1] // attn.heads, -1).unbind(1)
         ).reshape(x.shape)
     ),
-    "min_snr_weight": lambda ab, t, g: (ab / (1 - ab))[t].clamp(max=g).float(),  # the x0 loss's weight
-    "initial_loss": lambda ab, g: 1.0,  # the unweighted loss
-    "x0_from_eps": lambda ab, x, e: (x + (1 - ab) ** 0.5 * e) / ab**0.5,  # sign
-    "posterior_mean_from_eps": lambda a, ab, x, e: (x - (1 - a) / (1 - ab) * e) / a**0.5,  # no square root
-    "leading_timesteps": lambda T, n: [round(T - k * T / n) - 1 for k in range(n)],  # the trailing grid
-    "ddim_sigma": lambda ab, ab_prev, eta: ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5,  # eta forgotten
-    "ema_update": lambda s, p, d: [d * b + (1 - d) * a for a, b in zip(s, p)],  # decay on the new weights
+    "up_block_channels": lambda *a: [(b, b, side) for b, _, side in _solution("up_block_channels")(*a)],  # every skip as wide as h
+    "min_snr_loss_x0": lambda model, ab, x0, t, eps, g: (lambda a: (lambda x_t: (  # the eps loss's weight put on the x0 error
+        (a / (1 - a)).clamp(max=g) / (a / (1 - a)) * ((x_t - (1 - a).sqrt() * model(x_t, t)) / a.sqrt() - x0) ** 2
+    ).mean())(a.sqrt() * x0 + (1 - a).sqrt() * eps))(ab[t].float().view(-1, 1, 1, 1)),
+    "eps_from_denoiser": lambda den, x, ab: (x - ab**0.5 * den(x, ((1 - ab) / ab) ** 0.5)) / (1 - ab) ** 0.5,  # x_t not rescaled by 1/sqrt(ab)
+    "eps_loss_floor": lambda kappa, ab: kappa**2 / (kappa**2 + 1 - ab),  # the noise's variance in x_t, not sigma^2 in x_t / sqrt(ab)
+    "ddpm_respaced": lambda model, d, x, ts, g: [  # each jump t -> t' taken as one step of the full chain (beta_t, not 1 - ab_t / ab_t')
+        x := (lambda mean, var: mean + var**0.5 * torch.randn(x.shape, generator=g) if t > 0 else mean)(
+            *d.q_posterior(d.predict_x0(x, t, model(x, torch.full((len(x),), t))).clamp(-1, 1), x, t)
+        )
+        for t in ts
+    ][-1],
+    "predict_sample_spread": lambda: (0, 0),  # the ancestral sampler taken to be exact at any number of steps
+    "ddim_euler": lambda model, d, x, ts: _solution("ddim_euler")(  # the network given y = x_t / sqrt(alpha_bar), not x_t
+        lambda x_t, t: model(x_t * (1 + d.sigmas[int(t[0])] ** 2) ** 0.5, t), d, x, ts
+    ),
+    "predict_ddim_spread": lambda: (0, 0),  # a deterministic sampler taken to keep the data's spread
+    "ema_error": lambda d, s, j, n: (j * d**n) ** 2 + s**2 * (1 - d) / (1 + d),  # the stationary variance: forgot the average started at 0 without noise
     "ema_half_life": lambda d: 1 / (1 - d),  # the averaging window, not the half-life
-    "x0_from_v": lambda ab, x, v: ab**0.5 * x + (1 - ab) ** 0.5 * v,  # sign
-    "eps_from_v": lambda ab, x, v: ab**0.5 * x + (1 - ab) ** 0.5 * v,  # the roles of the two factors swapped
-    "drop_labels": lambda y, p, null, g: torch.where(torch.rand(y.shape, generator=g) < 1 - p, torch.full_like(y, null), y),
-    "guidance_w_form": lambda c, u, w: u + w * (c - u),  # our s-form with s = w
-    "tweedie": lambda x, sigma, score: x + sigma * score,  # sigma where sigma^2 belongs
-    "kl_to_standard_normal": lambda m, lv: 0.5 * (m**2 + lv.exp() - 1 - lv).flatten(1).mean(1),  # a mean over latents, not the sum
-    "latent_scale_factor": lambda z: 1 / float(z.abs().mean()),  # the mean magnitude, not the standard deviation
-    "consistency_coefficients": lambda s, m: (0.25 / ((s - m) ** 2 + 0.25), s * 0.5 / (s**2 + 0.25) ** 0.5),  # EDM's c_out: no shift by sigma_min
-    "pseudo_huber": lambda a, b: ((a - b).flatten(1).pow(2).sum(1) + (0.00054 * 28) ** 2).sqrt(),  # forgot to subtract c
-    "ancestral_split": lambda s, s_next: (0.0, s_next) if s_next == 0 else (s_next * s_next / s, (s**2 - s_next**2) ** 0.5),  # the full reverse-diffusion noise
+    "v_loss": lambda m, ab, x0, t, e, g: (  # the eps loss's weight min(SNR, gamma) / SNR on the v error
+        lambda a, snr: snr.clamp(max=g) / snr * ((m(a.sqrt() * x0 + (1 - a).sqrt() * e, t) - (a.sqrt() * e - (1 - a).sqrt() * x0)) ** 2).flatten(1).mean(1)
+    )(ab[t].view(-1, 1, 1, 1), ab[t] / (1 - ab[t])),
+    "ddim_step_from_v": lambda x, v, a, b: (  # rotated the wrong way: + sin(phi_t - phi_s) v_hat
+        ((a * b) ** 0.5 + ((1 - a) * (1 - b)) ** 0.5) * x + (((1 - a) * b) ** 0.5 - (a * (1 - b)) ** 0.5) * v
+    ),
+    "guided_ddim_sample": lambda m, d, x, y, s, ts: _solution("guided_ddim_sample")(m, d, x, y, s + 1, ts),  # s read as Ho & Salimans' w
+    "guidance_on_the_ring": lambda: (-1, 0),  # "tighter around the class centre": the mean does not move out
+    "heun_sampler": lambda D, x, sigmas: [  # Heun's average also on the last step, to sigma = 0 (a slope divided by 0)
+        x := x + (b - a) * ((x - D(x, a)) / a + ((e := x + (b - a) * (x - D(x, a)) / a) - D(e, b)) / b) / 2
+        for a, b in zip(sigmas[:-1].tolist(), sigmas[1:].tolist())
+    ][-1],
+    "error_shrink_factors": lambda: (2.0, 4.0, 2.0),  # DPM-Solver++(2M) taken for first order: one evaluation per step
+    "kl_to_prior": lambda m, lv, s: 0.5 * (m**2 / s**2 + lv.exp() / s**2 - 1 - lv).flatten(1).sum(1),  # forgot the prior's log s^2
+    "predict_spread_effect": lambda: (1, 1),  # "any spread but 1 is worse"
+    "ct_loss": lambda st, tg, x0, s, n, z: (  # the target fed the student's input x_{n+1}, at level sigma_n
+        lambda a, b: ((a - b).flatten(1).pow(2).sum(1) + (0.00054 * 4) ** 2).sqrt() - 0.00054 * 4
+    )(st(x0 + s[n + 1].view(-1, 1, 1, 1) * z, s[n + 1].view(-1, 1, 1, 1)), tg(x0 + s[n + 1].view(-1, 1, 1, 1) * z, s[n].view(-1, 1, 1, 1)).detach()),
+    "predict_one_step_radius": lambda: (0, 0),  # "the denoiser is exact too, so it samples exactly"
 }
 
 
@@ -116,30 +136,20 @@ def test_the_notebook_stub_is_not_done_yet_and_check_never_raises(name, capsys):
 
 def test_checks_leave_the_global_random_state_alone():
     state = torch.random.get_rng_state()
-    for name in ("multihead_attention", "ema_update"):
+    for name in ("multihead_attention", "ema_error"):
         EXERCISES[name](_solution(name))
     assert torch.equal(torch.random.get_rng_state(), state)
 
 
-def test_an_in_place_ema_update_is_refused():
-    def ema_update(shadow, params, decay):
-        for s, p in zip(shadow, params):
-            s.mul_(decay).add_((1 - decay) * p)
-        return shadow
-
-    with pytest.raises(AssertionError, match="the inputs changed"):
-        EXERCISES["ema_update"](ema_update)
-
-
 def test_check_names_what_is_wrong_and_what_crashed(capsys):
-    def forward_step(x_prev, beta, eps):
-        return x_prev  # forgot the noise
+    def jump_forward(x_from, t_from, t_to, alpha_bars, eps):
+        return x_from  # forgot the noise
 
     def snr_crossing(alpha_bars):
         return alpha_bars.nonexistent
 
-    check(forward_step)
+    check(jump_forward)
     check(snr_crossing)
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("✗ forward_step: not right yet: t = 0: off by up to")
+    assert out[0].startswith("✗ jump_forward: not right yet: linear schedule, one step 499 -> 500: off by up to")
     assert out[1].startswith("✗ snr_crossing raised AttributeError")

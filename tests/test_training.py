@@ -413,3 +413,24 @@ def test_importance_sampled_t_resumes_exactly_and_weights_the_step(tmp_path):
 def test_a_config_refuses_an_unknown_timestep_sampling():
     with pytest.raises(ValueError, match="timesteps"):
         TrainConfig(steps=10, batch_size=8, lr=1e-3, timesteps="lognormal")
+
+
+def test_a_fine_tune_starts_from_a_decayed_run_that_load_would_refuse_to_extend(tmp_path):
+    """``load`` continues a run exactly, so a run whose learning rate decayed to 0 at step 8 cannot be
+    extended to 12; ``start_from`` takes its weights and average into a new run at step 0 under its
+    own (constant) schedule."""
+    decayed = make_trainer(lr_decay="cosine").train(8)
+    decayed.save(tmp_path / "decayed.pt")
+    assert decayed.scheduler.get_last_lr()[0] == 0.0
+    with pytest.raises(CheckpointError, match="steps=8"):
+        make_trainer(lr_decay="cosine", steps=12).load(tmp_path / "decayed.pt")
+    tune = make_trainer(seed=5, steps=4, warmup_steps=0)
+    tune.start_from(tmp_path / "decayed.pt")
+    assert tune.step == 0 and tune.history == []
+    for (name, a), b in zip(decayed.model.state_dict().items(), tune.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert tune.ema.num_updates == decayed.ema.num_updates
+    for name, value in decayed.ema.shadow.items():
+        assert torch.equal(tune.ema.shadow[name], value), name
+    tune.train()
+    assert tune.step == 4 and tune.scheduler.get_last_lr()[0] == tune.config.lr

@@ -17,8 +17,13 @@
 import torch
 
 
-def forward_step(x_prev, beta, eps):
-    return (1 - beta) ** 0.5 * x_prev + beta**0.5 * eps  # q(x_t | x_{t-1}), DDPM eq. 2
+def jump_forward(x_from, t_from, t_to, alpha_bars, eps):
+    # The composition argument from x_a instead of x_0: each step multiplies the signal by
+    # sqrt(alpha_i) and adds independent noise, so after the steps a+1..b the old x_a is scaled by
+    # sqrt(prod alpha_i) = sqrt(ab_b / ab_a) and the new noises add up to variance 1 - ab_b / ab_a.
+    # (x_a's own noise rides along inside x_a: adding sqrt(1 - ab_b) eps would count it twice.)
+    ratio = alpha_bars[t_to] / alpha_bars[t_from]
+    return ratio.sqrt() * x_from + (1 - ratio).sqrt() * eps
 
 
 def snr_crossing(alpha_bars):
