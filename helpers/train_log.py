@@ -29,7 +29,7 @@ class Window:
     def __init__(self, device: torch.device) -> None:
         self.bucket_sum = torch.zeros(N_BUCKETS, device=device)
         self.bucket_count = torch.zeros(N_BUCKETS, device=device, dtype=torch.long)
-        self.objective = torch.zeros(2, device=device)  # the sum of weight * loss, and the images
+        self.weighted_sum = torch.zeros((), device=device)  # sum of weight * loss: the objective's estimate over the images counted above
         self.grad_norm = torch.zeros((), device=device)
         self.n = 0
         self.t0 = time.perf_counter()
@@ -39,8 +39,7 @@ class Window:
         multiplied by its importance weight (all ones for uniform t)."""
         self.bucket_sum.index_add_(0, buckets, losses.float())
         self.bucket_count.index_add_(0, buckets, torch.ones_like(buckets))
-        self.objective[0] += (weights * losses.float()).sum()
-        self.objective[1] += len(losses)
+        self.weighted_sum += (weights * losses.float()).sum()
         self.grad_norm = grad_norm
         self.n += 1
 
@@ -56,7 +55,7 @@ class TrainLog:
     def summarise(self, window: Window, step: int, lr: float, model: torch.nn.Module, batch_size: int) -> dict[str, Any]:
         """The row for ``window``; stops the run with a clear error when the loss is not finite."""
         sums, counts = window.bucket_sum.cpu().double(), window.bucket_count.cpu()
-        loss = float(window.objective[0] / window.objective[1])
+        loss = float(window.weighted_sum.cpu().double() / counts.sum())
         if not math.isfinite(loss):
             raise FloatingPointError(
                 f"the loss became {loss} within the {window.n} steps up to step {step}, so training stopped; "
@@ -79,7 +78,7 @@ class TrainLog:
 
     def close(self, window: Window, world: World, step: int, lr: float, model: torch.nn.Module, batch_size: int) -> dict[str, Any]:
         """The row for ``window`` with the losses of every process of ``world`` summed in, appended."""
-        for sums in (window.bucket_sum, window.bucket_count, window.objective):  # the global batch's losses
+        for sums in (window.bucket_sum, window.bucket_count, window.weighted_sum):  # the global batch's losses
             world.all_sum(sums)
         row = self.summarise(window, step, lr, model, batch_size)
         self.append(row)

@@ -94,7 +94,7 @@ class Trainer(GuardedRun):
             y = None
         if self.importance is None:
             t, weights = world.shard(torch.randint(0, d.T, (n,), device=self.device)), None
-        else:  # drawn, like t above, from the device's generator, which runs in step across processes
+        else:  # drawn, like the uniform t, from the device's generator, which runs in step across processes
             t, weights = (world.shard(v) for v in self.importance.sample(n))
         noise = world.shard(torch.randn(n, *x0.shape[1:], device=self.device))
         if self.channels_last:

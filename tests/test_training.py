@@ -394,7 +394,12 @@ def test_importance_sampled_t_resumes_exactly_and_weights_the_step(tmp_path):
         trainer.importance = ImportanceTimesteps(100, bins=4, warmup=2)  # leaves the warm-up within the test
         return trainer
 
-    straight = importance_trainer().train(8)
+    straight = importance_trainer()
+    steps, train_step = [], straight.train_step
+    straight.train_step = lambda x0, y: steps.append(train_step(x0, y)) or steps[-1]
+    straight.train(8)
+    for row, (losses, _, weights, _) in zip(straight.history, steps):  # a row per step: the weighted mean
+        assert row["loss"] == pytest.approx(float((weights * losses).mean()), rel=1e-6)
     assert not torch.allclose(straight.importance.probabilities(), torch.full((4,), 0.25))
     first = importance_trainer().train(4)
     first.save(tmp_path / "half.pt")
