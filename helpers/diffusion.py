@@ -1,7 +1,7 @@
 """The Gaussian diffusion process: forward noising, the posterior, and the three parameterisations.
 
 Conventions follow DDPM (Ho et al. 2020): integer timesteps t = 0..T-1,
-alpha_bar_t = prod_{s<=t} (1 - beta_s) and
+alpha_bar_t = prod_{i<=t} (1 - beta_i) and
 
     x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps,   eps ~ N(0, I)        (DDPM eq. 4)
 

@@ -13,7 +13,8 @@ its weights can be had, else the penultimate layer of a classifier of the datase
 its sample counts and its KID subset size. Every score also carries its real-data floor: what
 held-out real images (the test split) score against the same reference set with the same
 features and counts, and its spread over disjoint held-out sets. A model cannot be told apart
-from real data below the floor, and a difference smaller than the spread is noise.
+from real data below the floor. Two models are compared by ``fid_interval``: a bootstrap interval
+of their FID difference on paired samples, not by the floor's spread.
 
 Features are extracted here (real ones once, then cached under ``artifacts/<profile>/fid/``);
 torchmetrics' ``FrechetInceptionDistance`` and ``KernelInceptionDistance`` do the statistics.

@@ -1,4 +1,4 @@
-"""Noise schedules: the tables beta_t, and alpha_bar_t = prod_{s<=t} (1 - beta_s), in float64.
+"""Noise schedules: the tables beta_t, and alpha_bar_t = prod_{i<=t} (1 - beta_i), in float64.
 
 Timesteps are integers 0..T-1 as in DDPM (Ho et al. 2020) and diffusers. Every function here is
 pure: it builds a table on the CPU in float64, and knows nothing of networks or devices.

@@ -19,7 +19,7 @@ __all__ = ["ImportanceTimesteps"]
 class ImportanceTimesteps:
     """Draws t with probability p(t) proportional to sqrt(E[L_t^2]), estimated online.
 
-    t's range is cut into ``bins`` near-equal parts; each keeps an exponential average (``momentum``) of the
+    t's range is cut into ``bins`` near-equal parts (by default 40, or T when T is smaller); each keeps an exponential average (``momentum``) of the
     squared per-image loss seen in it. Until every bin has ``warmup`` samples p is uniform; after that p
     mixes the estimate with ``uniform`` of the uniform distribution, so that no bin starves and every
     weight stays below about 1 / ``uniform``. ``sample`` returns t and the weights 1 / (T p(t)); ``update``
@@ -28,8 +28,9 @@ class ImportanceTimesteps:
     """
 
     def __init__(
-        self, T: int, bins: int = 40, uniform: float = 0.1, warmup: int = 10, momentum: float = 0.98, device: torch.device | str = "cpu"
+        self, T: int, bins: int | None = None, uniform: float = 0.1, warmup: int = 10, momentum: float = 0.98, device: torch.device | str = "cpu"
     ) -> None:
+        bins = min(40, T) if bins is None else bins
         if not 1 <= bins <= T:
             raise ValueError(f"bins must be between 1 and T = {T} (got {bins})")
         if not 0 < uniform <= 1:

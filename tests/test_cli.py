@@ -183,7 +183,8 @@ TRAIN = ["train", "--profile", "smoke", "--no-progress", "--sample-every", "0", 
 def test_train_resume_and_sample_from_the_command_line(tmp_path, data_env, capsys):
     ckpt = tmp_path / "run.pt"
     common = TRAIN + ["--out", ckpt]
-    assert run(capsys, *common, "--steps", "2", "--save-every", "1", "--prediction", "v")[0] == 0
+    # a constant learning rate, so that the run can be extended (a decay's schedule is fixed by --steps)
+    assert run(capsys, *common, "--steps", "2", "--save-every", "1", "--prediction", "v", "--lr-decay", "none")[0] == 0
     assert load_checkpoint(ckpt)["step"] == 2
     code, _, err = run(capsys, *common, "--steps", "3", "--resume", "--lr", "0.5")
     assert_one_line_error(code, err, "cannot be resumed with --lr 0.5")
