@@ -278,7 +278,9 @@ assert max(floors, key=floors.get) == toy_ts[0], "the floor is not highest at th
 #
 # ## One training step, by hand
 #
-# A step of training is: draw $t$ and $\varepsilon$, the weighted loss, backward, clip the
+# A step of training is: draw $t$ and $\varepsilon$ (uniform $t$ here; the laptop and smoke
+# profiles draw $t$ by importance sampling, which keeps the same objective with less variance and
+# which notebook 07 explains, so the check below sets `timesteps="uniform"`), the weighted loss, backward, clip the
 # gradient's norm to 1, an Adam step at the learning rate `lr * lr_factor(k)` at step $k$
 # (`TrainConfig.lr_factor`: a linear warm-up $\min(1, (k+1)/\text{warm-up})$, then the
 # profile's decay, if it has one), then the EMA of the weights with its own warm-up,
@@ -291,7 +293,7 @@ import copy
 
 from helpers.training import TrainConfig, Trainer
 
-step_config = TrainConfig.from_profile(profile, eval_every=0, sample_every=0, amp=False, compile=False)  # fp32 on any device
+step_config = TrainConfig.from_profile(profile, timesteps="uniform", eval_every=0, sample_every=0, amp=False, compile=False)  # fp32 on any device
 batch = data.tensors()[0][: step_config.batch_size].to(device)
 torch.manual_seed(0)
 net = UNet(**model_config).to(device)
@@ -335,7 +337,8 @@ assert weights_gap < 1e-3 and ema_gap < 1e-3
 # %% [markdown]
 # ## Train
 #
-# `Trainer` runs exactly that step: the profile's loss, Adam with the learning rate above,
+# `Trainer` runs exactly that step: the profile's loss, $t$ as the profile draws it
+# (`config.timesteps`, printed below), Adam with the learning rate above,
 # gradient clipping at norm 1 (as DDPM's code does), mixed precision on GPUs that have it (bf16,
 # or fp16 with a gradient scaler on older ones), a metrics log (`metrics.jsonl`), the loss by
 # timestep bucket, and a sample grid every `sample_every` steps. It also keeps the exponential
@@ -354,6 +357,8 @@ from helpers.viz import LiveLossPlot
 ckpt_path = profile.checkpoint("eps")
 log_dir = profile.artifacts / "logs" / "03_ddpm_eps"
 config = TrainConfig.from_profile(profile, eval_every=0)  # FID during training is notebook 06's
+print(f"{config.steps} steps of batch {config.batch_size}, t drawn {config.timesteps}, Adam at {config.lr:g} "
+      f"(learning-rate decay: {config.lr_decay}), loss weighting {d.loss_weighting}")
 torch.manual_seed(0)
 trainer = Trainer(UNet(**model_config), d, data, config, device, out_dir=log_dir, progress=False)
 if ckpt_path.exists():
