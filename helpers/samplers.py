@@ -383,7 +383,8 @@ def sample(
 
     Args:
         model: the network, called as model(x_t, t); wrap a class-conditional one in ``Guided``.
-        d: the diffusion process; its ``prediction`` says what the network outputs.
+        d: the diffusion process; its ``prediction`` says what the network outputs (or a
+            ``helpers.flow.FlowMatching`` process, whose samplers are ``FlowEuler`` and ``FlowHeun``).
         x_T: the starting noise (sampling runs on its device), or a shape [B, C, H, W] to draw it
             from ``generator`` onto ``device`` (default: the model's device).
         sampler: the algorithm and its settings.
@@ -398,6 +399,12 @@ def sample(
     Returns:
         x_0 (clamped to [-1, 1] unless ``clamp`` is off), on x_T's device.
     """
+    if (getattr(d, "prediction", None) == "velocity") != (getattr(sampler, "process", None) == "flow"):
+        raise ValueError(
+            f"{sampler} cannot sample {d!r}: a flow-matching model predicts a velocity on the straight path from data to noise "
+            "and has no beta schedule for DDPM, DDIM or the sigma solvers to step through, and the flow samplers need one; "
+            "sample a flow model with helpers.flow.FlowEuler or FlowHeun, and a diffusion model with the others"
+        )
     x = starting_noise(x_T, generator, device if device is not None else _device_of(model))
     total = sampler.num_steps(d)
     with tqdm(total=total, desc=str(sampler), disable=not progress, leave=False, mininterval=1.0) as bar:

@@ -7,7 +7,9 @@ responsibilities r_k(x) = w_k N(x; mu_k, (s_k^2 + sigma^2) I) / p_sigma(x):
     score:    grad log p_sigma(x) = sum_k r_k(x) (mu_k - x) / (s_k^2 + sigma^2)
     denoiser: E[x_0 | x] = sum_k r_k(x) (mu_k + s_k^2 / (s_k^2 + sigma^2) (x - mu_k))
 
-and the two satisfy Tweedie's formula E[x_0 | x] = x + sigma^2 grad log p_sigma(x). The denoiser has
+and the two satisfy Tweedie's formula E[x_0 | x] = x + sigma^2 grad log p_sigma(x). The straight
+interpolant x_t = (1 - t) x_0 + t eps of flow matching has its marginal velocity in closed form
+too (``velocity``). The denoiser has
 the shape the solvers of ``helpers.solvers`` call, ``denoiser(x, sigma) -> x0_hat``, so every
 solver runs on this toy exactly as on a trained network.
 """
@@ -48,16 +50,17 @@ class GaussianMixture:
         noise = torch.randn(n, self.means.shape[1], generator=generator, dtype=torch.float64)
         return self.means[k] + self.stds[k, None] * noise
 
-    def _log_components(self, x: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log w_k N(x; mu_k, (s_k^2 + sigma^2) I) [N, K], the noisy component variances [K])."""
-        var = self.stds**2 + sigma**2
-        sq = ((x.to(torch.float64)[:, None, :] - self.means[None]) ** 2).sum(-1)  # [N, K]
+    def _log_components(self, x: torch.Tensor, sigma: float, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log w_k N(x; scale mu_k, (scale^2 s_k^2 + sigma^2) I) [N, K], those component variances [K]):
+        the law of scale x_0 + sigma eps (scale = 1: the VE view; scale = 1 - t, sigma = t: the flow's)."""
+        var = scale**2 * self.stds**2 + sigma**2
+        sq = ((x.to(torch.float64)[:, None, :] - scale * self.means[None]) ** 2).sum(-1)  # [N, K]
         dim = self.means.shape[1]
         return self.weights.log() - 0.5 * sq / var - 0.5 * dim * (2 * math.pi * var).log(), var
 
-    def _responsibilities(self, x: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def _responsibilities(self, x: torch.Tensor, sigma: float, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """(r [N, K], the noisy component variances [K]) at noise level sigma."""
-        log_joint, var = self._log_components(x, sigma)
+        log_joint, var = self._log_components(x, sigma, scale)
         return log_joint.softmax(dim=1), var
 
     def log_prob(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -69,6 +72,22 @@ class GaussianMixture:
         x = x.to(torch.float64)
         r, var = self._responsibilities(x, sigma)
         return (r[:, :, None] * (self.means[None] - x[:, None, :]) / var[None, :, None]).sum(1)
+
+    def velocity(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """The marginal velocity u(x, t) = E[eps - x_0 | x_t = x] [N, D] of the straight interpolant
+        x_t = (1 - t) x_0 + t eps (``helpers.flow``), for t in [0, 1]. Given component k, x_t is
+        Gaussian with mean (1 - t) mu_k and variance v_k = (1 - t)^2 s_k^2 + t^2, and
+
+            E[x_0 | x, k] = mu_k + (1 - t) s_k^2 / v_k (x - (1 - t) mu_k),   E[eps | x, k] = t / v_k (x - (1 - t) mu_k);
+
+        u mixes their difference with the responsibilities of x under the scaled components."""
+        x = x.to(torch.float64)
+        r, var = self._responsibilities(x, t, scale=1 - t)
+        r = r[:, :, None]
+        centred = x[:, None, :] - (1 - t) * self.means[None]  # [N, K, D]
+        x0 = self.means[None] + ((1 - t) * self.stds**2 / var)[None, :, None] * centred
+        eps = (t / var)[None, :, None] * centred
+        return (r * (eps - x0)).sum(1)
 
     def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         """The exact denoiser E[x_0 | x_0 + sigma eps = x] [N, D], as the mixture of the components' posterior means."""
