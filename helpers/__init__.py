@@ -7,7 +7,7 @@ lazily inside a function (``tests/test_layers.py`` holds the package to ``LAYERS
   checkpoint names, the shipped models), ``validate`` (the argument checks), ``stats``
   (bootstrap intervals).
 * math: ``schedules``, ``diffusion`` (01, 03, 07), ``samplers`` (04, 05: the one sampler protocol
-  and ``sample``), ``solvers`` (09), ``consistency`` (11), ``ema`` (06), ``toy`` (09),
+  and ``sample``), ``solvers`` (09), ``consistency`` (11), ``flow`` (flow matching), ``ema`` (06), ``toy`` (09),
   ``timesteps`` (03: importance sampling of t).
 * networks: ``unet`` (02), ``autoencoder`` (10).
 * plumbing: ``config`` (the profiles and run settings), ``checkpoints``, ``distributed``, ``data``,
@@ -21,7 +21,7 @@ lazily inside a function (``tests/test_layers.py`` holds the package to ``LAYERS
 
 LAYERS: dict[str, tuple[str, ...]] = {
     "leaves": ("device", "paths", "validate", "stats"),
-    "math": ("schedules", "diffusion", "timesteps", "samplers", "solvers", "consistency", "ema", "toy"),
+    "math": ("schedules", "diffusion", "timesteps", "samplers", "solvers", "consistency", "flow", "ema", "toy"),
     "networks": ("unet", "autoencoder"),
     "plumbing": ("config", "checkpoints", "distributed", "data", "latent", "viz"),
     "runs": ("runs", "train_log", "training", "distillation", "autoencoder_training"),

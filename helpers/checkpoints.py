@@ -7,7 +7,7 @@ A checkpoint is a dict of plain data and tensors, read back with ``torch.load(we
     format       "diffusion-course/1"           kind     what it holds (KINDS): unet, consistency,
     model        the network's state_dict                 autoencoder or classifier
     model_config the network's keyword arguments         step     optimiser steps taken
-    diffusion    Diffusion.config() (unet, consistency)
+    diffusion    Diffusion.config() (unet, consistency), or FlowMatching.config() for a flow model
     optimizer, scheduler, scaler, ema, target_ema        state_dicts (optional)
     train        the run's settings (TrainConfig, DistilConfig or AutoencoderConfig as a dict)
     history      metrics log rows                rng     random generator states
@@ -34,6 +34,7 @@ import torch
 
 from helpers.autoencoder import Autoencoder
 from helpers.diffusion import Diffusion
+from helpers.flow import FlowMatching, process_from_config
 from helpers.unet import UNet
 
 __all__ = [
@@ -199,7 +200,7 @@ def load_model(
     device: torch.device | str = "cpu",
     ema: bool = True,
     prediction: str | None = None,
-) -> tuple[UNet, Diffusion, dict[str, Any]]:
+) -> tuple[UNet, Diffusion | FlowMatching, dict[str, Any]]:
     """Rebuild (model, diffusion, checkpoint) from a checkpoint, ready to sample.
 
     The model gets the EMA weights when the checkpoint has them and ``ema`` is true. ``prediction``
@@ -213,7 +214,7 @@ def load_model(
             state = model.state_dict()
             for name, value in ckpt["ema"]["shadow"].items():
                 state[name].copy_(value)
-        d = Diffusion.from_config(ckpt["diffusion"])
+        d = process_from_config(ckpt["diffusion"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise damaged(path, err) from err
     broken = non_finite(model.state_dict().items())

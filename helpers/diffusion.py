@@ -266,6 +266,16 @@ class Diffusion:
 
     # ---- the training loss ---------------------------------------------------------------------
 
+    def sample_t(self, n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+        """n timesteps t ~ Uniform{0..T-1} on ``device``, drawn from ``generator`` (on its own device;
+        None: the global generator of ``device``)."""
+        where = generator.device if generator is not None else device
+        return torch.randint(0, self.T, (n,), generator=generator, device=where).to(device)
+
+    def bucket(self, t: torch.Tensor, buckets: int) -> torch.Tensor:
+        """Which of ``buckets`` equal ranges of 0..T-1 each timestep falls in."""
+        return t * buckets // self.T
+
     def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
         """Per-sample weight w(t) on the MSE of ``target`` (float32, on t's device, shape [B]).
 

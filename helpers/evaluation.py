@@ -20,6 +20,7 @@ from helpers.config import Profile
 from helpers.device import cpu_generator
 from helpers.diffusion import Diffusion
 from helpers.distributed import World
+from helpers.flow import FlowEuler, FlowMatching
 from helpers.latent import decode, unclipped
 from helpers.metrics import Features, Floor, Quality, extract_both, fid_kid, inception_score, real_features, real_floor
 from helpers.samplers import DDIM, Guided, Sampler, sample
@@ -43,7 +44,7 @@ class Evaluator:
 
     def __init__(
         self,
-        diffusion: Diffusion,
+        diffusion: Diffusion | FlowMatching,
         features: Features,
         real: torch.Tensor,
         n: int,
@@ -58,7 +59,8 @@ class Evaluator:
         world: World | None = None,
     ) -> None:
         self.d, self.features, self.real, self.floor, self.world = diffusion, features, real, floor, world or World()
-        self.n, self.steps, self.batch_size, self.spacing, self.eta = n, min(steps, diffusion.T), batch_size, spacing, eta
+        self.flow = isinstance(diffusion, FlowMatching)
+        self.n, self.steps, self.batch_size, self.spacing, self.eta = n, steps if self.flow else min(steps, diffusion.T), batch_size, spacing, eta
         self.kid_subset_size, self.guidance_scale, self.seed = kid_subset_size, guidance_scale, seed
 
     @classmethod
@@ -74,9 +76,10 @@ class Evaluator:
         return cls(diffusion, features, real, **kw)
 
     @property
-    def sampler(self) -> DDIM:
-        """The sampler behind every score: DDIM with this evaluator's steps, eta and spacing."""
-        return DDIM(self.steps, self.eta, self.spacing)
+    def sampler(self) -> DDIM | FlowEuler:
+        """The sampler behind every score: DDIM with this evaluator's steps, eta and spacing (Euler with
+        its steps for a flow model)."""
+        return FlowEuler(self.steps) if self.flow else DDIM(self.steps, self.eta, self.spacing)
 
     def _batches(self) -> list[tuple[int, int]]:
         """(first index, size) of each sampling batch."""

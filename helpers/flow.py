@@ -40,10 +40,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from helpers.diffusion import Diffusion
 from helpers.samplers import Report
 from helpers.validate import choice, integer, number
 
-__all__ = ["TIME_SAMPLINGS", "FlowMatching", "flow_times", "FlowEuler", "FlowHeun", "FLOW_SAMPLERS", "straightness"]
+__all__ = ["TIME_SAMPLINGS", "FlowMatching", "process_from_config", "flow_times", "FlowEuler", "FlowHeun", "FLOW_SAMPLERS", "straightness"]
 
 TIME_SAMPLINGS = ("uniform", "logit_normal")
 
@@ -76,26 +77,33 @@ class FlowMatching:
 
     def config(self) -> dict[str, Any]:
         """What a checkpoint records; ``from_config`` rebuilds the process from it."""
-        return {"process": "flow", "time_sampling": self.time_sampling, "logit_mean": self.logit_mean,
+        return {"process": "flow", "prediction": self.prediction, "time_sampling": self.time_sampling, "logit_mean": self.logit_mean,
                 "logit_std": self.logit_std, "time_scale": self.time_scale}  # fmt: skip
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> FlowMatching:
         if config.get("process") != "flow":
             raise ValueError(f"not a flow-matching process: {config}")
-        return cls(**{k: v for k, v in config.items() if k != "process"})
+        return cls(**{k: v for k, v in config.items() if k not in ("process", "prediction")})
 
     def __repr__(self) -> str:
         extra = f", m={self.logit_mean:g}, s={self.logit_std:g}" if self.time_sampling == "logit_normal" else ""
         return f"FlowMatching(t ~ {self.time_sampling}{extra})"
 
     def sample_t(self, n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
-        """n training times in [0, 1] (float32 on ``device``), drawn on the CPU from ``generator``."""
+        """n training times in [0, 1], float32 on ``device``, drawn from ``generator`` (on its own
+        device; None: the global generator of ``device``)."""
+        where = generator.device if generator is not None else device
         if self.time_sampling == "uniform":
-            t = torch.rand(n, generator=generator)
+            t = torch.rand(n, generator=generator, device=where)
         else:
-            t = torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(n, generator=generator))
+            t = torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(n, generator=generator, device=where))
         return t.to(device)
+
+    @staticmethod
+    def bucket(t: torch.Tensor, buckets: int) -> torch.Tensor:
+        """Which of ``buckets`` equal parts of [0, 1] each time falls in (t = 1 in the last)."""
+        return (t * buckets).long().clamp(max=buckets - 1)
 
     def interpolate(self, x0: torch.Tensor, t: torch.Tensor | float, noise: torch.Tensor) -> torch.Tensor:
         """x_t = (1 - t) x_0 + t eps (Liu et al. 2023, eq. 1)."""
@@ -166,6 +174,11 @@ class FlowMatching:
             raise ValueError(f"the model returned shape {tuple(out.shape)}, but the images have {tuple(x0.shape)}")
         per_image = F.mse_loss(out.float(), self.target(x0, noise).float(), reduction="none").flatten(1).mean(1)
         return per_image.mean() if reduction == "mean" else per_image
+
+
+def process_from_config(config: dict[str, Any]) -> Diffusion | FlowMatching:
+    """The process a checkpoint recorded: a flow (``"process": "flow"``) or a diffusion process."""
+    return FlowMatching.from_config(config) if config.get("process") == "flow" else Diffusion.from_config(config)
 
 
 def flow_times(steps: int, shift: float = 1.0) -> torch.Tensor:

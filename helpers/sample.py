@@ -34,6 +34,7 @@ from helpers.consistency import MultistepConsistency, consistency_record
 from helpers.cli import CliError
 from helpers.device import cpu_generator, describe
 from helpers.latent import check_autoencoder, decode, latent_record, unclipped
+from helpers.flow import FLOW_SAMPLERS, FlowEuler
 from helpers.samplers import DDIM, DDPM, SPACINGS, VARIANCES, Guided, sample
 from helpers.solvers import SOLVERS, Solver
 from helpers.viz import save_grid
@@ -72,10 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint written by notebook 03/06/07/08/10/11, python -m helpers train or python -m helpers distil")
     p.add_argument("--n", type=cli.positive, default=64, help="number of images (default: 64)")
     p.add_argument("--out", type=Path, default=Path("grid.png"), help="a .png grid, an .npz (arr_0 uint8 NxHxWxC, arr_1 labels), or a folder (ending in / or without a suffix) for one PNG per image (default: grid.png)")
-    p.add_argument("--sampler", choices=("ddpm", "ddim", *SOLVERS, "consistency"), default="ddpm",
+    p.add_argument("--sampler", choices=("ddpm", "ddim", *SOLVERS, "consistency", *FLOW_SAMPLERS), default="ddpm",
                    help="ancestral DDPM over all T steps, DDIM, a noise-level solver (helpers.solvers): euler, heun, dpmpp-2m (ODE), euler-a, pc (SDE), "
-                   "or consistency for a model distilled by python -m helpers distil (default: ddpm)")
-    p.add_argument("--steps", type=cli.positive, default=None, help="DDIM steps (default: T)")
+                   "consistency for a model distilled by python -m helpers distil, or flow-euler, flow-heun for a flow-matching model (default: ddpm)")
+    p.add_argument("--steps", type=cli.positive, default=None, help="DDIM steps (default: T), or a flow sampler's steps (default: 50)")
     p.add_argument("--eta", type=float, default=None, help="DDIM noise: 0 deterministic, 1 DDPM-like (default: 0)")
     p.add_argument("--spacing", choices=SPACINGS, default=None, help="DDIM timestep grid (default: trailing, which starts at t = T-1; Lin et al. 2024)")
     p.add_argument("--nfe", type=cli.positive, default=None, help="network evaluations of a noise-level solver, on a Karras grid (default: 50), or of consistency sampling (default: 1)")
@@ -104,13 +105,13 @@ def check_destination(out: Path) -> None:
         raise CliError(f"--out {out}: {target} is not writable")
 
 
-def build_sampler(args: argparse.Namespace) -> DDPM | DDIM | Solver | MultistepConsistency:
+def build_sampler(args: argparse.Namespace) -> DDPM | DDIM | Solver | MultistepConsistency | FlowEuler:
     """The sampler the flags describe; flags of another sampler are an error, not ignored."""
-    family = "solver" if args.sampler in (*SOLVERS, "consistency") else args.sampler
-    ignored = [flag for flag, value, owner in (("--steps", args.steps, "ddim"), ("--eta", args.eta, "ddim"),
-               ("--spacing", args.spacing, "ddim"), ("--variance", args.variance, "ddpm"), ("--nfe", args.nfe, "solver")) if value is not None and family != owner]  # fmt: skip
-    if args.no_clip and family == "solver":
-        ignored.append("--no-clip")  # the noise-level solvers and consistency sampling never clip x0
+    family = "solver" if args.sampler in (*SOLVERS, "consistency") else "flow" if args.sampler in FLOW_SAMPLERS else args.sampler
+    ignored = [flag for flag, value, owners in (("--steps", args.steps, ("ddim", "flow")), ("--eta", args.eta, ("ddim",)),
+               ("--spacing", args.spacing, ("ddim",)), ("--variance", args.variance, ("ddpm",)), ("--nfe", args.nfe, ("solver",))) if value is not None and family not in owners]  # fmt: skip
+    if args.no_clip and family in ("solver", "flow"):
+        ignored.append("--no-clip")  # the noise-level solvers, consistency and flow sampling never clip x0
     if ignored:
         raise CliError(f"{', '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect with --sampler {args.sampler}")
     try:
@@ -118,6 +119,8 @@ def build_sampler(args: argparse.Namespace) -> DDPM | DDIM | Solver | MultistepC
             return DDPM(args.variance or "fixed_small", clip_x0=not args.no_clip)
         if family == "ddim":
             return DDIM(args.steps, 0.0 if args.eta is None else args.eta, args.spacing or "trailing", clip_x0=not args.no_clip)
+        if family == "flow":
+            return FLOW_SAMPLERS[args.sampler](50 if args.steps is None else args.steps)
         if args.sampler == "consistency":
             return MultistepConsistency(1 if args.nfe is None else args.nfe)
         return Solver(args.sampler, 50 if args.nfe is None else args.nfe)
@@ -165,6 +168,10 @@ def draw(args: argparse.Namespace) -> str:
         model, d, ckpt = load_model(args.checkpoint, device, ema=not args.raw)
     except (FileNotFoundError, CheckpointError) as err:
         raise CliError(str(err)) from None
+    if (d.prediction == "velocity") != isinstance(sampler, FlowEuler):
+        raise CliError(f"{args.checkpoint} holds a flow-matching model, which predicts a velocity and has no beta schedule for --sampler {args.sampler} "
+                       "to step through; sample it with --sampler flow-euler or flow-heun" if d.prediction == "velocity" else
+                       f"--sampler {args.sampler} integrates a flow-matching model's velocity, but {args.checkpoint} holds a diffusion model")  # fmt: skip
     record = consistency_record(ckpt)
     if isinstance(sampler, MultistepConsistency) and record is None:
         raise CliError(f"{args.checkpoint} holds a diffusion model; --sampler consistency needs one distilled from it (python -m helpers distil)")

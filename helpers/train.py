@@ -4,6 +4,7 @@
     python -m helpers train --profile full --steps 800000 --resume      # continue after a stop
     python -m helpers train --profile laptop --prediction v --schedule cosine --loss-weighting min_snr
     python -m helpers train --profile laptop --num-classes 10 --p-uncond 0.1
+    python -m helpers train --profile laptop --prediction velocity --time-sampling logit_normal   # flow matching
     python -m helpers train --profile laptop --autoencoder artifacts/laptop/checkpoints/10_autoencoder.pt   # latent diffusion
     torchrun --standalone --nproc_per_node 2 -m helpers train --profile smoke   # 2 processes (helpers.distributed)
 
@@ -29,28 +30,31 @@ from helpers.checkpoints import load_checkpoint
 from helpers.config import Profile, TrainConfig
 from helpers.device import describe, seed_everything
 from helpers.diffusion import LOSS_WEIGHTINGS, PREDICTIONS, Diffusion
+from helpers.flow import TIME_SAMPLINGS, FlowMatching, process_from_config
 from helpers.distributed import World
 from helpers.paths import CHECKPOINTS
 from helpers.runs import SAVE_MINUTES
 from helpers.schedules import SCHEDULES
 
 # flags that set the model or the process: on --resume they come from the checkpoint
-MODEL_FLAGS = ("prediction", "schedule", "loss_weighting", "min_snr_gamma", "num_classes")
+MODEL_FLAGS = ("prediction", "schedule", "loss_weighting", "min_snr_gamma", "time_sampling", "num_classes")
+DIFFUSION_FLAGS = ("schedule", "loss_weighting", "min_snr_gamma")  # what a flow model does not have
 # every field of TrainConfig is a flag (its help and group in the field's metadata); on --resume
 # they come from the checkpoint, and only RESUMABLE_SETTINGS may differ from it
 
 
 def default_checkpoint(prediction: str, num_classes: int | None) -> str:
-    """The run's key in ``helpers.paths.CHECKPOINTS``: the notebooks' cfg (08), eps (03) or v (07) model, or x0."""
+    """The run's key in ``helpers.paths.CHECKPOINTS``: the notebooks' cfg (08), eps (03) or v (07) model, x0, or a flow (velocity)."""
     return "cfg" if num_classes is not None else prediction
 
 
 def build_parser() -> argparse.ArgumentParser:
-    files = ", ".join(CHECKPOINTS[k].file for k in ("eps", "v", "x0", "cfg")) + f" or {CHECKPOINTS['latent'].file}"
+    files = ", ".join(CHECKPOINTS[k].file for k in ("eps", "v", "x0", "velocity", "cfg")) + f" or {CHECKPOINTS['latent'].file}"
     p = cli.parser("train", "Settings left out come from the profile (or, with --resume, from the checkpoint).", writes=f"<{files}, by the kind of model>")
     p.add_argument("--save-every", type=cli.positive, default=None, help=f"write the checkpoint every N steps, and at the end; Ctrl-C or SIGTERM also save after the step in flight (default: every {SAVE_MINUTES} minutes)")
     g = p.group("model and objective")
-    g.add_argument("--prediction", choices=PREDICTIONS, default=None, help="what the network predicts (default: the profile's)")
+    g.add_argument("--prediction", choices=(*PREDICTIONS, "velocity"), default=None, help="what the network predicts; velocity trains a flow-matching model (helpers.flow) instead of a diffusion model (default: the profile's)")
+    g.add_argument("--time-sampling", choices=TIME_SAMPLINGS, default=None, help="a flow model's training times t: uniform, or SD3's logit_normal (default: uniform)")
     g.add_argument("--schedule", choices=list(SCHEDULES), default=None, help="noise schedule (default: the profile's)")
     g.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default=None, help="weight of the MSE per timestep; min_snr is Hang et al. 2023 (default: the profile's)")
     g.add_argument("--min-snr-gamma", type=cli.positive_number, default=None, help="gamma of min-SNR weighting (default: 5)")
@@ -62,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def lazy_evaluator(profile: Profile, diffusion: Diffusion, device: torch.device, kind: str | None, world: World) -> Callable[[nn.Module], dict]:
+def lazy_evaluator(profile: Profile, diffusion: Diffusion | FlowMatching, device: torch.device, kind: str | None, world: World) -> Callable[[nn.Module], dict]:
     """An evaluator built at its first call: the FID features (a classifier trained for minutes
     offline) are made only if an evaluation actually falls inside the run. Every process of
     ``world`` calls it together and shares the sampling; rank 0 builds first (training the
@@ -131,20 +135,29 @@ def run(args: argparse.Namespace, world: World | None = None) -> int:
                 raise cli.CliError(f"{out} holds a {model_config.get('image_size')}px model, but the {profile.name} profile trains on "
                                    f"{profile.image_size}px images; resume it under the profile it was trained with ({ckpt.get('profile')})")  # fmt: skip
             saved_model = {**saved_diffusion, "num_classes": model_config.get("num_classes")}
-            clash = [f"{cli.flag(k)} {getattr(args, k)} (it has {saved_model[k]})" for k in MODEL_FLAGS
-                     if getattr(args, k) is not None and getattr(args, k) != saved_model[k]]  # fmt: skip
+            clash = [f"{cli.flag(k)} {getattr(args, k)} (it has {saved_model.get(k)})" for k in MODEL_FLAGS
+                     if getattr(args, k) is not None and getattr(args, k) != saved_model.get(k)]  # fmt: skip
             config = TrainConfig(**{**ckpt["train"], **given})
             # the same rule Trainer.load applies, reported here in terms of the flags
             clash += [f"{cli.flag(k)} {now} (it has {saved})" for k, (saved, now) in config.resume_conflicts(ckpt["train"]).items()]
             if clash:
                 raise cli.CliError(f"{out} cannot be resumed with {', '.join(clash)}; leave these flags out to keep its settings")
-            diffusion = Diffusion.from_config(saved_diffusion)
+            diffusion = process_from_config(saved_diffusion)
         else:
             model_config = {**profile.model, "num_classes": args.num_classes}
             if ae is not None:
                 model_config = latent_unet_config(model_config, ae)
-            given_model = {k: getattr(args, k) for k in ("schedule", "prediction", "loss_weighting", "min_snr_gamma") if getattr(args, k) is not None}
-            diffusion = profile.diffusion(**given_model)
+            if args.prediction == "velocity":
+                not_flow = [cli.flag(k) for k in DIFFUSION_FLAGS if getattr(args, k) is not None]
+                if not_flow:
+                    raise cli.CliError(f"{', '.join(not_flow)}: a flow-matching model (--prediction velocity) has no noise schedule or loss weighting")
+                diffusion = FlowMatching(args.time_sampling or "uniform")
+                given.setdefault("timesteps", "uniform")  # the flow draws t by its own time sampling
+            elif args.time_sampling is not None:
+                raise cli.CliError("--time-sampling sets a flow-matching model's t; train one with --prediction velocity")
+            else:
+                given_model = {k: getattr(args, k) for k in ("schedule", "prediction", "loss_weighting", "min_snr_gamma") if getattr(args, k) is not None}
+                diffusion = profile.diffusion(**given_model)
             config = TrainConfig.from_profile(profile, **given)
         seed_everything(config.seed)  # the same on every process: they draw the same global-batch noise
         model = UNet(**model_config)

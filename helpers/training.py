@@ -1,6 +1,7 @@
 """The U-Net training run of notebook 03 and ``python -m helpers train``: a ``GuardedRun`` (``helpers.runs``:
 total steps, lock, Ctrl-C that saves, checkpoint cadence, no non-finite saves, several processes, exact resume)
-whose step is  x_0 ~ data, t ~ U{0..T-1} (or importance-sampled: ``helpers.timesteps``), eps ~ N(0, I), loss = w(t) || model(x_t, t) - target ||^2  with Adam(W),
+whose step is  x_0 ~ data, t ~ U{0..T-1} (or importance-sampled: ``helpers.timesteps``), eps ~ N(0, I), loss = w(t) || model(x_t, t) - target ||^2
+(or, for a flow model, ``helpers.flow``'s t in [0, 1] and its velocity loss)  with Adam(W),
 LR warm-up, gradient clipping, EMA, mixed precision where the GPU has it (``runs.Precision``), optional
 ``torch.compile`` and channels_last; plus a metrics log (``helpers.train_log``), sample grids and FID/KID.
 """
@@ -23,6 +24,7 @@ from helpers.config import TrainConfig
 from helpers.device import cpu_generator
 from helpers.diffusion import Diffusion
 from helpers.distributed import World
+from helpers.flow import FlowEuler, FlowMatching
 from helpers.ema import EMA
 from helpers.runs import GuardedRun, Precision, refuse_conflicts
 from helpers.validate import batch_fits
@@ -46,7 +48,7 @@ class Trainer(GuardedRun):
     resume_hint = "load it (Trainer.load; python -m helpers train ... --resume) to continue exactly from here"
 
     def __init__(
-        self, model: nn.Module, diffusion: Diffusion, dataset: Dataset, config: TrainConfig, device: torch.device | str = "cpu",
+        self, model: nn.Module, diffusion: Diffusion | FlowMatching, dataset: Dataset, config: TrainConfig, device: torch.device | str = "cpu",
         out_dir: str | Path | None = None, evaluator: Callable[[nn.Module], dict[str, float]] | None = None, progress: bool = True,
         num_workers: int = 0, world: World | None = None, extra: dict[str, Any] | None = None,
     ) -> None:  # fmt: skip
@@ -56,6 +58,10 @@ class Trainer(GuardedRun):
         self.evaluator, self.progress, self.num_workers = evaluator, progress, num_workers
         self.out_dir = Path(out_dir) if out_dir is not None else None
         batch_fits(config.batch_size, len(dataset))  # before any work
+        self.flow = isinstance(diffusion, FlowMatching)
+        if self.flow and config.timesteps == "importance":
+            raise ValueError("importance-sampled timesteps are for a diffusion process; a flow model draws t by its own "
+                             f"time_sampling ({diffusion.time_sampling}): train it with timesteps='uniform'")
         if config.eval_every and evaluator is None:
             raise ValueError("eval_every is set, but no evaluator was given to compute FID/KID")
         self.model, self.forward = self.place(model, config.batch_size, config.channels_last, config.compile)
@@ -93,7 +99,7 @@ class Trainer(GuardedRun):
         else:
             y = None
         if self.importance is None:
-            t, weights = world.shard(torch.randint(0, d.T, (n,), device=self.device)), None
+            t, weights = world.shard(d.sample_t(n, device=self.device)), None
         else:  # drawn, like the uniform t, from the device's generator, which runs in step across processes
             t, weights = (world.shard(v) for v in self.importance.sample(n))
         noise = world.shard(torch.randn(n, *x0.shape[1:], device=self.device))
@@ -131,7 +137,7 @@ class Trainer(GuardedRun):
         with self.world.own_randomness(cfg.seed, self.step, 1, device=self.device):  # random flips: each process its own
             x0, y = next(batches)
         losses, t, weights, grad_norm = self.train_step(x0, y)
-        self.window.add(losses, t * N_BUCKETS // self.diffusion.T, weights, grad_norm)
+        self.window.add(losses, self.diffusion.bucket(t, N_BUCKETS), weights, grad_norm)
         if self.step % cfg.log_every == 0 or self.step == end:
             row = self.log.close(self.window, self.world, self.step, self.scheduler.get_last_lr()[0], self.model, cfg.batch_size)
             postfix, self.window = {"loss": f"{row['loss']:.4f}", "img_s": f"{row['img_per_s']:.0f}"}, Window(self.device)
@@ -153,7 +159,8 @@ class Trainer(GuardedRun):
         net = Guided(self.model, torch.arange(n) % self.num_classes) if self.num_classes is not None else self.model
         gen = cpu_generator(cfg.seed)  # the same noise every time (a fresh generator), and the global RNG left untouched
         with self.ema.averaged(self.model) if self.ema is not None else contextlib.nullcontext():
-            x = sample(net, self.diffusion, shape, DDIM(min(cfg.grid_ddim_steps, self.diffusion.T)), gen, progress=False).cpu()
+            sampler = FlowEuler(cfg.grid_ddim_steps) if self.flow else DDIM(min(cfg.grid_ddim_steps, self.diffusion.T))
+            x = sample(net, self.diffusion, shape, sampler, gen, progress=False).cpu()
         self.grids.append((self.step, x))
         if self.out_dir is not None:
             from helpers.viz import save_grid

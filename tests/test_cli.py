@@ -209,6 +209,30 @@ def test_train_resume_and_sample_from_the_command_line(tmp_path, data_env, capsy
     assert not grid.exists()
 
 
+def test_a_flow_model_trains_resumes_and_samples_from_the_command_line_and_refuses_diffusion_samplers(tmp_path, data_env, capsys, teacher):
+    ckpt = tmp_path / "flow.pt"
+    common = TRAIN + ["--out", ckpt, "--prediction", "velocity", "--time-sampling", "logit_normal", "--lr-decay", "none"]
+    assert run(capsys, *common, "--steps", "2")[0] == 0
+    state = load_checkpoint(ckpt)
+    assert state["diffusion"] == {"process": "flow", "prediction": "velocity", "time_sampling": "logit_normal", "logit_mean": 0.0, "logit_std": 1.0, "time_scale": 1000.0}
+    assert state["train"]["timesteps"] == "uniform", "the flow draws its own t; importance sampling is the diffusion process's"
+    code, _, err = run(capsys, *common, "--steps", "3", "--resume", "--time-sampling", "uniform")
+    assert_one_line_error(code, err, "--time-sampling uniform (it has logit_normal)")
+    code, out, _ = run(capsys, *common, "--steps", "3", "--resume")
+    assert code == 0 and load_checkpoint(ckpt)["step"] == 3
+    assert_one_line_error(*run(capsys, *TRAIN, "--out", tmp_path / "x.pt", "--prediction", "velocity", "--schedule", "cosine")[::2], "has no noise schedule")
+    assert_one_line_error(*run(capsys, *TRAIN, "--out", tmp_path / "x.pt", "--time-sampling", "uniform")[::2], "--prediction velocity")
+
+    grid = tmp_path / "grid.png"
+    sample = ["sample", "--checkpoint", ckpt, "--out", grid, "--no-progress", "--n", "2"]
+    assert run(capsys, *sample, "--sampler", "flow-heun", "--steps", "2")[0] == 0 and grid.read_bytes().startswith(b"\x89PNG")
+    grid.unlink()
+    for other in ("ddpm", "dpmpp-2m"):
+        assert_one_line_error(*run(capsys, *sample, "--sampler", other)[::2], "sample it with --sampler flow-euler or flow-heun")
+    assert_one_line_error(*run(capsys, "sample", "--checkpoint", teacher, "--out", grid, "--sampler", "flow-euler")[::2], "holds a diffusion model")
+    assert not grid.exists()
+
+
 def test_conditional_training_from_the_command_line_remembers_classes(tmp_path, data_env, capsys):
     ckpt = tmp_path / "cfg.pt"
     args = TRAIN + ["--out", ckpt, "--steps", "1", "--num-classes", "10", "--p-uncond", "0.2", "--ema-update-every", "2"]
