@@ -211,8 +211,8 @@ axes[0].set(title="training loss", xlabel="optimiser step", ylabel=r"$\|\hat\var
 axes[0].legend()
 axes[1].scatter(*real.T, s=2, alpha=0.4, label="data")
 axes[1].scatter(*toy_samples.T, s=2, alpha=0.4, label="DDIM-50 samples")
-axes[1].set(title="data and samples", aspect="equal", xlim=(-3.2, 3.2), ylim=(-3.2, 3.2))
-axes[1].legend(markerscale=5)
+axes[1].set(title="data and samples", aspect="equal", xlim=(-3.2, 3.2), ylim=(-3.2, 4.2))
+axes[1].legend(markerscale=5, loc="upper center", ncol=2, fontsize=7)
 grid = torch.stack(torch.meshgrid(torch.linspace(-3, 3, 15), torch.linspace(-3, 3, 15), indexing="xy"), -1).reshape(-1, 2)
 for ax, t in zip(axes[2:], (49, 199)):
     factor = (1 - toy_d.alpha_bars[t]).sqrt().item()  # score = -eps / sqrt(1 - alpha_bar)
@@ -420,10 +420,11 @@ slider_widget(view.render, IntSlider(value=0, min=0, max=T - 1, step=1, descript
 
 # %%
 steps = [0, 50, 100, 250, 500, 999]
-fig, axes = plt.subplots(1, len(steps), figsize=(12, 2.4))
+fig, axes = plt.subplots(1, len(steps), figsize=(14, 2.8))
 for ax, step in zip(axes, steps):
     x_t, ab = view.frame(step)
     show_grid(x_t[:4], f"$x_{{{step + 1}}}$ (code t = {step})\n" + r"$\bar\alpha$" + f" = {ab:.3f}", nrow=2, ax=ax)
+    ax.title.set_fontsize(9)
 fig.suptitle(f"q(x_t | x_0) under the linear schedule, T = {T} [{profile.name} profile data]", y=1.12);
 
 # %% [markdown]

@@ -233,8 +233,8 @@ with torch.no_grad():  # the laptop model and inputs of the cell before
 # %% [markdown]
 # Drawn in the order the forward pass runs, the same network is a "U": down to the coarsest
 # feature map and back up, with every skip connection bridging the U at one size. The arcs are
-# coloured in turn so that each can be followed to its pair; the list under the figure names
-# the pairs, as the stack of the forward pass makes them (the last one pushed is the first one
+# coloured in turn (at the two smallest sizes they crowd together); the list printed with the
+# figure names every pair, as the stack of the forward pass makes them (the last one pushed is the first one
 # popped).
 
 # %%

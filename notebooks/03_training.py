@@ -128,8 +128,9 @@ print(f"L_T per pixel: {prior_kl[0]:.1e} for a pixel at 0, {prior_kl[1]:.1e} at 
 # better in DDPM's experiments (their Table 2). A profile may weight the timesteps differently.
 # The laptop recipe multiplies each image's loss by $w(t) = \min(\mathrm{SNR}(t), 5)/\mathrm{SNR}(t)$
 # (min-SNR-5, Hang et al. 2023), which gives the nearly clean timesteps less say; of three recipes
-# trained for the same five minutes it reached the lowest FID, one run each
-# (`docs/laptop-recipe.md`); notebook 07 shows where the weight comes from. The figure puts the
+# trained for the same five minutes on an earlier, wider model it reached the lowest FID, one run
+# each (`docs/laptop-recipe.md` §2; §8 chose the learning rate and the sampling of $t$ that run
+# here); notebook 07 shows where the weight comes from. The figure puts the
 # three weightings of $\|\varepsilon - \varepsilon_\theta\|^2$ side by side.
 
 # %%

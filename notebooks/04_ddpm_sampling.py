@@ -202,7 +202,7 @@ print(f"DDPM(): {few[0]} images, {d.T} steps in {time.perf_counter() - start:.0f
 # ## A trajectory
 #
 # Scrub from $t = T-1$ (left of the slider) to $t = 0$ and watch when the guess stops changing;
-# the numbers under the figure measure it, and their last line says from which $t$ on the guess
+# the numbers printed with the figure measure it, and their last line says from which $t$ on the guess
 # stays close to the final image.
 
 # %% tags=["nbval-ignore-output"]

@@ -212,8 +212,9 @@ for spacing in ("trailing", "leading", "linspace"):
 # first call trains and caches it), so the numbers are comparable with each other but not with
 # published Inception FIDs.
 #
-# Every sampler below starts from the same noise (the stochastic ones, $\eta > 0$, share it for
-# the first sampling batch only: their step noise advances the generator). Two samplers are
+# Every sampler below starts from the same noise: each sampling batch draws from its own
+# generator, so the step noise of a stochastic sampler ($\eta > 0$) never shifts the next batch's
+# start. Two samplers are
 # therefore compared **paired**: `fid_interval` resamples the same image indices for both (200
 # times) and reports the difference of their FIDs with a 95% bootstrap interval; an interval that
 # excludes 0 is a difference that resampling the images does not explain. Each sampler costs one
@@ -378,8 +379,11 @@ if profile.name != "smoke":  # an untrained model need not hold it
 # diffusion noise schedules and sample steps are flawed") recommend trailing for this reason, and
 # it is the default everywhere else in this course. How much the mistake costs depends on how much
 # signal $x_{T - T/S}$ still carries, $\sqrt{\bar\alpha_{T-T/S}}$ (printed below): where that is close
-# to 0, pure noise is a fair stand-in and the grids should score alike. What this model shows,
-# paired (the trailing samples are the 10-step row of the sweep above, from the same noise):
+# to 0, pure noise is a fair stand-in and the start costs little. The two grids also differ at
+# every later step, though: with $T = 1000$ and 10 steps, leading visits $t = 900, 800, \dots, 0$
+# and trailing $t = 999, 899, \dots, 99$, so a difference between them need not come from the
+# start alone. What this model shows, paired (the trailing samples are the 10-step row of the
+# sweep above, from the same noise):
 
 # %%
 evaluator.steps, evaluator.spacing = 10, "leading"

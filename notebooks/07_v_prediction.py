@@ -76,7 +76,8 @@ ax.annotate("", v_end, xt, arrowprops={**arrow, "color": "C3"})
 ax.text(v_end[0] - 0.05, v_end[1] + 0.03, r"$v = \cos\phi\,\varepsilon - \sin\phi\,x_0$", color="C3")
 ax.text(0.12, 0.04, r"$\phi$")
 ax.set(title="$x_t$ turns from $x_0$ to $\\varepsilon$; $v$ is its velocity", xlabel="component along $x_0$",
-       ylabel=r"component along $\varepsilon$", xlim=(-0.1, 1.25), ylim=(-0.1, 1.25), aspect="equal");
+       ylabel=r"component along $\varepsilon$", xlim=(-0.1, 1.25), ylim=(-0.1, 1.25), aspect="equal")
+ax.legend(loc="center left", fontsize=8);
 
 # %% [markdown]
 # The conversions by hand against `Diffusion.target` / `predict_x0` / `predict_eps` on real-sized
@@ -193,17 +194,36 @@ for prediction, err in errors.items():
 # changes which $t$ a batch sees (`timesteps="importance"`): it draws $t$ with probability
 # $p(t) \propto \sqrt{\mathbb E[L_t^2]}$ and multiplies each image's loss by $1/(T\,p(t))$. The
 # expectation of that product is the uniform average over $t$, the same objective; only the noise
-# of each step's estimate of it falls (Nichol & Dhariwal 2021, §3.3; notebook 03 checks it). The
-# recipe uses both: min-SNR-5 chooses what to learn, importance sampling spends the batch where
-# that loss is large and noisy. The runs below take both from the profile (printed).
+# of each step's estimate of it falls (Nichol & Dhariwal 2021, §3.3; the cell below checks the
+# expectation on a made-up loss table). The recipe uses both: min-SNR-5 chooses what to learn,
+# importance sampling spends the batch where that loss is large and noisy. The runs below take
+# importance-sampled $t$ and the learning-rate decay from the profile and set the weighting per
+# run (printed).
+
+# %%
+from helpers.device import cpu_generator
+from helpers.timesteps import ImportanceTimesteps
+
+loss_table = (torch.linspace(0.1, 2.0, 1000) ** 2).flip(0)  # any per-timestep loss L_t, large at small t
+draws = ImportanceTimesteps(1000)
+gen = cpu_generator(0)
+for _ in range(50):  # feed it losses until its p(t) settles
+    t_draw, _ = draws.sample(1024, gen)
+    draws.update(t_draw, loss_table[t_draw])
+t_draw, weight = draws.sample(200_000, gen)
+importance = weight * loss_table[t_draw]  # L_t / (T p(t)) under p
+uniform = loss_table[torch.randint(0, 1000, (200_000,), generator=gen)]
+print(f"average of L_t: {loss_table.mean():.4f} exactly; estimated from uniform t {uniform.mean():.4f}, "
+      f"from importance-sampled t with its weights {importance.mean():.4f}; "
+      f"spread of one draw {uniform.std():.3f} against {importance.std():.3f}")
+assert abs(importance.mean() / loss_table.mean() - 1) < 0.01 and importance.std() < uniform.std()
 #
 # ## Three targets, one budget
 #
 # Train an $\varepsilon$-, an $x_0$- and a $v$-model from the same initial weights on the same data
 # for the same number of steps, all on the cosine schedule, then a $v$-model with min-SNR-5
-# weighting. Runs this short leave raw weights that bounce from step to step (notebook 06 watched
-# it), so each run keeps an EMA of its weights with warm-up (the profile's decay), and every
-# model is measured on its average. In a run this short the warm-up rule $(1+n)/(10+n)$ sets the
+# weighting. So that every model is measured the same way, each run keeps an EMA of its weights
+# with warm-up (the profile's decay), and every model is measured on its average. In a run this short the warm-up rule $(1+n)/(10+n)$ sets the
 # decay throughout (printed below), so the average spans the last few dozen steps, not the
 # whole run and its random start. Two
 # comparisons: the error of $\hat x_0$ by timestep on held-out images (the one quantity all
@@ -227,7 +247,8 @@ for name, (prediction, weighting) in runs.items():
     config = TrainConfig.from_profile(profile, steps=profile.compare_steps, eval_every=0, sample_every=0)  # the profile's EMA decay, with warm-up
     run_start = time.perf_counter()
     trainers[name] = Trainer(UNet(**model_config), d, data, config, device, progress=False).train()
-    print(f"{name}: {config.steps} steps (t {config.timesteps}, learning rate decay {config.lr_decay}) in {time.perf_counter() - run_start:.0f} s")
+    print(f"{name}: {config.steps} steps (t {config.timesteps}, weighting {weighting}, learning rate decay {config.lr_decay}) "
+          f"in {time.perf_counter() - run_start:.0f} s")
 
 # %% tags=["nbval-ignore-output"]
 from helpers.evaluation import Evaluator, x0_error_by_timestep
@@ -250,11 +271,13 @@ intervals = {(a, b): fid_interval(evaluator.real, feats[a], feats[b], replicates
 
 # %%
 fig, (ax_loss, ax_x0) = plt.subplots(1, 2, figsize=(12, 4.4), layout="constrained")
+since = profile.compare_steps * 3 // 4
+logged = [row["step"] for row in trainers["eps"].history if "loss" in row and row["step"] > since]
 for name, trainer in trainers.items():
-    ax_loss.plot(probe_t, trainer.log.bucket_losses(since=trainer.step * 3 // 4), "o-", label=name)
+    ax_loss.plot(probe_t, trainer.log.bucket_losses(since=since), "o-", label=name)
     ax_x0.plot(probe_t, errors[name], "o-", label=name)
 ax_loss.set(yscale="log", title="training loss by timestep, raw weights\n(each target's own units; min-SNR run weighted)",
-            xlabel="timestep t (bucket centre, code index)", ylabel="loss (last quarter of training)")
+            xlabel="timestep t (bucket centre, code index)", ylabel=f"loss, log rows of steps {logged[0]}..{logged[-1]}")
 ax_x0.set(yscale="log", title="error of $\\hat x_0$ on held-out images, EMA weights\n(comparable across the four models)",
           xlabel="timestep t (code index)", ylabel=r"mean squared error of $\hat x_0$")
 ax_loss.legend()
@@ -273,6 +296,7 @@ for name in trainers:
 for (a, b), interval in intervals.items():
     verdict = "no difference detected" if not interval.excludes_zero else f"{a if interval.estimate < 0 else b} is better"
     print(f"FID({a}) - FID({b}) = {interval}: {verdict}")
+print("ranked by FID, lowest first (one training run each): " + ", ".join(sorted(scores, key=lambda name: scores[name].fid)))
 for label, i in (("smallest", 0), ("largest", -1)):
     ranked = sorted(errors, key=lambda name: errors[name][i])
     best = errors[ranked[0]][i]
@@ -294,8 +318,11 @@ if profile.name != "smoke":  # the two predictions of the analysis above
 # The FID lines give the verdict on the samples, each a paired difference with its 95%
 # interval; "no difference detected" means this budget and sample count cannot order the two.
 # The last pair changes only the weighting, so it isolates min-SNR-5 from the choice of target.
-# These are models after a few hundred steps: the ordering says which objective learns
-# faster at the start, not which ends better after a full run.
+# These are models after a few hundred steps, one training run each: the intervals cover the
+# noise of sampling 500 images, not the spread from one training run to the next, so the ranking
+# printed above says which objective learned faster in these runs, not which ends better after a
+# full run. The $\hat x_0$ errors are means over the same 256 held-out images, without an interval:
+# read only their large ratios.
 
 # %% [markdown]
 # ## What this notebook leaves
@@ -338,15 +365,15 @@ from helpers.exercises import check
 check(v_loss)
 
 # %% [markdown]
-# **2. A DDIM step in angles.** Deterministic DDIM ($\eta = 0$) from $x_t$ to $x_s$ ($s < t$) is
-# $x_s = \cos\phi_s\,\hat x_0 + \sin\phi_s\,\hat\varepsilon$. Put in $\hat x_0$ and $\hat\varepsilon$ from
+# **2. A DDIM step in angles.** Deterministic DDIM ($\eta = 0$) from $x_t$ to $x_{t'}$ ($t' < t$) is
+# $x_{t'} = \cos\phi_{t'}\,\hat x_0 + \sin\phi_{t'}\,\hat\varepsilon$. Put in $\hat x_0$ and $\hat\varepsilon$ from
 # $(x_t, \hat v)$ and simplify until neither appears: the step becomes one short expression in
 # $x_t$, $\hat v$ and the angles. Write the step that way (without clipping $\hat x_0$). The check
-# compares it with `helpers.samplers.ddim_step` of a $v$-model, down to $\bar\alpha_s = 1$.
+# compares it with `helpers.samplers.ddim_step` of a $v$-model, down to $\bar\alpha_{t'} = 1$.
 
 # %%
-def ddim_step_from_v(x_t, v_hat, alpha_bar_t, alpha_bar_s):
-    """x_s of deterministic DDIM from x_t, given the model's v_hat, at alpha_bar_t and alpha_bar_s (floats)."""
+def ddim_step_from_v(x_t, v_hat, alpha_bar_t, alpha_bar_prev):
+    """x_{t'} of deterministic DDIM from x_t, given the model's v_hat, at alpha_bar_t and alpha_bar_{t'} = alpha_bar_prev (floats)."""
     raise NotImplementedError  # your code here
 
 

@@ -127,8 +127,11 @@ assert abs(rate - p_uncond) < 3 * sd
 # The conditional model does not start from scratch. It starts from the (EMA) weights of notebook
 # 03's unconditional model, with the class embedding at zero: at step 0 it ignores its labels and
 # *is* that model (the cell asserts it, for every label and the null id), which already draws
-# every class. Training then only has to learn what each label adds. It runs the profile's
-# `compare_steps` steps (printed) of notebook 03's recipe, warm-up included.
+# every class. Training then only has to learn what each label adds. It runs twice the profile's
+# `compare_steps` steps (printed) of notebook 03's recipe, but at its peak learning rate held
+# constant after a 20-step warm-up: under the profile's own schedule (200 warm-up steps, then a
+# decay to zero) a run of 300 steps spends too little of itself at a rate that moves the class
+# embedding, and an earlier run of this notebook that way left the labels barely learned.
 #
 # Whether the model stays as good *without* a label is a question with a confound: fine-tuning
 # restarts the optimiser, its warm-up and the weight average from a trained model, which may move
@@ -140,8 +143,9 @@ assert abs(rate - p_uncond) < 3 * sd
 # %% tags=["nbval-ignore-output"]
 from helpers.unet import UNet
 
-steps_each = profile.compare_steps
-config = TrainConfig.from_profile(profile, steps=steps_each, eval_every=0, sample_every=0)
+steps_each = 2 * profile.compare_steps
+config = TrainConfig.from_profile(profile, steps=steps_each, lr_decay="none", warmup_steps=20, eval_every=0, sample_every=0)
+print(f"{steps_each} steps each at learning rate {config.lr:g} after {config.warmup_steps} warm-up steps, t drawn {config.timesteps}")
 conditional = UNet(**{**unconditional.config, "num_classes": len(classes)}).to(device)
 missing, unexpected = conditional.load_state_dict(unconditional.state_dict(), strict=False)
 assert missing == ["class_emb.weight"] and not unexpected
@@ -380,7 +384,8 @@ fig.suptitle(f"classifier-free guidance: quality against diversity, DDIM-{evalua
 # little guidance and worse again with a lot. The lines below read this run: the directions, and
 # each FID comparison with its paired interval and verdict.
 #
-# The last three lines answer the control's question. Fine-tuning can move the unconditional
+# The three comparisons under "the unconditional branch" and the verdict line under them answer
+# the control's question. Fine-tuning can move the unconditional
 # branch ($s = 0$) for two reasons that the control separates: more training of the same kind
 # (control against notebook 03's model) and sharing the network with labels, where $\varnothing$
 # is only a $p_\text{uncond}$ share of the examples ($s = 0$ against the control, after the same
@@ -399,13 +404,22 @@ def direction(interval, worse, better, same):
     return same if not interval.excludes_zero else worse if interval.estimate > 0 else better
 
 
-print(f"accuracy at s = 0: {guided[0.0]['accuracy']:.1%} (chance {1 / len(classes):.1%}); at s = 1: {guided[1.0]['accuracy']:.1%}; "
-      f"at s = 7.5: {guided[7.5]['accuracy']:.1%}")
+chance = 1 / len(classes)
+for s in sweep:  # a binomial 95% interval over the evaluator's samples
+    p = guided[s]["accuracy"]
+    half = 1.96 * (p * (1 - p) / evaluator.n) ** 0.5
+    versus = "above chance" if p - half > chance else "below chance" if p + half < chance else "not distinguishable from chance"
+    print(f"accuracy at s = {s:g}: {p:.1%} [{p - half:.1%}, {p + half:.1%}] (chance {chance:.0%}): {versus}")
+if profile.name != "smoke":
+    p = guided[3.0]["accuracy"]
+    assert p - 1.96 * (p * (1 - p) / evaluator.n) ** 0.5 > chance, "the labels have not taken: revise the text"
 print(f"within-class diversity at s = 1: {guided[1.0]['diversity']:.4f}; at s = 7.5: {guided[7.5]['diversity']:.4f} "
-      f"({'lower' if guided[7.5]['diversity'] < guided[1.0]['diversity'] else 'not lower'}); held-out real images {real_diversity:.4f}")
+      f"({'lower' if guided[7.5]['diversity'] < guided[1.0]['diversity'] else 'not lower'}; point estimates, no interval); "
+      f"held-out real images {real_diversity:.4f}")
 paired(guided[3.0], guided[1.0], "s = 3", "s = 1")
 paired(guided[7.5], guided[3.0], "s = 7.5", "s = 3")
-print(f"lowest FID of the sweep at s = {min(sweep, key=lambda s: guided[s]['fid']):g}")
+print(f"lowest FID point estimate of the sweep at s = {min(sweep, key=lambda s: guided[s]['fid']):g} "
+      "(the two intervals above say whether its neighbours differ from it)")
 print("the unconditional branch:")
 paired(guided[0.0], start, "s = 0", "notebook 03's model")
 same_kind = paired(ctrl, start, "control", "notebook 03's model")

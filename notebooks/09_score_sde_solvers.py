@@ -76,7 +76,7 @@ print(f"model after {ckpt['step']} training steps; {d}")
 # $\varepsilon$ loss estimates exactly that expectation (a mean squared error is smallest at the
 # conditional mean), so
 #
-# $$s_\theta(x_t, t) = -\frac{\hat\varepsilon_\theta(x_t, t)}{\sqrt{1-\bar\alpha_t}} .$$
+# $$s_\theta(x_t, t) = -\frac{\varepsilon_\theta(x_t, t)}{\sqrt{1-\bar\alpha_t}} .$$
 #
 # In two dimensions the score can be drawn. Take a mixture of six Gaussians on a ring,
 # $x_0 \sim \frac16\sum_k \mathcal N(\mu_k, \kappa^2 I)$. Noised, each component stays Gaussian with
@@ -204,7 +204,8 @@ assert max(scaled_gaps) < 1.25 * min(scaled_gaps), "the gap should shrink like 1
 # $$\frac{\mathrm dx}{\mathrm d\sigma} = -\sigma\,\nabla_x\log p_\sigma(x) = \frac{x - D(x;\sigma)}{\sigma},
 # \qquad D(x;\sigma) = \mathbb E[x_0 \mid x],$$
 #
-# (Karras et al. 2022, eq. 3 with their $s(t) = 1$ and $\sigma(t) = t$). All we need is a **denoiser**
+# (Karras et al. 2022, their eq. 1 with the score written through $D$ by their eq. 3; eq. 4 with
+# $s(t) = 1$ and $\sigma(t) = t$). All we need is a **denoiser**
 # $D(x;\sigma)$. The DDPM network becomes one in four lines: scale $x$ back to the $x_t$ it was
 # trained on, $x_t = x/\sqrt{1+\sigma^2}$; find the timestep whose $\sigma(t)$ is nearest to
 # $\sigma$ (in $\log\sigma$); read $\hat\varepsilon$; return $x - \sigma\hat\varepsilon$:
@@ -266,7 +267,8 @@ for t, rms, sigma_t in errors:
 # At small $t$ Tweedie's estimate is close to the image itself. As $t$ grows it can only be the
 # average of every image the noisy one could have come from, so it blurs; and the network's error
 # in $\hat\varepsilon$ reaches it multiplied by $\sqrt{(1-\bar\alpha_t)/\bar\alpha_t} = \sigma(t)$ (the printed
-# rms: the error itself stays of one size while $\sigma(t)$ grows by orders of magnitude). One jump from
+# rms: the error in $\hat\varepsilon$ itself shrinks as $t$ grows, but $\sigma(t)$ grows faster, so the
+# error that reaches the estimate of $x_0$ grows). One jump from
 # noise to data is not enough: a sampler takes many smaller steps, each trusting the estimate
 # only a little.
 #
@@ -338,7 +340,7 @@ fig.suptitle(f"denoised guesses along a path, sigma from {denoiser.sigma_max:.0f
 # $$\sigma_i = \Big(\sigma_{\max}^{1/\rho} + \tfrac{i}{n-1}\big(\sigma_{\min}^{1/\rho} - \sigma_{\max}^{1/\rho}\big)\Big)^{\rho},$$
 #
 # and found $\rho = 7$ best: it puts more of its steps at small $\sigma$, where the image's details are
-# decided, than a grid uniform in $\sigma$ or in $t$ (the counts under the figure). Here $\sigma_{\max}$ and $\sigma_{\min}$ are the model's own $\sigma_{T-1}$ and $\sigma_0$. By hand,
+# decided, than a grid uniform in $\sigma$ or in $t$ (the counts under the figure). Here $\sigma_{\max}$ and $\sigma_{\min}$ are the model's own $\sigma(t)$ at code $t = T-1$ and code $t = 0$. By hand,
 # against `karras_sigmas`, and beside the $\sigma(t)$ of DDIM's trailing grid (uniform in $t$):
 
 # %%
@@ -626,7 +628,8 @@ print(f"PC at {top}: rank {pc_rank} of {len(at_top)} (1 = lowest FID)")
 # Why the curves look as they do. Euler, Heun, DPM-Solver++ and DDIM without clipping integrate
 # the same probability-flow ODE, so as the budget grows their samples approach the same images and
 # their FIDs one value, the ODE's own; a better solver gets there in fewer evaluations, which is all
-# it can do. The printed spread of the four at the largest budget says how close they have come.
+# it can do. The printed spread of the four at the largest budget says how close they have come
+# (a range of point estimates: only the pair with a paired interval below is a tested difference).
 # Clipping $\hat x_0$ changes the ODE: every step of clipped DDIM projects its guess into the pixel
 # range, which removes the part of a large high-noise error that falls outside it; the paired
 # interval of clipped against unclipped DDIM says whether that is a difference here, and which way.

@@ -53,14 +53,14 @@ print(f"pixel model: {pixel_path.name} after {pixel_ckpt['step']} steps; {len(da
 # ## The autoencoder
 #
 # The encoder $\mathcal E$ maps an image $x$ to a diagonal Gaussian $q(z \mid x) = \mathcal N(\mu(x), \operatorname{diag}\sigma^2(x))$
-# over a latent of shape $4 \times s \times s$ (the image padded to a multiple of 8, then halved twice:
+# over a latent of shape $4 \times h \times h$ (the image padded to a multiple of 8, then halved twice:
 # 28 → 32 → 8); the decoder $\mathcal D$ maps a latent back. Training minimises, per image,
 #
-# $$\mathcal L = \lVert x - \mathcal D(z)\rVert_1 + \beta\,\mathrm{KL}\big(q(z \mid x)\,\Vert\,\mathcal N(0, I)\big),\qquad
+# $$\mathcal L = \lVert x - \mathcal D(z)\rVert_1 + \beta_{\mathrm{KL}}\,\mathrm{KL}\big(q(z \mid x)\,\Vert\,\mathcal N(0, I)\big),\qquad
 # z = \mu + \sigma\odot\varepsilon,\qquad \mathrm{KL} = \tfrac12\textstyle\sum_j\big(\mu_j^2 + \sigma_j^2 - 1 - \log\sigma_j^2\big),$$
 #
 # with the sample written through $\varepsilon$ (the reparameterisation trick), so the gradient
-# reaches the encoder. Rombach et al. keep $\beta$ tiny ($10^{-6}$) and add perceptual and adversarial
+# reaches the encoder. Rombach et al. keep $\beta_{\mathrm{KL}}$ tiny ($10^{-6}$) and add perceptual and adversarial
 # terms; here the reconstruction term is plain L1. The KL and the sample by hand, against
 # `helpers.autoencoder.DiagonalGaussian`:
 
@@ -85,7 +85,7 @@ print(f"autoencoder: {sum(p.numel() for p in ae.parameters()):,} parameters; {pr
 #
 # The encoder pads the image with black to a multiple of 8 and applies a 3×3 conv; then, twice, a
 # **residual block** followed by a stride-2 3×3 conv that halves the side; then one more block,
-# GroupNorm, SiLU and a 3×3 conv to $2	imes$ the latent channels: the mean and the log-variance.
+# GroupNorm, SiLU and a 3×3 conv to $2\times$ the latent channels: the mean and the log-variance.
 # A block is GroupNorm → SiLU → 3×3 conv, twice, added to its input (through a 1×1 conv when the
 # width changes). The decoder mirrors it, with nearest-neighbour upsampling and a 3×3 conv in place
 # of each stride-2 conv, and crops the padding away. One block written as functions of its weights,
@@ -118,9 +118,8 @@ assert torch.allclose(mean_by_hand, posterior.mean, atol=1e-5) and torch.allclos
 print("encoder by hand == Autoencoder.encode; shapes (channels, side, side): " + " -> ".join(str(s) for i, s in enumerate(shapes) if i == 0 or s != shapes[i - 1]))
 
 # %% [markdown]
-# One training step: encode, draw $z = \mu + \sigma\odotarepsilon$ with the trainer's generator, decode,
-# $\lVert x - \mathcal D(z)
-Vert_1 + eta\,\mathrm{KL}$ averaged over the batch, one Adam step. On the
+# One training step: encode, draw $z = \mu + \sigma\odot\varepsilon$ with the trainer's generator, decode,
+# $\lVert x - \mathcal D(z)\rVert_1 + \beta_{\mathrm{KL}}\,\mathrm{KL}$ averaged over the batch, one Adam step. On the
 # trainer's first batch, from the same weights, it lands where `AutoencoderTrainer`'s first step does:
 
 # %%
@@ -273,8 +272,8 @@ print("the eps loss on latents by hand == Diffusion.loss, unchanged")
 # so the two have taken the same number of optimiser steps on the same number of training images. Time is not
 # matched: a latent step is cheaper, so the latent run takes a fraction of the pixel model's
 # minutes even with its autoencoder's training added. The pixel model's minutes are estimated
-# here from 30 steps of the same `Trainer` at its size (the shipped model was trained on another
-# machine); the cell prints both budgets, and how many steps equal minutes would have given the
+# here from 30 steps of the same `Trainer` at its size (a checkpoint's own minutes may come from
+# another machine, or from a CPU shared with other work); the cell prints both budgets, and how many steps equal minutes would have given the
 # latent model (more than this notebook's time allows).
 
 # %%
@@ -465,15 +464,16 @@ slider_widget(view.render, SelectionSlider(options=t_values, value=t_values[5], 
 # the latent grid instead of the image's (the shapes printed at the top: 64 positions per channel
 # against 784 under `laptop`); it therefore trains its steps in a fraction of the minutes, and it
 # samples faster (the printed ratios). Whether it is better after the same number of steps is the
-# paired interval's verdict; given the pixel model's minutes it could have taken more steps (how
+# bootstrap interval's verdict; given the pixel model's minutes it could have taken more steps (how
 # many is printed above), which this notebook does not run. Its quality is
 # capped by the decoder (the reconstruction FID above): a small autoencoder trained for a few
 # minutes with an L1 loss blurs, and the sharpness line says by how much, for reconstructions and
-# samples against the real images. Blur and FID are different measurements here: the FID features
-# are those of a Fashion-MNIST classifier, which rewards a recognisable item of the right shape
-# more than its edges, and the printed FID of the blurred real images says what one 3×3 blur alone
-# costs. So a latent model can have the blurrier samples and the better FID at once, when its items
-# are better formed; the figure of samples is the place to look for that. Stable Diffusion adds
+# samples against the real images. Blur and FID are different measurements here. The printed FID
+# of the blurred real images says how far these features move under a small change of that kind;
+# it overstates what blur alone costs, because the blur pads with zeros, which on these
+# black-background images (black is −1) also draws a grey frame. Whether the blurrier latent
+# samples also score worse is the FID lines' verdict, not something the sharpness line decides;
+# the figure of samples is the place to look at how well their items are formed. Stable Diffusion adds
 # perceptual and adversarial losses for the blur and trains its autoencoder far longer. The savings
 # grow with the image: at 256×256 and beyond a pixel-space U-Net is what is expensive, and an 8×
 # smaller latent side gives every step 64× fewer positions.
@@ -485,8 +485,8 @@ slider_widget(view.render, SelectionSlider(options=t_values, value=t_values[5], 
 # `notebooks/solutions/10_latent_diffusion.py`.
 #
 # **1. The KL against a prior of another width.** The KL above is against $\mathcal N(0, I)$. Derive the KL of
-# $q = \mathcal N(\mu, \operatorname{diag} e^{\ell})$ from $\mathcal N(0, s^2 I)$ and return it per image, for tensors
-# `mean` ($\mu$) and `logvar` ($\ell$) of shape [B, C, H, W] and a float `prior_std` ($s$). Then: if the
+# $q = \mathcal N(\mu, \operatorname{diag} e^{\ell})$ from $\mathcal N(0, b^2 I)$ and return it per image, for tensors
+# `mean` ($\mu$) and `logvar` ($\ell$) of shape [B, C, H, W] and a float `prior_std` ($b$). Then: if the
 # latents are multiplied by the scale factor $c$, the KL of the scaled posterior from $\mathcal N(0, I)$
 # equals the KL of the unscaled one from which prior?
 
@@ -502,8 +502,8 @@ from helpers.exercises import check
 check(kl_to_prior)
 
 # %% [markdown]
-# **2. Predict, then run: the latents' spread and a five-step sampler.** Latents of std $s$ have
-# $s^2$ times the schedule's SNR at every $t$ (the figure of the three spreads). Take a perfect
+# **2. Predict, then run: the latents' spread and a five-step sampler.** Latents of std $b$ have
+# $b^2$ times the schedule's SNR at every $t$ (the figure of the three spreads). Take a perfect
 # model: the exact denoiser of notebook 09's 2-D ring of Gaussians, rescaled to a per-coordinate
 # std of 0.2, 1 or 5.5, sampled with DDIM in 5 steps (trailing grid, this notebook's linear schedule,
 # $T = 1000$), and measure how far the samples land from the nearest ring component, in units of

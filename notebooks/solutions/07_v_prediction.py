@@ -28,13 +28,13 @@ def v_loss(model, alpha_bars, x0, t, eps, gamma):
     return weight * ((model(x_t, t) - v) ** 2).flatten(1).mean(1)
 
 
-def ddim_step_from_v(x_t, v_hat, alpha_bar_t, alpha_bar_s):
-    """x_s = cos(phi_s) x0_hat + sin(phi_s) eps_hat with x0_hat = cos(phi_t) x_t - sin(phi_t) v_hat and
+def ddim_step_from_v(x_t, v_hat, alpha_bar_t, alpha_bar_prev):
+    """With t' < t written p: x_p = cos(phi_p) x0_hat + sin(phi_p) eps_hat with x0_hat = cos(phi_t) x_t - sin(phi_t) v_hat and
     eps_hat = sin(phi_t) x_t + cos(phi_t) v_hat gives
-        x_s = (cos phi_s cos phi_t + sin phi_s sin phi_t) x_t - (cos phi_s sin phi_t - sin phi_s cos phi_t) v_hat
-            = cos(phi_t - phi_s) x_t - sin(phi_t - phi_s) v_hat:
-    deterministic DDIM turns (x_t, v_hat) back by the angle phi_t - phi_s, along the circle of the
+        x_p = (cos phi_p cos phi_t + sin phi_p sin phi_t) x_t - (cos phi_p sin phi_t - sin phi_p cos phi_t) v_hat
+            = cos(phi_t - phi_p) x_t - sin(phi_t - phi_p) v_hat:
+    deterministic DDIM turns (x_t, v_hat) back by the angle phi_t - phi_p, along the circle of the
     notebook's figure (Salimans & Ho 2022 write DDIM this way)."""
     phi_t = math.atan2((1 - alpha_bar_t) ** 0.5, alpha_bar_t**0.5)
-    phi_s = math.atan2((1 - alpha_bar_s) ** 0.5, alpha_bar_s**0.5)
-    return math.cos(phi_t - phi_s) * x_t - math.sin(phi_t - phi_s) * v_hat
+    phi_p = math.atan2((1 - alpha_bar_prev) ** 0.5, alpha_bar_prev**0.5)
+    return math.cos(phi_t - phi_p) * x_t - math.sin(phi_t - phi_p) * v_hat
