@@ -378,8 +378,10 @@ axes[0].set_ylim(0, 1.02)
 fig.suptitle(f"classifier-free guidance: quality against diversity, DDIM-{evaluator.steps} [{profile.name} profile]");
 
 # %% [markdown]
-# What guidance is for shows in the first and last panels: as $s$ grows, samples should become
-# more recognisable to the classifier and less varied within their class. FID rewards both
+# What guidance is for shows in the first and last panels: as $s$ grows past 1, samples should
+# become more recognisable to the classifier and less varied within their class (the diversity
+# values are point estimates; between $s = 0$ and $s = 1$, where the labels start to count, they
+# need not fall). FID rewards both
 # fidelity and coverage of the data; on ImageNet, Ho & Salimans (2022) found it best with a
 # little guidance and worse again with a lot. The lines below read this run: the directions, and
 # each FID comparison with its paired interval and verdict.

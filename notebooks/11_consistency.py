@@ -87,7 +87,7 @@ print(f"f(x_sigma, sigma) from sigma = {', '.join(f'{float(path_grid[i]):.2f}' f
       f"the ends agree to {spread:.1e} (the ring's components have std {toy.stds[0]:g})")
 
 # %% [markdown]
-# A network can learn an approximation of this map; how close it gets is measured under the next
+# A network can learn an approximation of this map; how close it gets is printed with the next
 # figure. Here is consistency distillation (below, for images) written out for the toy: a small MLP $F$, the parameterisation of the next section, a Karras grid of 18
 # levels, one Heun step of the exact denoiser as the teacher, and an EMA copy of the student as
 # the target. Two thousand steps take seconds.
@@ -141,8 +141,10 @@ print(f"the target by hand == helpers.consistency.cd_target; final loss {loss.it
 # Left: the ODE's trajectories (lines) and, from five points on each, where the learned $f$ sends
 # them (crosses) next to the true end (star). Right: the learned $f$ in one evaluation from
 # $\sigma_{\max}$ on 2,000 noise draws, beside the exact ODE solution from the same draws. The lines
-# under the figure give the learned map's error at each of the five levels and say whether it is
-# smaller than a component's std (a sample within one std lands in the right component's core).
+# printed with the figure give the learned map's error at each of the five levels, and say whether
+# the one-step samples' median distance to the exact ends is smaller than a component's std (a
+# sample within one std lands in the right component's core); compare the per-level errors with
+# that std (0.25) yourself.
 
 # %%
 lim = 4.0
@@ -266,18 +268,18 @@ print(f"distillation and one-step sampling start at sigma_max = {top:g} (the pro
 # So the distillation grid stops at a lower $\sigma_{\max}$, and sampling starts there from pure
 # noise scaled to that level: what is left of the image at that level is small next to the noise
 # (the printed percentage), so treating it as pure noise costs little, while the network's error is
-# magnified far less. The choice helps the teacher as much as the student: the comparison below
-# runs the teacher's one step from the same $\sigma_{\max}$ too.
+# magnified far less. The choice is open to the teacher too: the comparison below runs the
+# teacher's one step from the same $\sigma_{\max}$ as well.
 #
 # ## Consistency distillation
 #
 # On a Karras grid $\sigma_{\min} = \sigma_1 < \dots < \sigma_N = \sigma_{\max}$ (notebook 09's grid,
 # ascending), one step of Song et al.'s algorithm 2 is:
 #
-# 1. draw $x_0$ from the data, a level $n$ and noise $z$; set $x_{n+1} = x_0 + \sigma_{n+1} z$;
+# 1. draw $x_0$ from the data, a level $n$ and noise $\varepsilon$; set $x_{n+1} = x_0 + \sigma_{n+1} \varepsilon$;
 # 2. take **one teacher step** of the probability-flow ODE down to $\sigma_n$: $\hat x_n$ (Heun here, as
 #    in the paper; `solvers.heun_step`, the same step Heun's sampler takes);
-# 3. minimise $d\big(f_\theta(x_{n+1}, \sigma_{n+1}),\ f_{\theta^-}(\hat x_n, \sigma_n)\big)$, where the **target**
+# 3. minimise the distance $\operatorname{dist}\big(f_\theta(x_{n+1}, \sigma_{n+1}),\ f_{\theta^-}(\hat x_n, \sigma_n)\big)$, where the **target**
 #    $\theta^-$ is an EMA of the student ($\mu = 0.95$) and receives no gradient.
 #
 # Consistency between *adjacent* levels, plus the boundary condition at $\sigma_1$, chains up to
@@ -337,16 +339,16 @@ print(f"mean loss over the first quarter of the logged points {first:.3f}, over 
 
 # %% [markdown]
 # The CD loss is not a quality score, and it need not fall far. Its target is the EMA of the
-# student itself, which moves as the student learns; each batch draws its levels at random, so
-# batches at high $\sigma$ (large distances) and at low $\sigma$ (tiny ones) alternate; and it is a
+# student itself, which moves as the student learns; each image draws its level at random, so
+# every batch mixes large distances (high $\sigma$) with tiny ones (low $\sigma$); and it is a
 # distance between two outputs of networks that both change. The printed first and last quarters say how much it moved; the FIDs below
 # are the measurement.
 #
 # ## One and two steps against the teacher
 #
-# **Multistep consistency sampling** (Song et al. 2023, algorithm 1): $x_0 = f(x, \sigma_{\max})$ from
-# pure noise; then, to spend a second evaluation, noise $x_0$ back up to an intermediate level
-# $\tau$ and map it again, $x_0 \leftarrow f(x_0 + \sqrt{\tau^2 - \sigma_{\min}^2}\,z,\ \tau)$. The paper chose $\tau$ by a
+# **Multistep consistency sampling** (Song et al. 2023, algorithm 1): $\hat x_0 = f(x, \sigma_{\max})$ from
+# pure noise; then, to spend a second evaluation, noise $\hat x_0$ back up to an intermediate level
+# $\tau$ and map it again, $\hat x_0 \leftarrow f(\hat x_0 + \sqrt{\tau^2 - \sigma_{\min}^2}\,\varepsilon,\ \tau)$. The paper chose $\tau$ by a
 # search on FID; we do the same on a separate set of noises (seed 99), so the reported FIDs below
 # do not reuse the noise that chose it.
 
@@ -483,7 +485,9 @@ print(f"saved {path}")
 # solver spreads the work over many evaluations of the teacher. The two one-step comparisons above
 # split the difference from the teacher's one DDIM step into its two causes: starting at the lower
 # $\sigma_{\max}$, which needs no training at all, and distillation, measured against the teacher
-# started there too; each carries its own verdict. Song et al. distil for 800k steps of batch 512
+# started there too; each carries its own verdict. Against the teacher at 10 NFE the table gives
+# point estimates only (no paired interval was computed for those rows), and "needs 10 NFE" means
+# of the budgets tried (1, 2, 10): the crossing lies somewhere above 2. Song et al. distil for 800k steps of batch 512
 # (CIFAR-10), against the steps printed above; the short run here shows the shape of the trade,
 # not its limit. The second step helps (the cell above checks it outside `smoke`) because
 # re-noising to $\tau$ discards the fine detail the first step got wrong and keeps the layout it
@@ -497,7 +501,7 @@ print(f"saved {path}")
 #
 # **1. Consistency training: no teacher.** Song et al.'s algorithm 3 trains a consistency model from
 # data alone. It keeps the CD loss of this notebook but replaces the teacher's ODE step from
-# $x_{n+1} = x_0 + \sigma_{n+1} z$ down to $\sigma_n$ by an Euler step whose denoiser is the one $x_0$
+# $x_{n+1} = x_0 + \sigma_{n+1} z$ (`z` is the noise $\varepsilon$, named as in Song et al.) down to $\sigma_n$ by an Euler step whose denoiser is the one $x_0$
 # that made $x_{n+1}$. Work out where that step lands, then write the loss: per image, the
 # pseudo-Huber distance (`helpers.consistency.pseudo_huber`) between the student at
 # $(x_{n+1}, \sigma_{n+1})$ and the target, which receives no gradient, at the point you derived, at
