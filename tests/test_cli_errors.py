@@ -127,7 +127,8 @@ def test_broken_checkpoints_are_named_not_traced(checkpoints, tmp_path, capsys):
 
 # ---- training ------------------------------------------------------------------------------------
 
-TRAIN = ["--profile", "smoke", "--no-progress", "--sample-every", "0", "--eval-every", "0", "--batch-size", "8"]
+# a constant learning rate, so that a run can be extended on resume (a decay's schedule is fixed by --steps)
+TRAIN = ["--profile", "smoke", "--no-progress", "--sample-every", "0", "--eval-every", "0", "--batch-size", "8", "--lr-decay", "none"]
 
 
 @pytest.mark.parametrize(

@@ -80,7 +80,8 @@ def test_latent_training_and_sampling_from_the_command_line(tmp_path, data_env, 
     ae_path = save_autoencoder(tmp_path / "ae.pt", ae)
     other_path = save_autoencoder(tmp_path / "other.pt", Autoencoder(image_size=16, ch=16))
     ckpt = tmp_path / "latent.pt"
-    common = ["--profile", "smoke", "--out", str(ckpt), "--no-progress", "--batch-size", "8"]
+    # a constant learning rate, so that the run can be extended (a decay's schedule is fixed by --steps)
+    common = ["--profile", "smoke", "--out", str(ckpt), "--no-progress", "--batch-size", "8", "--lr-decay", "none"]
     assert train_cli.main(common + ["--steps", "2", "--autoencoder", str(ae_path), "--sample-every", "5"]) == 2
     assert "grids and FID during training are drawn in pixel space" in capsys.readouterr().err
     assert train_cli.main(common + ["--steps", "2", "--autoencoder", str(ae_path)]) == 0
