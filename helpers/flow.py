@@ -197,6 +197,7 @@ class FlowEuler:
     steps: int = 50
     shift: float = 1.0
     process = "flow"  # what ``samplers.sample`` checks: a flow sampler takes a flow process, and only it
+    name = "Euler"
 
     def __post_init__(self) -> None:
         integer("steps", self.steps)
@@ -214,32 +215,32 @@ class FlowEuler:
         for i, (t, t_next) in enumerate(zip(times, times[1:])):
             u = d.velocity(model, x, t)
             report({"i": i, "t": t, "sigma": _ve_sigma(t), "x_t": x, "x0": d.x0_from_velocity(x, t, u)})
-            x = x + (t_next - t) * u
+            x = self.step(model, d, x, t, t_next, u)
         return x
 
+    def step(self, model: Callable[..., torch.Tensor], d: FlowMatching, x: torch.Tensor, t: float, t_next: float, u: torch.Tensor) -> torch.Tensor:
+        """x at t_next from x at t, given u = u_theta(x, t): the Euler step x + (t_next - t) u."""
+        return x + (t_next - t) * u
+
     def __str__(self) -> str:
-        return f"flow Euler, {self.steps} steps" + (f", shift {self.shift:g}" if self.shift != 1 else "")
+        nfe = f" ({self.nfe} NFE)" if self.nfe != self.steps else ""
+        return f"flow {self.name}, {self.steps} steps{nfe}" + (f", shift {self.shift:g}" if self.shift != 1 else "")
 
 
 @dataclass(frozen=True)
 class FlowHeun(FlowEuler):
     """Heun (the trapezoid rule with an Euler predictor) on the flow ODE: 2 network calls a step."""
 
+    name = "Heun"
+
     @property
     def nfe(self) -> int:
         return 2 * self.steps
 
-    def run(self, model: Callable[..., torch.Tensor], d: FlowMatching, x: torch.Tensor, generator: torch.Generator | None, report: Report) -> torch.Tensor:
-        times = flow_times(self.steps, self.shift).tolist()
-        for i, (t, t_next) in enumerate(zip(times, times[1:])):
-            u = d.velocity(model, x, t)
-            report({"i": i, "t": t, "sigma": _ve_sigma(t), "x_t": x, "x0": d.x0_from_velocity(x, t, u)})
-            guess = x + (t_next - t) * u
-            x = x + (t_next - t) * (u + d.velocity(model, guess, t_next)) / 2
-        return x
-
-    def __str__(self) -> str:
-        return f"flow Heun, {self.steps} steps ({self.nfe} NFE)" + (f", shift {self.shift:g}" if self.shift != 1 else "")
+    def step(self, model: Callable[..., torch.Tensor], d: FlowMatching, x: torch.Tensor, t: float, t_next: float, u: torch.Tensor) -> torch.Tensor:
+        """The Euler step as a predictor, then the average of the velocities at both ends."""
+        guess = super().step(model, d, x, t, t_next, u)
+        return x + (t_next - t) * (u + d.velocity(model, guess, t_next)) / 2
 
 
 FLOW_SAMPLERS = {"flow-euler": FlowEuler, "flow-heun": FlowHeun}
