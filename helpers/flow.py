@@ -27,7 +27,9 @@ al. 2024, sec. 3.1), and the network sees t scaled by ``time_scale`` (1000, so t
 embedding sees the range the DDPM timesteps had, as diffusers' flow-matching scheduler does).
 
 Reflow (Liu et al. 2023, sec. 2.3) trains a second flow on the pairs (eps, x0_hat) that the first
-one's ODE produces; ``straightness`` measures how far a path is from a straight line.
+one's ODE produces (``reflow_pairs``; the second flow is a ``FlowMatching(coupling="reflow")``, whose
+Trainer takes each image's eps from its pair); ``straightness`` measures how far a path is from a
+straight line.
 """
 
 from __future__ import annotations
@@ -39,14 +41,17 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+from tqdm.auto import tqdm
 
 from helpers.diffusion import Diffusion
-from helpers.samplers import Report
+from helpers.samplers import Report, sample
 from helpers.validate import choice, integer, number
 
-__all__ = ["TIME_SAMPLINGS", "FlowMatching", "process_from_config", "flow_times", "FlowEuler", "FlowHeun", "FLOW_SAMPLERS", "straightness"]
+__all__ = ["TIME_SAMPLINGS", "COUPLINGS", "FlowMatching", "process_from_config", "flow_times", "FlowEuler", "FlowHeun", "FLOW_SAMPLERS", "reflow_pairs", "straightness"]
 
 TIME_SAMPLINGS = ("uniform", "logit_normal")
+COUPLINGS = ("independent", "reflow")
 
 
 def _per_image(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor | float:
@@ -65,12 +70,18 @@ class FlowMatching:
         time_sampling: how training draws t: "uniform" on [0, 1] or "logit_normal".
         logit_mean, logit_std: m and s of the logit-normal.
         time_scale: the network is called as model(x_t, time_scale * t).
+        coupling: how x_0 and eps are paired in training: "independent" (any image with fresh
+            noise), or "reflow" (the pairs of ``reflow_pairs``: the Trainer takes each image's eps
+            from the dataset, whose items are (x0_hat, eps)).
     """
 
     prediction = "velocity"
 
-    def __init__(self, time_sampling: str = "uniform", logit_mean: float = 0.0, logit_std: float = 1.0, time_scale: float = 1000.0) -> None:
+    def __init__(
+        self, time_sampling: str = "uniform", logit_mean: float = 0.0, logit_std: float = 1.0, time_scale: float = 1000.0, coupling: str = "independent"
+    ) -> None:
         self.time_sampling = choice("time_sampling", time_sampling, TIME_SAMPLINGS)
+        self.coupling = choice("coupling", coupling, COUPLINGS)
         self.logit_mean = number("logit_mean", logit_mean, minimum=-math.inf)
         self.logit_std = number("logit_std", logit_std)
         self.time_scale = number("time_scale", time_scale)
@@ -78,7 +89,7 @@ class FlowMatching:
     def config(self) -> dict[str, Any]:
         """What a checkpoint records; ``from_config`` rebuilds the process from it."""
         return {"process": "flow", "prediction": self.prediction, "time_sampling": self.time_sampling, "logit_mean": self.logit_mean,
-                "logit_std": self.logit_std, "time_scale": self.time_scale}  # fmt: skip
+                "logit_std": self.logit_std, "time_scale": self.time_scale, "coupling": self.coupling}  # fmt: skip
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> FlowMatching:
@@ -88,7 +99,8 @@ class FlowMatching:
 
     def __repr__(self) -> str:
         extra = f", m={self.logit_mean:g}, s={self.logit_std:g}" if self.time_sampling == "logit_normal" else ""
-        return f"FlowMatching(t ~ {self.time_sampling}{extra})"
+        coupled = ", reflow pairs" if self.coupling == "reflow" else ""
+        return f"FlowMatching(t ~ {self.time_sampling}{extra}{coupled})"
 
     def sample_t(self, n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
         """n training times in [0, 1], float32 on ``device``, drawn from ``generator`` (on its own
@@ -229,17 +241,22 @@ class FlowEuler:
 
 @dataclass(frozen=True)
 class FlowHeun(FlowEuler):
-    """Heun (the trapezoid rule with an Euler predictor) on the flow ODE: 2 network calls a step."""
+    """Heun (the trapezoid rule with an Euler predictor) on the flow ODE: 2 network calls a step, but
+    the last step, to t = 0, is Euler's (as in Karras et al. 2022, algorithm 1, which makes no second
+    evaluation at sigma = 0): 2 steps - 1 calls in all. At t = 0 the velocity asks for eps from a clean
+    image, a time where a logit-normal model has almost never been trained."""
 
     name = "Heun"
 
     @property
     def nfe(self) -> int:
-        return 2 * self.steps
+        return 2 * self.steps - 1
 
     def step(self, model: Callable[..., torch.Tensor], d: FlowMatching, x: torch.Tensor, t: float, t_next: float, u: torch.Tensor) -> torch.Tensor:
-        """The Euler step as a predictor, then the average of the velocities at both ends."""
+        """The Euler step as a predictor, then (unless t_next = 0) the average of the velocities at both ends."""
         guess = super().step(model, d, x, t, t_next, u)
+        if t_next == 0:
+            return guess
         return x + (t_next - t) * (u + d.velocity(model, guess, t_next)) / 2
 
 
@@ -249,6 +266,21 @@ FLOW_SAMPLERS = {"flow-euler": FlowEuler, "flow-heun": FlowHeun}
 def _ve_sigma(t: float) -> float:
     """The VE noise level of flow time t: x_t / (1 - t) = x_0 + t / (1 - t) eps."""
     return t / (1 - t) if t < 1 else float("inf")
+
+
+@torch.no_grad()
+def reflow_pairs(
+    model: Callable[..., torch.Tensor], d: FlowMatching, noise: torch.Tensor, sampler: FlowEuler, batch_size: int = 250, clamp: bool = True,
+    progress: bool = True,
+) -> TensorDataset:
+    """The coupling of reflow (Liu et al. 2023, sec. 2.3): each eps of ``noise`` [N, ...] with the
+    x0_hat that ``sampler`` draws from it (``samplers.sample``; ``clamp``: to pixels), as a dataset of
+    (x0_hat, eps) items for a ``FlowMatching(coupling="reflow")`` run. The sampler is deterministic, so
+    the pairs are a function of eps; the results come back on the CPU."""
+    integer("batch_size", batch_size)
+    batches = noise.split(batch_size)
+    ends = [sample(model, d, eps, sampler, progress=False, clamp=clamp) for eps in tqdm(batches, desc="reflow pairs", disable=not progress, leave=False)]
+    return TensorDataset(torch.cat(ends).cpu(), noise.cpu())
 
 
 def straightness(path: torch.Tensor, times: torch.Tensor) -> torch.Tensor:

@@ -59,6 +59,7 @@ class Trainer(GuardedRun):
         self.out_dir = Path(out_dir) if out_dir is not None else None
         batch_fits(config.batch_size, len(dataset))  # before any work
         self.flow = isinstance(diffusion, FlowMatching)
+        self.paired = self.flow and diffusion.coupling == "reflow"  # the dataset's items are (x0_hat, eps) pairs
         if self.flow and config.timesteps == "importance":
             raise ValueError("importance-sampled timesteps are for a diffusion process; a flow model draws t by its own "
                              f"time_sampling ({diffusion.time_sampling}): train it with timesteps='uniform'")
@@ -72,6 +73,8 @@ class Trainer(GuardedRun):
         self.ema = self._fresh_ema() if config.ema_decay is not None else None
         self.importance = ImportanceTimesteps(diffusion.T, device=self.device) if config.timesteps == "importance" else None
         self.num_classes: int | None = getattr(model, "num_classes", None)
+        if self.paired and self.num_classes is not None:
+            raise ValueError("reflow pairs (x0_hat, eps) carry no labels: train a reflow model unconditional")
         self.step, self.callback = 0, None  # callback: train's, for the rows of the run in progress
         self.log = TrainLog(self.out_dir if self.world.main else None)  # the metrics rows (helpers.train_log)
         self.grids: list[tuple[int, torch.Tensor]] = []  # (step, images) sample grids of this session
@@ -88,10 +91,12 @@ class Trainer(GuardedRun):
         """One optimiser step on a batch; returns (per-image losses, their timesteps, their importance weights
         (ones for uniform t), grad norm) on the device, without waiting for it (no ``.item()``). The step
         descends the mean of weight * loss. Label dropout, t and noise are drawn for the global batch and this
-        process keeps its slice, so N processes draw what one would."""
+        process keeps its slice, so N processes draw what one would; a reflow run (``FlowMatching(coupling="reflow")``)
+        takes each image's noise from its pair, the batch's ``y``."""
         cfg, d, world = self.config, self.diffusion, self.world
         x0 = x0.to(self.device, non_blocking=True)
         n = len(x0) * world.size  # the global batch
+        y_pair, y = (y, None) if self.paired else (None, y)
         if self.num_classes is not None:  # label dropout: each label becomes "no label" with probability p_uncond
             y = y.to(self.device, non_blocking=True)
             drop = world.shard(torch.rand(n, device=self.device)) < cfg.p_uncond
@@ -102,7 +107,10 @@ class Trainer(GuardedRun):
             t, weights = world.shard(d.sample_t(n, device=self.device)), None
         else:  # drawn, like the uniform t, from the device's generator, which runs in step across processes
             t, weights = (world.shard(v) for v in self.importance.sample(n))
-        noise = world.shard(torch.randn(n, *x0.shape[1:], device=self.device))
+        if self.paired:  # reflow: each image's eps is the one it was drawn from (flow.reflow_pairs)
+            noise = y_pair.to(self.device, non_blocking=True)
+        else:
+            noise = world.shard(torch.randn(n, *x0.shape[1:], device=self.device))
         if self.channels_last:
             x0, noise = (v.contiguous(memory_format=torch.channels_last) for v in (x0, noise))
         with self.precision.autocast(), world.own_randomness(cfg.seed, self.step, 0, device=self.device):  # dropout: each process its own

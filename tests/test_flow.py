@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers.diffusion import Diffusion
-from helpers.flow import FlowEuler, FlowHeun, FlowMatching, flow_times, straightness
+from helpers.flow import FlowEuler, FlowHeun, FlowMatching, flow_times, reflow_pairs, straightness
 from helpers.samplers import DDIM, DDPM, Trajectory, sample
 from helpers.toy import GaussianMixture
 
@@ -154,17 +154,92 @@ def test_straightness_of_a_line_a_parabola_and_an_euler_path():
 
 
 def test_reflow_couples_deterministically_and_lowers_the_transport_cost():
-    """The ODE's pairs (eps, x0_hat) are a function of eps, and rectification does not raise a convex
-    transport cost (Liu et al. 2023, Theorem 3.5): E||x0_hat - eps||^2 below the independent coupling's."""
+    """The ODE's pairs (eps, x0_hat) are a function of eps, whatever the batching, and rectification
+    does not raise a convex transport cost (Liu et al. 2023, Theorem 3.5): E||x0_hat - eps||^2 below
+    the independent coupling's."""
     toy, fm = GaussianMixture.ring(), FlowMatching()
     model = as_model(toy_velocity(toy))
     g = torch.Generator().manual_seed(6)
     eps = torch.randn(4096, 2, generator=g)
-    record = Trajectory()
-    paired = sample(model, fm, eps, FlowHeun(50), progress=False, clamp=False, callback=record)
-    assert torch.equal(paired, sample(model, fm, eps, FlowHeun(50), progress=False, clamp=False))
+    pairs = reflow_pairs(model, fm, eps, FlowHeun(50), batch_size=1024, clamp=False, progress=False)
+    paired, noise = pairs.tensors
+    assert torch.equal(noise, eps)
+    assert torch.equal(paired, reflow_pairs(model, fm, eps, FlowHeun(50), batch_size=4096, clamp=False, progress=False).tensors[0])
     independent = toy.sample(4096, g).float()
     assert ((paired - eps) ** 2).sum(1).mean() < 0.9 * ((independent - eps) ** 2).sum(1).mean()
-    # the exact flow of an independent coupling bends: its path is measurably not straight
-    path = torch.cat([record.x_t, paired[None]])
-    assert straightness(path, flow_times(50)).mean() > 0.05
+
+
+def _paths(velocity, eps, steps=20):
+    record = Trajectory()
+    end = sample(velocity, FlowMatching(), eps, FlowEuler(steps), progress=False, clamp=False, callback=record)
+    return straightness(torch.cat([record.x_t, end[None]]), flow_times(steps))
+
+
+def test_a_flow_trained_on_reflow_pairs_has_straighter_paths():
+    """1-rectified flow: the toy's exact velocity, whose paths bend. 2-rectified: a small network
+    regressed on that flow's pairs (eps, x0_hat), whose paths come out nearly straight; trained on
+    the same x0_hat with fresh noise instead, the paths bend like the first flow's."""
+    toy, fm = GaussianMixture.ring(), FlowMatching()
+    g = torch.Generator().manual_seed(7)
+    eps = torch.randn(4096, 2, generator=g)
+    x0_hat, eps = reflow_pairs(as_model(toy_velocity(toy)), fm, eps, FlowHeun(50), batch_size=4096, clamp=False, progress=False).tensors
+
+    def fit(noise_of):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(3, 128), torch.nn.SiLU(), torch.nn.Linear(128, 128), torch.nn.SiLU(), torch.nn.Linear(128, 2))
+        model = lambda x, scaled_t: net(torch.cat([x, scaled_t.view(-1, 1) / fm.time_scale], 1))
+        opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+        for _ in range(1500):
+            i = torch.randint(0, len(eps), (512,), generator=g)
+            loss = fm.loss(model, x0_hat[i], t=fm.sample_t(512, g), noise=noise_of(i))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return lambda x, scaled_t: model(x, scaled_t).detach()
+
+    first = _paths(as_model(toy_velocity(toy)), eps[:512]).mean()
+    rectified = _paths(fit(lambda i: eps[i]), eps[:512]).mean()
+    unpaired = _paths(fit(lambda i: torch.randn(len(i), 2, generator=g)), eps[:512]).mean()
+    assert rectified < 0.25 * first, (rectified, first)
+    assert unpaired > 0.5 * first, (unpaired, first)
+
+
+def test_a_reflow_run_takes_each_images_noise_from_its_pair():
+    """With coupling="reflow" the Trainer's step regresses on (x0_hat, eps) as the dataset pairs them:
+    its per-image losses are the flow loss with that eps (computed here on the weights before the step);
+    fresh noise would give other losses. A conditional model is refused (pairs carry no labels)."""
+    from torch.utils.data import TensorDataset
+
+    from helpers.config import TrainConfig
+    from helpers.training import Trainer
+    from helpers.unet import UNet
+
+    fm = FlowMatching(coupling="reflow")
+    assert FlowMatching.from_config(fm.config()).coupling == "reflow"
+    g = torch.Generator().manual_seed(8)
+    x0_hat, eps = torch.rand(8, 1, 8, 8, generator=g) * 2 - 1, torch.randn(8, 1, 8, 8, generator=g)
+    torch.manual_seed(0)
+    unet = dict(image_size=8, in_channels=1, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0, norm_groups=4)
+    trainer = Trainer(UNet(**unet), fm, TensorDataset(x0_hat, eps), TrainConfig(steps=1, batch_size=8, lr=1e-3), progress=False)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    losses, t, _, _ = trainer.train_step(x0_hat, eps)
+    reference = UNet(**unet)
+    reference.load_state_dict(before)
+    with torch.no_grad():
+        want = fm.loss(reference, x0_hat, t=t, noise=eps, reduction="none")
+    assert torch.allclose(losses, want, atol=1e-6)
+    with pytest.raises(ValueError, match="carry no labels"):
+        Trainer(UNet(**unet, num_classes=10), fm, TensorDataset(x0_hat, eps), TrainConfig(steps=1, batch_size=8, lr=1e-3), progress=False)
+
+
+@pytest.mark.parametrize("sampler_cls", [FlowEuler, FlowHeun])
+def test_the_samplers_spend_their_nfe_and_never_evaluate_at_t_zero(sampler_cls):
+    """A logit-normal model has almost never seen t = 0: no sampler calls the network there (Heun's last
+    step is Euler's, Karras et al. 2022, algorithm 1), and each makes exactly ``nfe`` calls."""
+    times = []
+    model = lambda x, scaled_t: (times.append(float(scaled_t[0]) / 1000), torch.zeros_like(x))[1]  # noqa: E731
+    for steps in (1, 2, 5):
+        times.clear()
+        sampler = sampler_cls(steps)
+        sample(model, FlowMatching(), torch.zeros(2, 3), sampler, progress=False, clamp=False)
+        assert len(times) == sampler.nfe and min(times) > 0, (steps, times)
