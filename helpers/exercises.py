@@ -23,6 +23,7 @@ from .consistency import c_skip as _c_skip
 from .consistency import cd_loss
 from .diffusion import Diffusion
 from .ema import EMA
+from .flow import FlowHeun, FlowMatching
 from .samplers import Guided, ddim_step, ddim_timesteps
 from .samplers import DDIM, DDPM, sample
 from . import solvers as _solvers
@@ -585,6 +586,76 @@ def predict_one_step_radius(fn: Callable[..., Any]) -> None:
         words = {-1: "shrinks", 0: "stays at the data's", 1: "grows"}
         assert guess == outcome, (f"{what}: you predicted its samples' mean radius {words[guess]}; at sigma_max = 0.5, 4, 32 it is "
                                   f"{', '.join(f'{v:.2f}' for v in r)} (the data's: {data:.2f})")
+
+
+# ---- 12 · flow matching -------------------------------------------------------------------------------
+
+
+@exercise
+def flow_matching_loss(fn: Callable[..., Any]) -> None:
+    """fn(model, x0, t, eps) = mean over pixels and images of (model(x_t, 1000 t) - (eps - x0))^2 with
+    x_t = (1 - t) x0 + t eps: against FlowMatching.loss on small random networks that depend on t."""
+    g = _gen(12)
+    for shape in ((4, 1, 6, 6), (3, 2, 5, 5)):
+        w, b = torch.randn(2, generator=g)
+        model = lambda x, s, w=w, b=b: torch.tanh(w * x + b * s.view(-1, 1, 1, 1) / 1000) + 0.3 * x  # noqa: E731
+        x0, eps = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+        t = torch.rand(shape[0], generator=g)
+        want = FlowMatching().loss(model, x0, t=t, noise=eps)
+        _close(fn(model, x0.clone(), t.clone(), eps.clone()), want, f"loss of a batch of shape {shape}", atol=1e-5)
+
+
+_M, _S = 0.7, 0.4  # the data of flow_heun's check: x_0 ~ N(M, S^2) in every dimension
+
+
+def _gaussian_velocity(x: torch.Tensor, t: float) -> torch.Tensor:
+    """E[eps - x_0 | x_t = x] for x_0 ~ N(M, S^2): Cov(x_0, x_t) = (1 - t) S^2, Cov(eps, x_t) = t, Var(x_t) = (1 - t)^2 S^2 + t^2."""
+    var = (1 - t) ** 2 * _S**2 + t**2
+    centred = x - (1 - t) * _M
+    return t / var * centred - (_M + (1 - t) * _S**2 / var * centred)
+
+
+@exercise
+def flow_heun(fn: Callable[..., Any]) -> None:
+    """fn(velocity, x, steps) = Heun on dx/dt = velocity(x, t) from t = 1 to 0 in equal steps: against
+    helpers.flow.FlowHeun on the exact velocity of Gaussian data (whose exact end from x_1 is M + S x_1)."""
+    x1 = torch.randn(2000, 3, generator=_gen(13), dtype=torch.float64)
+    model = lambda x, s: _gaussian_velocity(x, float(s[0]) / 1000)  # noqa: E731  the helper calls its network at 1000 t
+    for steps in (1, 3, 10):
+        want = sample(model, FlowMatching(), x1, FlowHeun(steps), progress=False, clamp=False)
+        _close(fn(_gaussian_velocity, x1.clone(), steps), want, f"{steps} steps", atol=1e-5)
+    errors = [float((fn(_gaussian_velocity, x1.clone(), n) - (_M + _S * x1)).abs().max()) for n in (8, 16)]
+    assert errors[0] / errors[1] > 3, f"halving the step should cut the error about 4-fold (order 2); it fell from {errors[0]:.2e} to {errors[1]:.2e}"
+
+
+def _euler(velocity: Callable[[torch.Tensor, float], torch.Tensor], x: torch.Tensor, steps: int) -> torch.Tensor:
+    for k in range(steps):
+        t, t_next = 1 - k / steps, 1 - (k + 1) / steps
+        x = x + (t_next - t) * velocity(x, t)
+    return x
+
+
+@exercise
+def predict_reflow_steps(fn: Callable[..., Any]) -> None:
+    """fn() = the predicted number of equal Euler steps (1, 10 or 100) that the reflowed ODE of Gaussian
+    data x_0 ~ N(M, S^2) needs to land on M + S x_1 within 1e-9. The pairs (eps, M + S eps) are joined
+    by lines x = (1 - t)(M + S eps) + t eps, one through each point, so the velocity there is that
+    line's own, (1 - S) eps - M with eps = (x - (1 - t) M) / ((1 - t) S + t): constant along the path."""
+    got = fn()
+    assert got in (1, 10, 100), f"return 1, 10 or 100, got {got!r}"
+    x1 = torch.randn(2000, 3, generator=_gen(14), dtype=torch.float64)
+    exact = _M + _S * x1
+
+    def reflowed(x: torch.Tensor, t: float) -> torch.Tensor:
+        eps = (x - (1 - t) * _M) / ((1 - t) * _S + t)
+        return (1 - _S) * eps - _M
+
+    errors = {n: float((_euler(reflowed, x1, n) - exact).abs().max()) for n in (1, 10, 100)}
+    first = {n: float((_euler(_gaussian_velocity, x1, n) - exact).abs().max()) for n in (1, 10, 100)}
+    needed = min(n for n, e in errors.items() if e < 1e-9)
+    assert got == needed, (f"you predicted {got}; the reflowed ODE lands within 1e-9 after {needed} (errors at 1, 10, 100 steps: "
+                           f"{', '.join(f'{e:.1e}' for e in errors.values())}; the first flow's: {', '.join(f'{e:.1e}' for e in first.values())}). "
+                           "Its paths are the straight lines themselves, so Euler's straight step is exact")
 
 
 def check(fn: Callable[..., Any]) -> None:

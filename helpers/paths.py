@@ -48,7 +48,7 @@ CHECKPOINTS: dict[str, CheckpointName] = {
     "v": CheckpointName("07_v.pt", "notebook 07_v_prediction"),
     "x0": CheckpointName("train_x0.pt", "python -m helpers train --prediction x0"),
     "cfg": CheckpointName("08_cfg.pt", "notebook 08_classifier_free_guidance"),
-    "velocity": CheckpointName("train_flow.pt", "python -m helpers train --prediction velocity"),
+    "velocity": CheckpointName("12_flow.pt", "notebook 12_flow_matching"),
     "autoencoder": CheckpointName("10_autoencoder.pt", "notebook 10_latent_diffusion"),
     "latent": CheckpointName("10_latent.pt", "notebook 10_latent_diffusion"),
     "consistency": CheckpointName("11_cd.pt", "notebook 11_consistency"),

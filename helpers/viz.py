@@ -210,8 +210,8 @@ class TrajectoryView:
         t = self.traj.t[k]
         self.im_x.set_data(grid_image(self.traj.x_t[k]))
         self.im_x0.set_data(grid_image(self.traj.x0[k]))
-        self.ax_x.set_title(f"{self.title}$x_t$, t = {t}")
-        self.ax_x0.set_title(rf"predicted $\hat x_0$ at t = {t}")
+        self.ax_x.set_title(f"{self.title}$x_t$, t = {t:.3g}")  # a timestep (04) or a flow time in [0, 1] (12)
+        self.ax_x0.set_title(rf"predicted $\hat x_0$ at t = {t:.3g}")
         return render_png(self.fig)
 
 

@@ -113,6 +113,13 @@ MISTAKES = {  # a slip a student might make in each exercise
         lambda a, b: ((a - b).flatten(1).pow(2).sum(1) + (0.00054 * 4) ** 2).sqrt() - 0.00054 * 4
     )(st(x0 + s[n + 1].view(-1, 1, 1, 1) * z, s[n + 1].view(-1, 1, 1, 1)), tg(x0 + s[n + 1].view(-1, 1, 1, 1) * z, s[n].view(-1, 1, 1, 1)).detach()),
     "predict_one_step_radius": lambda: (0, 0),  # "the denoiser is exact too, so it samples exactly"
+    "flow_matching_loss": lambda m, x0, t, e: (  # the network given t, not 1000 t
+        m((1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * e, t) - (e - x0)
+    ).pow(2).mean(),
+    "flow_heun": lambda u, x, n: [  # the corrector's second velocity taken at the start point, not the predicted one
+        x := x + (b - a) * (u(x, a) + u(x, b)) / 2 for a, b in zip([1 - k / n for k in range(n)], [1 - (k + 1) / n for k in range(n)])
+    ][-1],
+    "predict_reflow_steps": lambda: 100,  # "as many steps as any ODE of a curved flow"
 }
 
 

@@ -107,3 +107,8 @@ def test_laptop_notebooks_fall_back_to_the_shipped_models_and_say_so(capsys):
 @pytest.mark.slow
 def test_the_shipped_consistency_model_still_scores_its_recorded_one_step_fid(shared_artifacts):
     assert_scores_its_card("11_cd.pt", shared_artifacts)
+
+
+@pytest.mark.slow
+def test_the_shipped_flow_model_still_scores_its_recorded_fid(shared_artifacts):
+    assert_scores_its_card("12_flow.pt", shared_artifacts)
