@@ -313,7 +313,7 @@ PROFILES: dict[str, Profile] = {
             norm_groups=8,
         ),
         train=TrainConfig(
-            steps=200,
+            steps=120,  # CI minutes: notebooks 03 and 12 each train this long under smoke
             batch_size=32,
             lr=1e-3,
             warmup_steps=20,
@@ -330,7 +330,7 @@ PROFILES: dict[str, Profile] = {
         sample=SampleSettings(
             batch_size=128,
             ddim_steps=20,
-            fid_samples=256,
+            fid_samples=128,  # CI minutes: every FID of the notebooks under smoke samples this many
             fid_real=1024,
             kid_subset_size=100,
             fid_features="classifier",

@@ -26,7 +26,9 @@ from helpers.checkpoints import load_model, save_checkpoint
 from helpers.config import PROFILES
 from helpers.paths import card, pretrained_dir
 
-__all__ = ["export", "measure", "main"]
+__all__ = ["REGRESSION_STEPS", "export", "measure", "main"]
+
+REGRESSION_STEPS = 10  # DDIM steps behind a diffusion model's card (and its regression test)
 
 
 def export(checkpoint: str | Path, out: str | Path, info: dict[str, Any]) -> Path:
@@ -44,10 +46,11 @@ def export(checkpoint: str | Path, out: str | Path, info: dict[str, Any]) -> Pat
 
 def measure(path: str | Path, guidance_scale: float | None = None, device: str = "cpu") -> dict[str, Any]:
     """What a card records and the regression tests check: the laptop Evaluator's FID/KID/IS of the
-    model at ``path`` (its ``fid_samples`` DDIM samples from a fixed seed; one-step samples for a
-    consistency model; flow-Heun with 4 steps, 7 network evaluations, for a flow model, which keeps
-    its regression test cheap; classifier features) with the real-data floor; for a conditional
-    model also the classifier's accuracy on the asked-for classes at ``guidance_scale``."""
+    model at ``path`` (its ``fid_samples`` samples from a fixed seed, classifier features) with the
+    real-data floor; for a conditional model also the classifier's accuracy on the asked-for classes
+    at ``guidance_scale``. The sampler spends few network evaluations, which keeps the regression
+    tests cheap: DDIM with ``REGRESSION_STEPS`` steps for a diffusion model, one step for a
+    consistency model, flow-Heun with 4 steps (7 evaluations) for a flow model."""
     from helpers.classifier import classifier_scores, load_or_train_classifier
     from helpers.consistency import MultistepConsistency, consistency_record
     from helpers.evaluation import Evaluator
@@ -56,7 +59,7 @@ def measure(path: str | Path, guidance_scale: float | None = None, device: str =
 
     profile = PROFILES["laptop"]
     model, d, ckpt = load_model(path, device)
-    evaluator = Evaluator.for_profile(profile, d, get_features(profile, device, verbose=False))
+    evaluator = Evaluator.for_profile(profile, d, get_features(profile, device, verbose=False), steps=REGRESSION_STEPS)
     record = consistency_record(ckpt)
     if record is not None:
         sampler = MultistepConsistency(1, record["config"]["sigma_max"])

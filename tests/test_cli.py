@@ -214,7 +214,7 @@ def test_a_flow_model_trains_resumes_and_samples_from_the_command_line_and_refus
     common = TRAIN + ["--out", ckpt, "--prediction", "velocity", "--time-sampling", "logit_normal", "--lr-decay", "none"]
     assert run(capsys, *common, "--steps", "2")[0] == 0
     state = load_checkpoint(ckpt)
-    assert state["diffusion"] == {"process": "flow", "prediction": "velocity", "time_sampling": "logit_normal", "logit_mean": 0.0, "logit_std": 1.0, "time_scale": 1000.0}
+    assert state["diffusion"] == {"process": "flow", "prediction": "velocity", "time_sampling": "logit_normal", "logit_mean": 0.0, "logit_std": 1.0, "time_scale": 1000.0, "coupling": "independent"}
     assert state["train"]["timesteps"] == "uniform", "the flow draws its own t; importance sampling is the diffusion process's"
     code, _, err = run(capsys, *common, "--steps", "3", "--resume", "--time-sampling", "uniform")
     assert_one_line_error(code, err, "--time-sampling uniform (it has logit_normal)")

@@ -15,7 +15,7 @@ import torch
 
 from helpers.config import PROFILES
 from helpers.paths import card, pretrained_dir
-from helpers.pretrained import measure
+from helpers.pretrained import REGRESSION_STEPS, measure
 
 
 @pytest.fixture(autouse=True)
@@ -86,7 +86,7 @@ def test_the_shipped_conditional_model_draws_the_asked_for_class(shared_artifact
     first = 100
     assert recorded["samples"] == 2 * laptop.sample.batch_size, "the card's samples are two of the evaluator's batches"
     model, d, _ = load_model(path)
-    evaluator = Evaluator.for_profile(laptop, d, get_features(laptop, verbose=False), n=first, floor=None)
+    evaluator = Evaluator.for_profile(laptop, d, get_features(laptop, verbose=False), n=first, floor=None, steps=REGRESSION_STEPS)
     assert f"{evaluator.sampler}, seed {evaluator.seed}" == recorded["sampler"]
     images, labels = evaluator.images(model, recorded["guidance_scale"])
     classifier, _ = load_or_train_classifier(laptop, progress=False)
