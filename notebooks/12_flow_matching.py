@@ -348,8 +348,9 @@ fig.suptitle(f"one sampler step in two coordinates, two networks: {steps} steps 
 # symbols; this $s$ is not 08's guidance scale). This
 # law puts more of the steps in the middle. Their argument: at the two ends the best prediction is
 # nearly a mean (near $t = 0$ the mean of the noise, near $t = 1$ the mean of the data), so there is
-# little for the network to learn there. The loss is still highest at the ends (the right panel below),
-# but that is mostly the floor of the decomposition above, what no network can predict. They compared such laws on ImageNet and CC12M and trained SD3 with this one; so was the shipped
+# little for the network to learn there. That is a statement about what can be learned, not about the
+# size of the loss (printed below at three times): the loss includes the floor of the decomposition
+# above, which no network can remove. They compared such laws on ImageNet and CC12M and trained SD3 with this one; so was the shipped
 # flow model. Here is
 # the comparison at this course's scale: two models, identical but for the law, each trained for
 # `compare_steps` steps from the same start. Their minutes are printed and should be about equal (the
