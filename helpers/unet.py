@@ -8,6 +8,10 @@ With ``ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), d
 Class conditioning (for classifier-free guidance, Ho & Salimans 2022) adds a learned class
 embedding to the timestep embedding. Ids run 0..num_classes-1, and the extra id ``num_classes``
 means "no label".
+
+Text conditioning (``context_dim``) adds a cross-attention block after each self-attention block:
+queries from the image features, keys and values from a caption's token features (Rombach et al.
+2022, sec. 3.3), so that each position of the image can read the words it needs.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-__all__ = ["UNet", "ResBlock", "AttentionBlock", "timestep_embedding", "shape_table"]
+__all__ = ["UNet", "ResBlock", "AttentionBlock", "CrossAttentionBlock", "timestep_embedding", "shape_table"]
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -87,6 +91,29 @@ class AttentionBlock(nn.Module):
         return x + self.proj(rearrange(out, "b n (h w) d -> b (n d) h w", h=h, w=w))
 
 
+class CrossAttentionBlock(nn.Module):
+    """x + proj(softmax(q k^T / sqrt(d) + mask) v) with q from the image (GroupNorm, 1x1 conv) and k, v
+    from the caption's tokens [B, L, context_dim] (linear maps); padding tokens get no attention."""
+
+    def __init__(self, ch: int, context_dim: int, groups: int, heads: int = 1) -> None:
+        super().__init__()
+        if ch % heads:
+            raise ValueError(f"{ch} channels do not split into {heads} attention heads")
+        self.heads = heads
+        self.norm = nn.GroupNorm(groups, ch)
+        self.q = nn.Conv2d(ch, ch, 1)
+        self.kv = nn.Linear(context_dim, 2 * ch)
+        self.proj = _zero(nn.Conv2d(ch, ch, 1))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """x [B, C, H, W]; context [B, L, context_dim]; pad [B, L], True at padding tokens."""
+        h, w = x.shape[-2:]
+        q = rearrange(self.q(self.norm(x)), "b (n d) h w -> b n (h w) d", n=self.heads)
+        k, v = rearrange(self.kv(context), "b l (two n d) -> two b n l d", two=2, n=self.heads)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=~pad[:, None, None, :])
+        return x + self.proj(rearrange(out, "b n (h w) d -> b (n d) h w", h=h, w=w))
+
+
 class Downsample(nn.Module):
     """Halve the resolution with a stride-2 3x3 convolution."""
 
@@ -110,11 +137,17 @@ class Upsample(nn.Module):
 
 
 class EmbedSequential(nn.Sequential):
-    """A sequence of layers where residual blocks also receive the timestep embedding."""
+    """A sequence of layers where residual blocks also receive the timestep embedding and
+    cross-attention blocks the caption (its token features and padding mask)."""
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:  # type: ignore[override]
         for layer in self:
-            x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, CrossAttentionBlock):
+                x = layer(x, *context)
+            else:
+                x = layer(x)
         return x
 
 
@@ -133,6 +166,8 @@ class UNet(nn.Module):
         num_classes: if set, the model is class-conditional with ids 0..num_classes-1 and the
             "no label" id ``num_classes``.
         attn_heads: attention heads (1 in DDPM).
+        context_dim: if set, the model is text-conditional: cross-attention to a caption's token
+            features of this width follows every self-attention block.
     """
 
     def __init__(
@@ -147,6 +182,7 @@ class UNet(nn.Module):
         norm_groups: int = 32,
         num_classes: int | None = None,
         attn_heads: int = 1,
+        context_dim: int | None = None,
     ) -> None:
         super().__init__()
         ch_mult, attn_resolutions = tuple(ch_mult), tuple(attn_resolutions)
@@ -165,6 +201,8 @@ class UNet(nn.Module):
             raise ValueError(f"norm_groups={norm_groups} does not divide the widths {bad}")
         if num_classes is not None and num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer or None, got {num_classes}")
+        if context_dim is not None and context_dim < 1:
+            raise ValueError(f"context_dim must be a positive integer or None, got {context_dim}")
         self.config = dict(
             image_size=image_size,
             in_channels=in_channels,
@@ -177,14 +215,20 @@ class UNet(nn.Module):
             num_classes=num_classes,
             attn_heads=attn_heads,
         )
-        self.image_size, self.in_channels, self.num_classes = image_size, in_channels, num_classes
+        if context_dim is not None:  # recorded only when set: a checkpoint of another model keeps its config
+            self.config["context_dim"] = context_dim
+        self.image_size, self.in_channels, self.num_classes, self.context_dim = image_size, in_channels, num_classes, context_dim
         emb_dim = 4 * ch
 
         def res(i: int, o: int) -> ResBlock:
             return ResBlock(i, o, emb_dim, dropout, norm_groups)
 
-        def attn(c: int) -> AttentionBlock:
-            return AttentionBlock(c, norm_groups, attn_heads)
+        def attn(c: int) -> list[nn.Module]:
+            """Self-attention, then (for a text model) cross-attention to the caption."""
+            blocks: list[nn.Module] = [AttentionBlock(c, norm_groups, attn_heads)]
+            if context_dim is not None:
+                blocks.append(CrossAttentionBlock(c, context_dim, norm_groups, attn_heads))
+            return blocks
 
         self.ch = ch
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -199,14 +243,14 @@ class UNet(nn.Module):
                 block = EmbedSequential(res(cur, ch * mult))
                 cur = ch * mult
                 if sides[level] in attn_resolutions:
-                    block.append(attn(cur))
+                    block.extend(attn(cur))
                 self.down.append(block)
                 skips.append(cur)
             if level < levels - 1:
                 self.down.append(EmbedSequential(Downsample(cur)))
                 skips.append(cur)
 
-        self.mid = EmbedSequential(res(cur, cur), attn(cur), res(cur, cur))
+        self.mid = EmbedSequential(res(cur, cur), *attn(cur), res(cur, cur))
 
         # Up path: one more block per level than on the way down, each eating one skip.
         self.up = nn.ModuleList()
@@ -215,7 +259,7 @@ class UNet(nn.Module):
                 block = EmbedSequential(res(cur + skips.pop(), ch * mult))
                 cur = ch * mult
                 if sides[level] in attn_resolutions:
-                    block.append(attn(cur))
+                    block.extend(attn(cur))
                 if level > 0 and i == num_res_blocks:
                     block.append(Upsample(cur))
                 self.up.append(block)
@@ -244,9 +288,13 @@ class UNet(nn.Module):
                 f"got {int(y.min())}..{int(y.max())}"
             )
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Predict the target from x_t [B, C, H, W] at timesteps t [B]; y [B] class ids (optional)."""
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, context: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Predict the target from x_t [B, C, H, W] at timesteps t [B]; y [B] class ids (optional);
+        ``context`` (a text model's, required there): (token features [B, L, context_dim], padding mask [B, L])."""
         self._check_inputs(x, t, y)
+        self._check_context(x, context)
         emb = self.time_mlp(timestep_embedding(t, self.ch))
         if self.class_emb is not None:
             if y is None:  # a conditional model asked without labels samples unconditionally
@@ -256,12 +304,27 @@ class UNet(nn.Module):
         h = self.conv_in(x)
         hs = [h]
         for block in self.down:
-            h = block(h, emb)
+            h = block(h, emb, context)
             hs.append(h)
-        h = self.mid(h, emb)
+        h = self.mid(h, emb, context)
         for block in self.up:
-            h = block(torch.cat([h, hs.pop()], dim=1), emb)
+            h = block(torch.cat([h, hs.pop()], dim=1), emb, context)
         return self.out(h)
+
+    def _check_context(self, x: torch.Tensor, context: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        if self.context_dim is None:
+            if context is not None:
+                raise ValueError("a caption was given to a U-Net without text conditioning (built with context_dim=None)")
+            return
+        if context is None:
+            raise ValueError("this U-Net is text-conditional: pass context=(token features, padding mask), the empty caption's for no text")
+        tokens, pad = context
+        if tokens.ndim != 3 or tokens.shape[0] != x.shape[0] or tokens.shape[2] != self.context_dim:
+            raise ValueError(f"token features must have shape [{x.shape[0]}, L, {self.context_dim}], got {tuple(tokens.shape)}")
+        if pad.shape != tokens.shape[:2] or pad.dtype != torch.bool:
+            raise ValueError(f"the padding mask must be a bool tensor of shape {tuple(tokens.shape[:2])}, got {pad.dtype} {tuple(pad.shape)}")
+        if pad.device.type == "cpu" and bool(pad.all(1).any()):  # a caption of padding alone would attend to nothing (NaN)
+            raise ValueError("every caption needs at least one token that is not padding (helpers.text puts a start token first)")
 
 
 def shape_table(model: UNet, x: torch.Tensor, t: torch.Tensor) -> list[tuple[str, tuple[int, ...]]]:
@@ -283,5 +346,5 @@ def shape_table(model: UNet, x: torch.Tensor, t: torch.Tensor) -> list[tuple[str
 
 
 def _kinds(block: nn.Module) -> str:
-    names = {"ResBlock": "res", "AttentionBlock": "attn", "Downsample": "down", "Upsample": "up"}
+    names = {"ResBlock": "res", "AttentionBlock": "attn", "CrossAttentionBlock": "xattn", "Downsample": "down", "Upsample": "up"}
     return "+".join(names.get(type(m).__name__, type(m).__name__) for m in block)
