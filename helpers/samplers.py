@@ -9,8 +9,8 @@
   noise-level solvers in ``helpers.solvers``; multistep consistency in ``helpers.consistency``):
   ``num_steps(d)`` and ``run(model, d, x_T, generator, report)``. A new sampler is one class.
 * ``DDPM`` and ``DDIM``: a sampler's settings, its grid and its step, as one small object.
-* ``Guided``: a class-conditional model with its labels and classifier-free guidance scale,
-  wrapped as a model ``(x_t, t) -> output`` that any sampler can call.
+* ``Guided`` and ``TextGuided``: a class- or text-conditional model with its labels or captions and
+  classifier-free guidance scale, wrapped as a model ``(x_t, t) -> output`` that any sampler can call.
 * ``sample``: the one entry point, for every sampler: a progress bar, a callback that sees every
   step as one dict (``Trajectory`` records them) and device-independent noise from a CPU generator.
 
@@ -47,6 +47,7 @@ __all__ = [
     "DDPM",
     "DDIM",
     "Guided",
+    "TextGuided",
     "sample",
     "ddim_invert",
     "Trajectory",
@@ -274,14 +275,35 @@ class DDIM(_Chain):
         return f"DDIM-{self.steps or 'T'} ({self.spacing}, eta {self.eta:g}{'' if self.clip_x0 else ', unclipped'})"
 
 
-class Guided(nn.Module):
-    """A class-conditional model as a model ``(x_t, t) -> output``: labels ``y`` and classifier-free
-    guidance scale ``scale`` fixed (Ho & Salimans 2022, eq. 6).
+class _Guidance(nn.Module):
+    """Classifier-free guidance (Ho & Salimans 2022, eq. 6) around a conditional model, as a model
+    ``(x_t, t) -> output``: out = out_uncond + s (out_cond - out_uncond). s = 1 is the conditional model
+    alone (one forward pass), s = 0 the unconditional one (one pass with the "no condition" input),
+    any other s one forward pass over the batch doubled. Subclasses say what the condition is."""
 
-    out = out_uncond + s (out_cond - out_uncond): s = 1 is the conditional model alone (one
-    forward pass), s = 0 the unconditional one (one pass with the "no label" id ``num_classes``),
-    any other s one forward pass over the batch doubled.
-    """
+    scale: float
+
+    def _check_scale(self, scale: float) -> float:
+        if not math.isfinite(scale):
+            raise ValueError(f"the guidance scale must be a finite number, got {scale}")
+        return float(scale)
+
+    def _run(self, x_t: torch.Tensor, t: torch.Tensor, which: str) -> torch.Tensor:
+        """The model's output with the condition ("cond"), without it ("null"), or both over the doubled batch ("both")."""
+        raise NotImplementedError
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.scale == 1:
+            return self._run(x_t, t, "cond")
+        if self.scale == 0:
+            return self._run(x_t, t, "null")
+        cond, uncond = self._run(torch.cat([x_t, x_t]), torch.cat([t, t]), "both").chunk(2)
+        return uncond + self.scale * (cond - uncond)
+
+
+class Guided(_Guidance):
+    """A class-conditional model as a model ``(x_t, t) -> output``: labels ``y`` and classifier-free
+    guidance scale ``scale`` fixed; "no label" is the id ``num_classes``."""
 
     def __init__(self, model: nn.Module, y: torch.Tensor, scale: float = 1.0) -> None:
         super().__init__()
@@ -292,22 +314,46 @@ class Guided(nn.Module):
             raise ValueError(f"y must hold one class id per image, a 1-D tensor; got shape {tuple(y.shape)}")
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
             raise ValueError(f"class ids must lie in 0..{num_classes - 1}, got {int(y.min())}..{int(y.max())}")
-        if not math.isfinite(scale):
-            raise ValueError(f"the guidance scale must be a finite number, got {scale}")
-        self.model, self.scale, self.null_id = model, float(scale), num_classes
+        self.model, self.scale, self.null_id = model, self._check_scale(scale), num_classes
         self.register_buffer("y", y.long(), persistent=False)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if len(x_t) != len(self.y):
-            raise ValueError(f"y holds {len(self.y)} class ids for a batch of {len(x_t)} images")
+    def _run(self, x_t: torch.Tensor, t: torch.Tensor, which: str) -> torch.Tensor:
+        n = len(x_t) // 2 if which == "both" else len(x_t)
+        if n != len(self.y):
+            raise ValueError(f"y holds {len(self.y)} class ids for a batch of {n} images")
         y = self.y.to(x_t.device)
-        if self.scale == 1:
-            return self.model(x_t, t, y)
         null = torch.full_like(y, self.null_id)
-        if self.scale == 0:
-            return self.model(x_t, t, null)
-        cond, uncond = self.model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
-        return uncond + self.scale * (cond - uncond)
+        labels = {"cond": y, "null": null, "both": torch.cat([y, null])}[which]
+        return self.model(x_t, t, labels)
+
+
+class TextGuided(_Guidance):
+    """A text-conditional model (``UNet(context_dim=...)``) as a model ``(x_t, t) -> output``: the
+    captions' ``context`` (token features [B, L, D], padding mask [B, L]) and the guidance scale fixed;
+    "no text" is ``null``, the empty caption's context (one row, or one per image), as Stable
+    Diffusion guides with the empty prompt."""
+
+    def __init__(self, model: nn.Module, context: tuple[torch.Tensor, torch.Tensor], null: tuple[torch.Tensor, torch.Tensor], scale: float = 1.0) -> None:
+        super().__init__()
+        if getattr(model, "context_dim", None) is None:
+            raise ValueError("captions were given, but the model has no text conditioning (context_dim=None)")
+        (tokens, pad), (null_tokens, null_pad) = context, null
+        if null_tokens.shape[1:] != tokens.shape[1:] or null_pad.shape[1:] != pad.shape[1:]:
+            raise ValueError(f"the empty caption's context {tuple(null_tokens.shape)} does not match the captions' {tuple(tokens.shape)} beyond the batch")
+        if len(null_tokens) not in (1, len(tokens)):
+            raise ValueError(f"give the empty caption's context once or once per caption ({len(tokens)}), not {len(null_tokens)} times")
+        self.model, self.scale = model, self._check_scale(scale)
+        self.context = (tokens, pad)
+        self.null = (null_tokens.expand_as(tokens), null_pad.expand_as(pad))
+
+    def _run(self, x_t: torch.Tensor, t: torch.Tensor, which: str) -> torch.Tensor:
+        n = len(x_t) // 2 if which == "both" else len(x_t)
+        if n != len(self.context[0]):
+            raise ValueError(f"{len(self.context[0])} captions for a batch of {n} images")
+        cond = tuple(v.to(x_t.device) for v in self.context)
+        null = tuple(v.to(x_t.device) for v in self.null)
+        context = {"cond": cond, "null": null, "both": (torch.cat([cond[0], null[0]]), torch.cat([cond[1], null[1]]))}[which]
+        return self.model(x_t, t, context=context)
 
 
 class Trajectory:

@@ -70,3 +70,25 @@ def test_a_text_unet_reads_its_caption_and_a_plain_one_is_unchanged():
         text(x, t, context=(torch.randn(2, 3, 5), pad))
     with pytest.raises(ValueError, match="at least one token"):
         text(x, t, context=(a, torch.ones(2, 3, dtype=torch.bool)))
+
+
+def test_text_guidance_is_the_guidance_formula_on_the_caption_and_the_empty_caption():
+    from helpers.samplers import TextGuided
+
+    config = dict(image_size=8, in_channels=1, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0, norm_groups=4)
+    torch.manual_seed(3)
+    model = _perturbed(UNet(**config, context_dim=6)).eval()
+    x, t = torch.randn(3, 1, 8, 8), torch.tensor([5, 400, 900])
+    context = (torch.randn(3, 4, 6), torch.tensor([[False, False, True, True]] * 3))
+    null = (torch.randn(1, 4, 6), torch.tensor([[False, True, True, True]]))  # the empty caption: its start token alone
+    with torch.no_grad():
+        cond = model(x, t, context=context)
+        uncond = model(x, t, context=(null[0].expand(3, -1, -1), null[1].expand(3, -1)))
+        for s in (0.0, 1.0, 3.5):
+            assert torch.allclose(TextGuided(model, context, null, s)(x, t), uncond + s * (cond - uncond), atol=1e-5), s
+    with pytest.raises(ValueError, match="no text conditioning"):
+        TextGuided(UNet(**config), context, null)
+    with pytest.raises(ValueError, match="does not match"):
+        TextGuided(model, context, (torch.randn(1, 5, 6), torch.zeros(1, 5, dtype=torch.bool)))
+    with pytest.raises(ValueError, match="3 captions for a batch of 2"):
+        TextGuided(model, context, null, 2.0)(x[:2], t[:2])
