@@ -19,8 +19,8 @@
 # matching, Lipman et al. 2023; stochastic interpolants, Albergo & Vanden-Eijnden 2023), and sampled
 # by integrating an ODE, the kind of ODE notebook 09 solved. This notebook builds that objective from
 # its equation on the 2-D ring of notebooks 09 and 11, whose exact velocity field is known. It shows on
-# the same noise that an ε-model (03), a $v$-model (07) and a flow model are sampled by one and the same
-# step, written in three coordinates. It then compares two laws for the training time t, puts the flow model beside 03's model and
+# the same noise that 03's ε-model and the flow model, the latter also read as a $v$-model (07's
+# parameterisation), are sampled by one and the same step, written in different coordinates. It then compares two laws for the training time t, puts the flow model beside 03's model and
 # 11's consistency model in one FID table against the number of network evaluations (NFE), and
 # straightens the flow by **reflow**. Symbols are those of the [notation](../docs/notation.md) page,
 # with one change: here $t \in [0, 1]$ is continuous flow time, 0 is data and 1 is noise, and DDPM's
@@ -127,8 +127,8 @@ print(f"2,000 steps of batch 256 in {time.perf_counter() - toy_start:.0f} s")
 # Three checks on 20,000 fresh draws of $(x_0, \varepsilon, t)$ ($t$ at the midpoints of 50 bins, since the closed
 # form takes one $t$ at a time): the learned field against the exact one;
 # the decomposition above, term by term; and the loss by hand against `FlowMatching.loss`, which
-# calls a network at `time_scale` × t (1000 × t, the range of DDPM's timesteps that the course's
-# U-Net embeds).
+# calls a network at `time_scale` × t (1000 × t for the U-Net, the range of DDPM's timesteps that its
+# embedding saw; 1 × t for this toy network, which takes $t$ itself).
 
 # %%
 gen = cpu_generator(1)
@@ -280,9 +280,8 @@ assert gap_eps < 1e-3
 # %% [markdown]
 # The other direction: the flow model (the next cell loads it) can be sampled by 05's
 # DDIM as if it were a $v$-model (07's parameterisation). Wrap it so that it answers with $\hat v$ on DDIM's
-# $x^{\text{DDPM}}$; DDIM then
-# draws the same images as Euler on the flow from the same noise. First the flow model itself, which
-# this cell loads, or trains when the file is missing:
+# $x^{\text{DDPM}}$; DDIM then draws the same images as Euler on the flow from the same noise. The next
+# cell loads the flow model, or trains it when the file is missing:
 
 # %%
 flow_path = profile.checkpoint("velocity")
@@ -336,9 +335,8 @@ fig.suptitle(f"one sampler step in two coordinates, two networks: {steps} steps 
 
 # %% [markdown]
 # The two left grids match, and so do the two right grids (the printed differences are float
-# rounding). The pairs differ from each other because the two networks were trained on different
-# targets with different recipes and learned different ODEs. Which ODE gives better images is a
-# question for FID, below.
+# rounding). The two networks were trained on different targets with different recipes, so they
+# define different ODEs; which one gives better images is a question for FID, below.
 #
 # ## When to look: the law of the training time t
 #
@@ -429,8 +427,9 @@ print("held-out loss lower under logit-normal at t = " + (", ".join(f"{s:.2f}" f
 #
 # - the flow model with Euler and with Heun (the trapezoid rule with an Euler predictor, two network
 #   calls a step, one for the last);
-# - 03's ε-model with DPM-Solver++(2M) (notebook 09's best solver);
-# - 11's consistency model, distilled from 03's model, at one and two evaluations.
+# - 03's ε-model with DPM-Solver++(2M) (the best of notebook 09's samplers at 10 evaluations);
+# - 11's consistency model, distilled from 03's model, at one and two evaluations (at two, with the
+#   sampler's default intermediate noise level, not the one notebook 11 tunes).
 #
 # The flow model and 03's model have the same U-Net and the same number of training steps and images,
 # but not the same recipe beyond that: 03's model has min-SNR-5 weighting and importance-sampled
@@ -491,10 +490,11 @@ for a, b in comparisons:
 
 # %% [markdown]
 # The printed lines are the verdicts; each is one training run per model. At one evaluation, Euler
-# from $t = 1$ lands on $x_1 - \hat u(x_1, 1)$, and for the exact field that is $\mathbb E[x_0]$, the same mean
-# image from every noise. How close the learned model's one-step samples come to one image is printed
-# under the sample grids below (their spread across samples, against the real images'); a consistency
-# model is distilled to avoid exactly this. Heun's last step is Euler's (no evaluation at $t = 0$, as in
+# from $t = 1$ lands on $x_1 - \hat u(x_1, 1)$ ($x_1 = \varepsilon$, the state at $t = 1$), and for the exact field
+# that is $\mathbb E[x_0]$, the same mean image from every noise. How close the learned model's one-step
+# samples come to one image is printed under the sample grids below (their spread across samples,
+# against the real images'; the one-step images themselves are in the reflow figure further down); a
+# consistency model is distilled to avoid exactly this. Heun's last step is Euler's (no evaluation at $t = 0$, as in
 # Karras et al.'s Heun), so it spends $2k - 1$ evaluations on $k$ steps: its column 4 is 3 evaluations, 8
 # is 7, 16 is 15 (the figure plots it at those). The last line of the table says how much each row
 # still moves from 8 to 16 evaluations; a row that still moves has solver error left in it, so a
@@ -570,10 +570,9 @@ print("one Euler step from t = 1, median distance from the origin (the ring's ra
 assert s_reflow < s_first
 
 # %% [markdown]
-# On images: pairs from the flow model (Heun, 8 steps, 15 evaluations each), then a second model
-# started from the first one's weights and trained on the pairs (`FlowMatching(coupling="reflow")`: the
-# Trainer takes each image's ε from its pair). The second model starts from the first one's weights and
-# trains at a quarter of its peak learning rate.
+# On images: pairs from the flow model (Heun, 8 steps, 15 evaluations each), then a second model,
+# started from the first one's weights, trained on the pairs at a quarter of the first one's peak
+# learning rate (`FlowMatching(coupling="reflow")`: the Trainer takes each image's ε from its pair).
 
 # %%
 n_pairs = profile.compare_steps * profile.train.batch_size // 6  # each pair seen about six times
@@ -626,13 +625,17 @@ print(f"one evaluation, reflow against 11's consistency model: FID {reflow_rows[
       f"difference {interval}: {verdict}; the floor is {floor_q}")
 
 # %% [markdown]
-# The printed straightness and the paired differences are the measurement. Reflow has two costs: the
-# pairs (a sampling run of 15 evaluations for each pair) and a second training run (both timed above). What it buys is what the
-# lines above say at 1, 2 and 4 evaluations, with this budget for pairs and training.
+# The printed straightness and the paired differences are the measurement. Straightness is the
+# squared gap between a path's speed and its chord's, averaged over time and coordinates, so compare
+# values within one setting (the toy's 2-D points or these 784 pixels), not across them. Reflow has
+# two costs: the pairs (a sampling run of 15 evaluations for each pair) and a second training run
+# (both timed above); the reflowed model has also had `compare_steps` more training steps than the
+# first. What it buys is what the lines above say at 1, 2 and 4 evaluations, with this budget for
+# pairs and training.
 #
 # ## One path, step by step
 #
-# Scrub $t$ from 1 to 0 along one flow-Euler path of 50 steps: $x_t$ and the model's
+# Scrub $t$ from 1 to 0 along the flow-Euler paths of four images, 50 steps: $x_t$ and the model's
 # $\hat x_0 = x_t - t\,\hat u$ (one evaluation, what a single Euler step from here would land on), left and
 # right under the slider, top and bottom in the strip after it, which is the stored version.
 
@@ -698,9 +701,10 @@ check(flow_heun)
 
 # %% [markdown]
 # **3. Predict, then run: reflow on Gaussian data.** Take data $x_0 \sim \mathcal N(M, S^2)$ in every
-# coordinate. The first flow's ODE carries each noise $\varepsilon$ to $M + S\varepsilon$ (its paths are curved
-# unless $S = 1$). Reflow pairs each $\varepsilon$ with that end and learns the marginal velocity of the lines
-# between the pairs. How many equal Euler steps does the reflowed ODE need to land on $M + S x_1$ to
+# coordinate. The first flow's ODE carries each noise $\varepsilon$ to $M + S\varepsilon$ along a curved path,
+# $x_t = (1-t)M + \sqrt{(1-t)^2S^2 + t^2}\,\varepsilon$. Reflow pairs each $\varepsilon$ with that end and learns
+# the marginal velocity of the lines between the pairs. How many equal Euler steps does the reflowed
+# ODE need to land on $M + S x_1$ ($x_1 = \varepsilon$, where the ODE starts) to
 # within $10^{-9}$: 1, about 10, or about 100? Return your answer; the check builds that velocity in
 # closed form and integrates it.
 

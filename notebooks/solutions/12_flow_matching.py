@@ -38,5 +38,5 @@ def predict_reflow_steps():
     # exactly one of them (eps = (x - (1 - t) M) / ((1 - t) S + t) is determined by x): the marginal velocity
     # is that line's own velocity, (1 - S) eps - M, constant along the path. The ODE's paths are the lines,
     # so one Euler step, itself a straight line, lands exactly on M + S x_1. The first flow needs many
-    # steps, because its paths curve unless S = 1.
+    # steps: along its paths the noise's share sqrt((1 - t)^2 S^2 + t^2) is not linear in t, so they curve.
     return 1
