@@ -35,7 +35,7 @@ from helpers.cli import CliError
 from helpers.device import cpu_generator, describe
 from helpers.latent import check_autoencoder, decode, latent_record, unclipped
 from helpers.flow import FLOW_SAMPLERS, FlowEuler
-from helpers.samplers import DDIM, DDPM, SPACINGS, VARIANCES, Guided, sample
+from helpers.samplers import DDIM, DDPM, SPACINGS, VARIANCES, Guided, fits, sample
 from helpers.solvers import SOLVERS, Solver
 from helpers.viz import save_grid
 
@@ -168,7 +168,7 @@ def draw(args: argparse.Namespace) -> str:
         model, d, ckpt = load_model(args.checkpoint, device, ema=not args.raw)
     except (FileNotFoundError, CheckpointError) as err:
         raise CliError(str(err)) from None
-    if (d.prediction == "velocity") != isinstance(sampler, FlowEuler):
+    if not fits(d, sampler):
         raise CliError(f"{args.checkpoint} holds a flow-matching model, which predicts a velocity and has no beta schedule for --sampler {args.sampler} "
                        "to step through; sample it with --sampler flow-euler or flow-heun" if d.prediction == "velocity" else
                        f"--sampler {args.sampler} integrates a flow-matching model's velocity, but {args.checkpoint} holds a diffusion model")  # fmt: skip

@@ -48,6 +48,7 @@ __all__ = [
     "DDIM",
     "Guided",
     "TextGuided",
+    "fits",
     "sample",
     "ddim_invert",
     "Trajectory",
@@ -279,31 +280,44 @@ class _Guidance(nn.Module):
     """Classifier-free guidance (Ho & Salimans 2022, eq. 6) around a conditional model, as a model
     ``(x_t, t) -> output``: out = out_uncond + s (out_cond - out_uncond). s = 1 is the conditional model
     alone (one forward pass), s = 0 the unconditional one (one pass with the "no condition" input),
-    any other s one forward pass over the batch doubled. Subclasses say what the condition is."""
+    any other s one forward pass over the batch doubled. A subclass gives the two inputs (``_inputs``:
+    tensors with one row per image) and how the model takes them (``_call``); ``size`` is the batch
+    they fit, and ``mismatch`` the error for another batch."""
 
     scale: float
+    size: int
+    mismatch: str  # formatted with n (the size) and batch
 
     def _check_scale(self, scale: float) -> float:
         if not math.isfinite(scale):
             raise ValueError(f"the guidance scale must be a finite number, got {scale}")
         return float(scale)
 
-    def _run(self, x_t: torch.Tensor, t: torch.Tensor, which: str) -> torch.Tensor:
-        """The model's output with the condition ("cond"), without it ("null"), or both over the doubled batch ("both")."""
+    def _inputs(self, device: torch.device) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """(the condition's tensors, the "no condition" tensors) on ``device``."""
+        raise NotImplementedError
+
+    def _call(self, x_t: torch.Tensor, t: torch.Tensor, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         raise NotImplementedError
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if len(x_t) != self.size:
+            raise ValueError(self.mismatch.format(n=self.size, batch=len(x_t)))
+        cond, null = self._inputs(x_t.device)
         if self.scale == 1:
-            return self._run(x_t, t, "cond")
+            return self._call(x_t, t, cond)
         if self.scale == 0:
-            return self._run(x_t, t, "null")
-        cond, uncond = self._run(torch.cat([x_t, x_t]), torch.cat([t, t]), "both").chunk(2)
-        return uncond + self.scale * (cond - uncond)
+            return self._call(x_t, t, null)
+        both = tuple(torch.cat(pair) for pair in zip(cond, null))
+        out_cond, out_uncond = self._call(torch.cat([x_t, x_t]), torch.cat([t, t]), both).chunk(2)
+        return out_uncond + self.scale * (out_cond - out_uncond)
 
 
 class Guided(_Guidance):
     """A class-conditional model as a model ``(x_t, t) -> output``: labels ``y`` and classifier-free
     guidance scale ``scale`` fixed; "no label" is the id ``num_classes``."""
+
+    mismatch = "y holds {n} class ids for a batch of {batch} images"
 
     def __init__(self, model: nn.Module, y: torch.Tensor, scale: float = 1.0) -> None:
         super().__init__()
@@ -314,17 +328,15 @@ class Guided(_Guidance):
             raise ValueError(f"y must hold one class id per image, a 1-D tensor; got shape {tuple(y.shape)}")
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
             raise ValueError(f"class ids must lie in 0..{num_classes - 1}, got {int(y.min())}..{int(y.max())}")
-        self.model, self.scale, self.null_id = model, self._check_scale(scale), num_classes
+        self.model, self.scale, self.null_id, self.size = model, self._check_scale(scale), num_classes, len(y)
         self.register_buffer("y", y.long(), persistent=False)
 
-    def _run(self, x_t: torch.Tensor, t: torch.Tensor, which: str) -> torch.Tensor:
-        n = len(x_t) // 2 if which == "both" else len(x_t)
-        if n != len(self.y):
-            raise ValueError(f"y holds {len(self.y)} class ids for a batch of {n} images")
-        y = self.y.to(x_t.device)
-        null = torch.full_like(y, self.null_id)
-        labels = {"cond": y, "null": null, "both": torch.cat([y, null])}[which]
-        return self.model(x_t, t, labels)
+    def _inputs(self, device: torch.device) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        y = self.y.to(device)
+        return (y,), (torch.full_like(y, self.null_id),)
+
+    def _call(self, x_t: torch.Tensor, t: torch.Tensor, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return self.model(x_t, t, *inputs)
 
 
 class TextGuided(_Guidance):
@@ -332,6 +344,8 @@ class TextGuided(_Guidance):
     captions' ``context`` (token features [B, L, D], padding mask [B, L]) and the guidance scale fixed;
     "no text" is ``null``, the empty caption's context (one row, or one per image), as Stable
     Diffusion guides with the empty prompt."""
+
+    mismatch = "{n} captions for a batch of {batch} images"
 
     def __init__(self, model: nn.Module, context: tuple[torch.Tensor, torch.Tensor], null: tuple[torch.Tensor, torch.Tensor], scale: float = 1.0) -> None:
         super().__init__()
@@ -342,18 +356,21 @@ class TextGuided(_Guidance):
             raise ValueError(f"the empty caption's context {tuple(null_tokens.shape)} does not match the captions' {tuple(tokens.shape)} beyond the batch")
         if len(null_tokens) not in (1, len(tokens)):
             raise ValueError(f"give the empty caption's context once or once per caption ({len(tokens)}), not {len(null_tokens)} times")
-        self.model, self.scale = model, self._check_scale(scale)
+        self.model, self.scale, self.size = model, self._check_scale(scale), len(tokens)
         self.context = (tokens, pad)
         self.null = (null_tokens.expand_as(tokens), null_pad.expand_as(pad))
 
-    def _run(self, x_t: torch.Tensor, t: torch.Tensor, which: str) -> torch.Tensor:
-        n = len(x_t) // 2 if which == "both" else len(x_t)
-        if n != len(self.context[0]):
-            raise ValueError(f"{len(self.context[0])} captions for a batch of {n} images")
-        cond = tuple(v.to(x_t.device) for v in self.context)
-        null = tuple(v.to(x_t.device) for v in self.null)
-        context = {"cond": cond, "null": null, "both": (torch.cat([cond[0], null[0]]), torch.cat([cond[1], null[1]]))}[which]
-        return self.model(x_t, t, context=context)
+    def _inputs(self, device: torch.device) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        return tuple(v.to(device) for v in self.context), tuple(v.to(device) for v in self.null)
+
+    def _call(self, x_t: torch.Tensor, t: torch.Tensor, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return self.model(x_t, t, context=inputs)
+
+
+def fits(d: Any, sampler: Any) -> bool:
+    """Whether ``sampler`` can sample the process ``d``: a flow-matching model (it predicts a velocity)
+    takes a flow sampler (``process = "flow"``), and only it; a diffusion model takes every other."""
+    return (getattr(d, "prediction", None) == "velocity") == (getattr(sampler, "process", None) == "flow")
 
 
 class Trajectory:
@@ -445,7 +462,7 @@ def sample(
     Returns:
         x_0 (clamped to [-1, 1] unless ``clamp`` is off), on x_T's device.
     """
-    if (getattr(d, "prediction", None) == "velocity") != (getattr(sampler, "process", None) == "flow"):
+    if not fits(d, sampler):
         raise ValueError(
             f"{sampler} cannot sample {d!r}: a flow-matching model predicts a velocity on the straight path from data to noise "
             "and has no beta schedule for DDPM, DDIM or the sigma solvers to step through, and the flow samplers need one; "

@@ -156,7 +156,7 @@ def run(args: argparse.Namespace, world: World | None = None) -> int:
             elif args.time_sampling is not None:
                 raise cli.CliError("--time-sampling sets a flow-matching model's t; train one with --prediction velocity")
             else:
-                given_model = {k: getattr(args, k) for k in ("schedule", "prediction", "loss_weighting", "min_snr_gamma") if getattr(args, k) is not None}
+                given_model = {k: getattr(args, k) for k in ("prediction", *DIFFUSION_FLAGS) if getattr(args, k) is not None}
                 diffusion = profile.diffusion(**given_model)
             config = TrainConfig.from_profile(profile, **given)
         seed_everything(config.seed)  # the same on every process: they draw the same global-batch noise
