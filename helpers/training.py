@@ -60,6 +60,8 @@ class Trainer(GuardedRun):
         batch_fits(config.batch_size, len(dataset))  # before any work
         self.flow = isinstance(diffusion, FlowMatching)
         self.paired = self.flow and diffusion.coupling == "reflow"  # the dataset's items are (x0_hat, eps) pairs
+        if self.paired and getattr(model, "num_classes", None) is not None:
+            raise ValueError("reflow pairs (x0_hat, eps) carry no labels: train a reflow model unconditional")
         if self.flow and config.timesteps == "importance":
             raise ValueError("importance-sampled timesteps are for a diffusion process; a flow model draws t by its own "
                              f"time_sampling ({diffusion.time_sampling}): train it with timesteps='uniform'")
@@ -73,8 +75,6 @@ class Trainer(GuardedRun):
         self.ema = self._fresh_ema() if config.ema_decay is not None else None
         self.importance = ImportanceTimesteps(diffusion.T, device=self.device) if config.timesteps == "importance" else None
         self.num_classes: int | None = getattr(model, "num_classes", None)
-        if self.paired and self.num_classes is not None:
-            raise ValueError("reflow pairs (x0_hat, eps) carry no labels: train a reflow model unconditional")
         self.step, self.callback = 0, None  # callback: train's, for the rows of the run in progress
         self.log = TrainLog(self.out_dir if self.world.main else None)  # the metrics rows (helpers.train_log)
         self.grids: list[tuple[int, torch.Tensor]] = []  # (step, images) sample grids of this session
