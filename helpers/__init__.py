@@ -7,13 +7,14 @@ lazily inside a function (``tests/test_layers.py`` holds the package to ``LAYERS
   checkpoint names, the shipped models), ``validate`` (the argument checks), ``stats``
   (bootstrap intervals).
 * math: ``schedules``, ``diffusion`` (01, 03, 07), ``samplers`` (04, 05: the one sampler protocol
-  and ``sample``), ``solvers`` (09), ``consistency`` (11), ``flow`` (flow matching), ``ema`` (06), ``toy`` (09),
+  and ``sample``), ``editing`` (13: SDEdit and inpainting), ``solvers`` (09), ``consistency`` (11), ``flow`` (flow matching), ``ema`` (06), ``toy`` (09),
   ``timesteps`` (03: importance sampling of t).
-* networks: ``unet`` (02), ``autoencoder`` (10), ``clip`` (13: a small CLIP and its contrastive loss).
+* networks: ``unet`` (02), ``autoencoder`` (10), ``text`` (13: the tokenizer), ``clip`` (13: a small CLIP and its
+  contrastive loss), ``text_unet`` (13: the U-Net reading captions through the frozen CLIP).
 * plumbing: ``config`` (the profiles and run settings), ``checkpoints``, ``distributed``, ``data``,
-  ``latent``, ``viz``, ``captions`` (13: captions measured from the pixels), ``text`` (13: the tokenizer).
+  ``latent``, ``viz``, ``captions`` (13: captions measured from the pixels).
 * runs: ``runs`` (the one guarded loop), ``train_log``, ``training`` (03), ``distillation`` (11),
-  ``autoencoder_training`` (10).
+  ``autoencoder_training`` (10), ``clip_training`` (13).
 * measuring: ``classifier``, ``metrics``, ``evaluation`` (06 onwards).
 * programs: ``python -m helpers <command>`` (``cli``, ``__main__``, ``train``, ``sample``,
   ``distil``, ``autoencode``, ``bench``, ``pretrained``), ``reference`` and ``exercises``.
@@ -21,10 +22,10 @@ lazily inside a function (``tests/test_layers.py`` holds the package to ``LAYERS
 
 LAYERS: dict[str, tuple[str, ...]] = {
     "leaves": ("device", "paths", "validate", "stats"),
-    "math": ("schedules", "diffusion", "timesteps", "samplers", "solvers", "consistency", "flow", "ema", "toy"),
-    "networks": ("unet", "autoencoder", "clip"),
-    "plumbing": ("config", "checkpoints", "distributed", "data", "latent", "viz", "captions", "text"),
-    "runs": ("runs", "train_log", "training", "distillation", "autoencoder_training"),
+    "math": ("schedules", "diffusion", "timesteps", "samplers", "editing", "solvers", "consistency", "flow", "ema", "toy"),
+    "networks": ("unet", "autoencoder", "text", "clip", "text_unet"),
+    "plumbing": ("config", "checkpoints", "distributed", "data", "latent", "viz", "captions"),
+    "runs": ("runs", "train_log", "training", "distillation", "autoencoder_training", "clip_training"),
     "measuring": ("classifier", "metrics", "evaluation"),
     "programs": ("cli", "__main__", "train", "sample", "distil", "autoencode", "bench", "pretrained", "reference", "exercises"),
 }

@@ -17,14 +17,13 @@ number for its autoencoder), so that scaled latents have unit variance as the no
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers.device import randn
+from helpers.device import fingerprint, randn
 
 __all__ = ["DiagonalGaussian", "Autoencoder"]
 
@@ -132,9 +131,5 @@ class Autoencoder(nn.Module):
 
     def fingerprint(self) -> str:
         """A short hash of the weights and the scale factor: a latent model records the autoencoder it was trained on by it."""
-        h = hashlib.sha256()
-        for name, value in sorted(self.state_dict().items()):
-            h.update(name.encode())
-            h.update(value.detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+        return fingerprint(self)
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 
-__all__ = ["CLASS_WORDS", "FOOTWEAR", "ATTRIBUTES", "measure", "CaptionMaker"]
+__all__ = ["CLASS_WORDS", "FOOTWEAR", "ATTRIBUTES", "measure", "CaptionMaker", "read_prompt"]
 
 # the class names of Fashion-MNIST (helpers.data order) with the words a caption may use for them
 CLASS_WORDS: tuple[tuple[str, ...], ...] = (
@@ -149,6 +149,13 @@ class CaptionMaker:
             captions.append(" ".join(text.split()))
         return captions
 
+    def obeyed(self, images: torch.Tensor, prompts: list[str]) -> list[dict[str, bool]]:
+        """For each image and the prompt it was drawn for: {attribute: whether the image has the word the
+        prompt asks for}, measured as the training captions were, at the thresholds of the prompt's class."""
+        asked = [read_prompt(p) for p in prompts]
+        words = self.words(images, torch.tensor([c for c, _ in asked]))
+        return [{name: words[i][name] == word for name, word in want.items()} for i, (_, want) in enumerate(asked)]
+
     def state(self) -> dict[str, Any]:
         """What a checkpoint records; ``from_state`` rebuilds the maker."""
         return {"thresholds": self.thresholds, "held_out": [list(p) for p in self.held_out], "seed": self.seed}
@@ -156,3 +163,22 @@ class CaptionMaker:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> CaptionMaker:
         return cls(dict(state["thresholds"]), tuple((int(c), str(w)) for c, w in state["held_out"]), int(state["seed"]))
+
+
+def read_prompt(prompt: str) -> tuple[int, dict[str, str]]:
+    """The class and the attribute words a prompt asks for: "a dark sneaker facing left" ->
+    (7, {"brightness": "dark", "facing": "facing left"}). A prompt must name exactly one class (any of
+    its words in ``CLASS_WORDS``); a facing only for footwear."""
+    text = f" {' '.join(prompt.lower().split())} "
+    classes = {c for c, names in enumerate(CLASS_WORDS) for name in names if f" {name} " in text and not (name == "boot" and " ankle boot " in text)}
+    if len(classes) != 1:
+        names = ", ".join("/".join(n) for n in CLASS_WORDS)
+        raise ValueError(f"{prompt!r} names {len(classes)} classes; a prompt names one of: {names}")
+    (c,) = classes
+    wanted = {name: word for name, pair in ATTRIBUTES.items() for word in pair if f" {word} " in text}
+    if "facing" in wanted and c not in FOOTWEAR:
+        raise ValueError(f"{prompt!r}: only footwear ({', '.join(CLASS_WORDS[f][0] for f in FOOTWEAR)}) has a facing")
+    both = [name for name, (low, high) in ATTRIBUTES.items() if f" {low} " in text and f" {high} " in text]
+    if both:
+        raise ValueError(f"{prompt!r} asks for both words of {both[0]}")
+    return c, wanted

@@ -5,7 +5,7 @@ A checkpoint is a dict of plain data and tensors, read back with ``torch.load(we
 (no pickled code runs) and ``map_location`` (a CUDA checkpoint opens on MPS or a CPU):
 
     format       "diffusion-course/1"           kind     what it holds (KINDS): unet, consistency,
-    model        the network's state_dict                 autoencoder or classifier
+    model        the network's state_dict                 autoencoder, classifier or clip
     model_config the network's keyword arguments         step     optimiser steps taken
     diffusion    Diffusion.config() (unet, consistency), or FlowMatching.config() for a flow model
     optimizer, scheduler, scaler, ema, target_ema        state_dicts (optional)
@@ -13,6 +13,7 @@ A checkpoint is a dict of plain data and tensors, read back with ``torch.load(we
     history      metrics log rows                rng     random generator states
     profile      name of the profile             extra   anything else (plain data)
     fingerprint  an autoencoder's (helpers.autoencoder)  info     a classifier's accuracy and data
+    tokenizer, captions   a CLIP's vocabulary and caption maker (helpers.text, helpers.captions)
 
 ``save_checkpoint`` writes it, ``load_checkpoint`` reads it and refuses another kind in one line
 ("x.pt holds an autoencoder, not a U-Net"). Files of earlier versions still load: the course
@@ -33,21 +34,26 @@ from typing import Any
 import torch
 
 from helpers.autoencoder import Autoencoder
+from helpers.captions import CaptionMaker
+from helpers.clip import CLIP
 from helpers.diffusion import Diffusion
 from helpers.flow import FlowMatching, process_from_config
+from helpers.text import Tokenizer
+from helpers.text_unet import TextUNet
 from helpers.unet import UNet
 
 __all__ = [
     "FORMAT", "KINDS", "DIFFUSION_KINDS", "CheckpointError", "atomic_torch_save", "save_checkpoint", "first_line", "damaged",
-    "non_finite", "safe_load", "read_checkpoint", "kind_of", "load_checkpoint", "load_model", "save_autoencoder",
-    "load_autoencoder", "rng_state", "set_rng_state",
+    "non_finite", "safe_load", "read_checkpoint", "kind_of", "load_checkpoint", "build_model", "load_model", "save_autoencoder",
+    "load_autoencoder", "save_clip", "load_clip", "rng_state", "set_rng_state",
 ]  # fmt: skip
 
 FORMAT = "diffusion-course/1"
-KINDS = {"unet": "a U-Net", "consistency": "a consistency model", "autoencoder": "an autoencoder", "classifier": "a classifier"}
+KINDS = {"unet": "a U-Net", "consistency": "a consistency model", "autoencoder": "an autoencoder", "classifier": "a classifier", "clip": "a CLIP"}
 DIFFUSION_KINDS = ("unet", "consistency")  # U-Nets under a diffusion process: what load_model and the samplers take
 _NEEDS = {"unet": ("model", "model_config", "diffusion", "step"), "consistency": ("model", "model_config", "diffusion", "step"),
-          "autoencoder": ("model", "model_config", "step"), "classifier": ("model", "model_config")}  # fmt: skip
+          "autoencoder": ("model", "model_config", "step"), "classifier": ("model", "model_config"),
+          "clip": ("model", "model_config", "step", "tokenizer", "captions")}  # fmt: skip
 _OLD_AUTOENCODER = "diffusion-course-autoencoder/1"  # helpers.autoencoder's own format before the kinds
 
 
@@ -195,12 +201,18 @@ def load_checkpoint(
     return ckpt
 
 
+def build_model(model_config: dict[str, Any]) -> UNet | TextUNet:
+    """The network a checkpoint's ``model_config`` describes: a U-Net, or a text model (``helpers.text_unet``)
+    when it names a text encoder."""
+    return TextUNet(**model_config) if "text" in model_config else UNet(**model_config)
+
+
 def load_model(
     path: str | Path,
     device: torch.device | str = "cpu",
     ema: bool = True,
     prediction: str | None = None,
-) -> tuple[UNet, Diffusion | FlowMatching, dict[str, Any]]:
+) -> tuple[UNet | TextUNet, Diffusion | FlowMatching, dict[str, Any]]:
     """Rebuild (model, diffusion, checkpoint) from a checkpoint, ready to sample.
 
     The model gets the EMA weights when the checkpoint has them and ``ema`` is true. ``prediction``
@@ -208,12 +220,14 @@ def load_model(
     """
     ckpt = load_checkpoint(path, map_location="cpu", prediction=prediction, kind=DIFFUSION_KINDS)
     try:
-        model = UNet(**ckpt["model_config"])
+        model = build_model(ckpt["model_config"])
         model.load_state_dict(ckpt["model"])
         if ema and ckpt.get("ema") is not None:
             state = model.state_dict()
             for name, value in ckpt["ema"]["shadow"].items():
                 state[name].copy_(value)
+        if isinstance(model, TextUNet):
+            model.check_text()
         d = process_from_config(ckpt["diffusion"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise damaged(path, err) from err
@@ -253,6 +267,31 @@ def load_autoencoder(path: str | Path, device: torch.device | str = "cpu") -> Au
     if broken:
         raise CheckpointError(f"{path} holds non-finite weights ({len(broken)} tensors, e.g. {broken[0]}): its training diverged")
     return ae.to(device).eval()
+
+
+def save_clip(path: str | Path, clip: CLIP, tokenizer: Tokenizer, captions: CaptionMaker, history: list[dict[str, Any]] | None = None,
+              extra: dict[str, Any] | None = None) -> Path:  # fmt: skip
+    """Write a trained CLIP with what reads and writes its captions (the tokenizer's vocabulary, the
+    caption maker's thresholds and held-out pairs): a checkpoint of kind "clip"; never non-finite weights."""
+    broken = non_finite(clip.state_dict().items())
+    if broken:
+        raise FloatingPointError(f"the CLIP's weights are not finite ({broken[0]}), so {path} was not written")
+    history = list(history or [])
+    return save_checkpoint(path, {"model": clip.state_dict(), "model_config": dict(clip.config), "tokenizer": tokenizer.state(),
+                                  "captions": captions.state(), "step": history[-1]["step"] if history else 0, "history": history,
+                                  "extra": extra or {}}, "clip")  # fmt: skip
+
+
+def load_clip(path: str | Path, device: torch.device | str = "cpu") -> tuple[CLIP, Tokenizer, CaptionMaker, dict[str, Any]]:
+    """(CLIP in eval mode on ``device``, its tokenizer, its caption maker, the checkpoint) from ``save_clip``'s file."""
+    ckpt = load_checkpoint(path, "cpu", kind="clip")
+    try:
+        clip = CLIP(**ckpt["model_config"])
+        clip.load_state_dict(ckpt["model"])
+        tokenizer, captions = Tokenizer.from_state(ckpt["tokenizer"]), CaptionMaker.from_state(ckpt["captions"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise damaged(path, err) from err
+    return clip.to(device).eval(), tokenizer, captions, ckpt
 
 
 def rng_state() -> dict[str, Any]:

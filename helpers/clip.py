@@ -32,7 +32,8 @@ class TextEncoder(nn.Module):
 
     def __init__(self, vocab_size: int, max_len: int, width: int = 64, layers: int = 2, heads: int = 4, dim: int = 64) -> None:
         super().__init__()
-        self.max_len = max_len
+        self.config = dict(vocab_size=vocab_size, max_len=max_len, width=width, layers=layers, heads=heads, dim=dim)
+        self.max_len, self.width = max_len, width
         self.token = nn.Embedding(vocab_size, width, padding_idx=0)
         self.position = nn.Parameter(torch.randn(max_len, width) * 0.02)
         layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, batch_first=True, norm_first=True)
@@ -83,6 +84,7 @@ class CLIP(nn.Module):
 
     def __init__(self, vocab_size: int, max_len: int, in_channels: int = 1, dim: int = 64) -> None:
         super().__init__()
+        self.config = dict(vocab_size=vocab_size, max_len=max_len, in_channels=in_channels, dim=dim)
         self.text = TextEncoder(vocab_size, max_len, dim=dim)
         self.image = ImageEncoder(in_channels, dim=dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))

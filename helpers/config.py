@@ -259,6 +259,7 @@ class Profile:
     classifier_epochs: int  # the feature/score classifier behind offline FID (helpers.classifier)
     classifier_width: int
     compare_steps: int  # per model, where a notebook trains several to compare them (06, 07)
+    clip_steps: int  # notebook 13's small CLIP, batches of 256 (helpers.clip_training)
     prediction: str = "eps"  # what the network predicts (helpers.diffusion)
     loss_weighting: str = "none"
     distil: DistilConfig = field(default_factory=DistilConfig)  # consistency distillation (helpers.distillation)
@@ -338,6 +339,7 @@ PROFILES: dict[str, Profile] = {
         classifier_epochs=1,
         classifier_width=16,
         compare_steps=60,  # CI minutes: notebooks 07, 08 and 12 each train several models of this length
+        clip_steps=20,
         distil=DistilConfig(steps=30, batch_size=16, sigma_max=20.0, log_every=10),
         autoencoder=AutoencoderConfig(steps=60, batch_size=32, lr=2e-3, kl_weight=1e-6, log_every=10, ch=16, latent_channels=4),
     ),
@@ -385,6 +387,7 @@ PROFILES: dict[str, Profile] = {
         classifier_epochs=3,
         classifier_width=32,
         compare_steps=300,
+        clip_steps=1500,
         loss_weighting="min_snr",
         distil=DistilConfig(steps=1600, batch_size=64, sigma_max=10.0, log_every=50),
         autoencoder=AutoencoderConfig(steps=1200, batch_size=64, lr=1e-3, kl_weight=1e-6, log_every=50, ch=32, latent_channels=4),
@@ -430,6 +433,7 @@ PROFILES: dict[str, Profile] = {
         classifier_epochs=15,
         classifier_width=64,
         compare_steps=100_000,
+        clip_steps=20_000,
         distil=DistilConfig(steps=100_000, batch_size=128, sigma_max=80.0, log_every=100),
         autoencoder=AutoencoderConfig(steps=50_000, batch_size=128, lr=2e-4, kl_weight=1e-6, log_every=100, ch=64, latent_channels=4),
     ),

@@ -5,10 +5,12 @@ Device order: CUDA, then Apple MPS, then the CPU; the environment variable ``DIF
 
 Noise that must be the same on every device (sampling from a seed, the fixed noise behind the
 sample grids) is drawn on the CPU from a ``torch.Generator`` and then moved: the CPU generator is
-the one random stream that CUDA, MPS and the CPU all share.
+the one random stream that CUDA, MPS and the CPU all share. ``fingerprint`` names a module's weights.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import os
 import platform
@@ -18,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["pick_device", "seed_everything", "cpu_generator", "randn", "amp_dtype", "needs_grad_scaler", "channels_last_ok", "describe", "sync", "reset_peak_memory", "peak_memory_mb"]
+__all__ = ["pick_device", "seed_everything", "cpu_generator", "randn", "amp_dtype", "needs_grad_scaler", "channels_last_ok", "describe", "sync", "reset_peak_memory", "peak_memory_mb", "fingerprint"]
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -140,3 +142,13 @@ def peak_memory_mb(device: torch.device) -> tuple[float, str]:
         return torch.mps.driver_allocated_memory() / 2**20, "MPS driver allocation"
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if platform.system() == "Darwin" else 1)
     return kb / 1024, "process peak RSS"
+
+
+def fingerprint(module: torch.nn.Module) -> str:
+    """A short hash of a module's state (names and bytes): a checkpoint records by it which trained
+    network (an autoencoder, a CLIP) a model was built on, and refuses another."""
+    h = hashlib.sha256()
+    for name, value in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

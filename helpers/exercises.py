@@ -16,19 +16,22 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .consistency import c_out as _c_out
 from .consistency import c_skip as _c_skip
+from .clip import contrastive_loss
 from .consistency import cd_loss
 from .diffusion import Diffusion
+from .editing import SDEdit
 from .ema import EMA
 from .flow import FlowHeun, FlowMatching
 from .samplers import Guided, ddim_step, ddim_timesteps
 from .samplers import DDIM, DDPM, sample
 from . import solvers as _solvers
 from .toy import GaussianMixture
-from .unet import AttentionBlock, ResBlock, UNet
+from .unet import AttentionBlock, CrossAttentionBlock, ResBlock, UNet
 
 __all__ = ["EXERCISES", "check", "exercise"]
 
@@ -656,6 +659,72 @@ def predict_reflow_steps(fn: Callable[..., Any]) -> None:
     assert got == needed, (f"you predicted {got}; the reflowed ODE lands within 1e-9 after {needed} (errors at 1, 10, 100 steps: "
                            f"{', '.join(f'{e:.1e}' for e in errors.values())}; the first flow's: {', '.join(f'{e:.1e}' for e in first.values())}). "
                            "Its paths are the straight lines themselves, so Euler's straight step is exact")
+
+
+# ---- 13 · text-to-image ---------------------------------------------------------------------------
+
+
+@exercise
+def cross_attention(fn: Callable[..., Any]) -> None:
+    """fn(block, x, context, pad) = a CrossAttentionBlock's output written out for any number of heads
+    (the channels of q, k and v split into ``block.heads`` groups of consecutive channels, one softmax
+    per head, padding masked): against the block itself with 1, 2 and 4 heads."""
+    g = _gen(13)
+    for heads in (1, 2, 4):
+        block = CrossAttentionBlock(8, 6, groups=4, heads=heads).double()
+        with torch.no_grad():
+            for p in block.parameters():
+                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.5)
+        x, context = torch.randn(2, 8, 3, 3, generator=g, dtype=torch.float64), torch.randn(2, 5, 6, generator=g, dtype=torch.float64)
+        pad = torch.tensor([[False, False, True, True, True], [False, False, False, False, True]])
+        with torch.no_grad():
+            _close(fn(block, x.clone(), context.clone(), pad.clone()), block(x, context, pad), f"{heads} head(s)", atol=1e-9)
+
+
+def _duplicates_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, ids: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    logits = logit_scale.exp() * F.normalize(image_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T
+    same = (ids[:, None] == ids[None]).all(-1)
+    rows = torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~same, -math.inf), 1)
+    cols = torch.logsumexp(logits, 0) - torch.logsumexp(logits.masked_fill(~same, -math.inf), 0)
+    return (rows.mean() + cols.mean()) / 2
+
+
+@exercise
+def contrastive_loss_with_duplicates(fn: Callable[..., Any]) -> None:
+    """fn(image_emb, text_emb, ids, logit_scale) = the symmetric InfoNCE loss in which every caption
+    identical to image i's own (equal token ids) is a match for it: row i's term is -log of the softmax
+    mass on all such captions, and column j's likewise. Equal to helpers.clip.contrastive_loss when all
+    captions differ; against a reference when some repeat."""
+    g = _gen(14)
+    img, txt = torch.randn(6, 5, generator=g, dtype=torch.float64), torch.randn(6, 5, generator=g, dtype=torch.float64)
+    scale = torch.tensor(math.log(8.0), dtype=torch.float64)
+    distinct = torch.arange(12).view(6, 2)
+    _close(fn(img.clone(), txt.clone(), distinct, scale), contrastive_loss(img, txt, scale), "all captions different", atol=1e-9)
+    repeated = torch.tensor([[1, 4], [1, 5], [1, 4], [1, 6], [1, 5], [1, 4]])
+    _close(fn(img.clone(), txt.clone(), repeated, scale), _duplicates_loss(img, txt, repeated, scale), "captions 0, 2, 5 and 1, 4 repeat", atol=1e-9)
+
+
+@exercise
+def sdedit_loop(fn: Callable[..., Any]) -> None:
+    """fn(model, d, image, timesteps, eps) = SDEdit by hand: the image noised to timesteps[0] by the
+    forward process with ``eps``, then unclipped DDIM (eta = 0) through ``timesteps`` and on to x_0:
+    against helpers.editing.SDEdit on a small random U-Net."""
+    g = _gen(15)
+    d = Diffusion.from_schedule("linear", 1000)
+    with torch.random.fork_rng(devices=[]):  # the U-Net's initial weights, leaving the reader's global stream alone
+        torch.manual_seed(15)
+        model = UNet(image_size=8, in_channels=1, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0, norm_groups=4).eval()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    image = torch.randn(3, 1, 8, 8, generator=g).clamp(-1, 1)
+    for strength, steps in ((0.4, 20), (0.8, 10)):
+        edit = SDEdit(image, strength, steps, clip_x0=False)
+        eps = torch.randn(3, 1, 8, 8, generator=g)
+        with torch.no_grad():
+            want = sample(model, d, eps.clone(), edit, progress=False, clamp=False)
+            got = fn(model, d, image.clone(), edit.timesteps(d.T), eps.clone())
+        _close(got, want, f"strength {strength}, {steps} steps (timesteps {edit.timesteps(d.T)[0]}, ..., {edit.timesteps(d.T)[-1]})", atol=1e-4)
 
 
 def check(fn: Callable[..., Any]) -> None:

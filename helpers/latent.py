@@ -25,11 +25,12 @@ from helpers.paths import portable_path
 from helpers.diffusion import Diffusion
 from helpers.samplers import sample
 
-__all__ = ["LatentDataset", "encode_dataset", "latent_unet_config", "autoencoder_record", "latent_record", "check_autoencoder", "decode", "draw_images"]
+__all__ = ["LatentDataset", "encode_dataset", "latent_unet_config", "text_unet_config", "autoencoder_record", "latent_record", "check_autoencoder", "decode", "draw_images"]
 
 
 class LatentDataset(Dataset):
-    """(scaled latent [c, s, s], label) pairs, held in memory."""
+    """(scaled latent [c, s, s], label) pairs, held in memory; a label is a class id, or a caption's
+    token ids [L] for a text-to-image model (notebook 13)."""
 
     def __init__(self, latents: torch.Tensor, labels: torch.Tensor) -> None:
         if len(latents) != len(labels):
@@ -39,8 +40,9 @@ class LatentDataset(Dataset):
     def __len__(self) -> int:
         return len(self.latents)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.latents[i], int(self.labels[i])
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int | torch.Tensor]:
+        label = self.labels[i]
+        return self.latents[i], int(label) if label.ndim == 0 else label
 
 
 @torch.no_grad()
@@ -61,6 +63,15 @@ def latent_unet_config(model_config: dict[str, Any], ae: Autoencoder) -> dict[st
     if side % 2 ** (len(model_config["ch_mult"]) - 1):
         raise ValueError(f"a {side}x{side} latent cannot be halved {len(model_config['ch_mult']) - 1} times")
     return {**model_config, "image_size": side, "in_channels": ae.latent_channels, "attn_resolutions": tuple(side // 2**k for k in depths)}
+
+
+def text_unet_config(model_config: dict[str, Any], ae: Autoencoder) -> dict[str, Any]:
+    """``latent_unet_config`` with attention, and so cross-attention to the caption, at the two lowest
+    resolutions of the U-Net (notebook 13): where each position's features see most of the image, as
+    Stable Diffusion attends to its caption at its lower levels."""
+    config = latent_unet_config(model_config, ae)
+    sides = [config["image_size"] // 2**i for i in range(len(config["ch_mult"]))]
+    return {**config, "attn_resolutions": tuple(sides[-2:])}
 
 
 def autoencoder_record(ae: Autoencoder, path: str | Path) -> dict[str, Any]:

@@ -52,6 +52,8 @@ CHECKPOINTS: dict[str, CheckpointName] = {
     "autoencoder": CheckpointName("10_autoencoder.pt", "notebook 10_latent_diffusion"),
     "latent": CheckpointName("10_latent.pt", "notebook 10_latent_diffusion"),
     "consistency": CheckpointName("11_cd.pt", "notebook 11_consistency"),
+    "clip": CheckpointName("13_clip.pt", "notebook 13_text_to_image"),
+    "text": CheckpointName("13_text.pt", "notebook 13_text_to_image"),
 }
 
 

@@ -7,6 +7,7 @@
     python -m helpers sample --checkpoint pretrained/03_ddpm_eps.pt --n 10000 --out samples/
     python -m helpers sample --checkpoint pretrained/11_cd.pt --sampler consistency --nfe 2
     python -m helpers sample --checkpoint artifacts/laptop/checkpoints/10_latent.pt --sampler ddim --steps 50   # decoded by its autoencoder
+    python -m helpers sample --checkpoint pretrained/13_text.pt --sampler ddim --steps 20 --prompt "a dark sneaker facing left" --guidance-scale 3
 
 ``.npz`` holds ``arr_0``, uint8 [N, H, W, C], and for a conditional model ``arr_1``, the labels:
 the layout guided-diffusion's evaluation suite reads. A folder gets one PNG per image, as
@@ -29,13 +30,13 @@ from PIL import Image
 from helpers import cli
 from helpers.autoencoder import Autoencoder
 from helpers.checkpoints import CheckpointError, load_autoencoder, load_model
-from helpers.paths import repo_root
+from helpers.paths import repo_root, shipped_for
 from helpers.consistency import MultistepConsistency, consistency_record
 from helpers.cli import CliError
 from helpers.device import cpu_generator, describe
 from helpers.latent import check_autoencoder, decode, latent_record, unclipped
 from helpers.flow import FLOW_SAMPLERS, FlowEuler
-from helpers.samplers import DDIM, DDPM, SPACINGS, VARIANCES, Guided, fits, sample
+from helpers.samplers import DDIM, DDPM, SPACINGS, VARIANCES, Guided, TextGuided, fits, sample
 from helpers.solvers import SOLVERS, Solver
 from helpers.viz import save_grid
 
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variance", choices=VARIANCES, default=None, help="DDPM step variance: beta tilde (fixed_small, the default) or beta (fixed_large)")
     p.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
     p.add_argument("--class-id", type=int, default=None, help="class of every image, for conditional models; -1 cycles through all classes (default: unconditional)")
+    p.add_argument("--prompt", default=None, help="the caption of every image, for a text-to-image model (notebook 13), in its vocabulary (default: none)")
     p.add_argument("--guidance-scale", type=cli.finite, default=1.0, help="classifier-free guidance scale s: 1 plain conditional, 0 unconditional (default: 1)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--autoencoder", type=Path, default=None, help="for a latent model (notebook 10): the autoencoder that decodes its samples (default: the one its checkpoint names; another is refused)")
@@ -138,6 +140,8 @@ def latent_autoencoder(args: argparse.Namespace, ckpt: dict, device: torch.devic
         return None
     recorded = Path(record["path"])
     path = args.autoencoder or (recorded if recorded.is_absolute() else repo_root() / recorded)  # portable_path: relative to the repository
+    if args.autoencoder is None and not path.is_file():
+        path = shipped_for(path) or path  # a shipped model's autoencoder, shipped beside it (pretrained/)
     try:
         ae = load_autoencoder(path, device)
         check_autoencoder(record, ae, str(args.checkpoint))
@@ -160,8 +164,10 @@ def draw(args: argparse.Namespace) -> str:
     device = cli.pick(args)
     if args.class_id is not None and args.class_id < -1:
         raise CliError(f"--class-id must be a class (0 and up) or -1 for all classes in turn, got {args.class_id}")
-    if args.guidance_scale != 1 and args.class_id is None:
-        raise CliError("--guidance-scale needs --class-id: guidance steers towards a class")
+    if args.guidance_scale != 1 and args.class_id is None and args.prompt is None:
+        raise CliError("--guidance-scale needs --class-id or --prompt: guidance steers towards a class or a caption")
+    if args.class_id is not None and args.prompt is not None:
+        raise CliError("--class-id and --prompt: a model is conditioned on class ids or on captions, give one")
     sampler = build_sampler(args)
     check_destination(args.out)
     try:
@@ -182,6 +188,15 @@ def draw(args: argparse.Namespace) -> str:
     ae = latent_autoencoder(args, ckpt, device)
     if ae is not None:
         sampler = unclipped(sampler)
+    text = getattr(model, "tokenizer", None)
+    if text is None and args.prompt is not None:
+        raise CliError(f"--prompt given, but {args.checkpoint} holds a model without text conditioning")
+    if text is not None and args.prompt is None:
+        raise CliError(f"{args.checkpoint} holds a text-to-image model: give --prompt, e.g. --prompt \"a dark sneaker facing left\" (its words: {', '.join(text.vocab[2:])})")
+    try:
+        ids = text.encode([args.prompt]) if text is not None else None
+    except ValueError as err:
+        raise CliError(f"--prompt: {err}") from None
     if args.class_id is not None and model.num_classes is None:
         raise CliError(f"--class-id given, but {args.checkpoint} holds an unconditional model")
     if args.class_id is not None and args.class_id >= model.num_classes:
@@ -195,7 +210,7 @@ def draw(args: argparse.Namespace) -> str:
     for start in range(0, args.n, args.batch_size):
         b = min(args.batch_size, args.n - start)
         y = class_ids(args, start, b, model.num_classes)
-        net = Guided(model, y, args.guidance_scale) if y is not None else model
+        net = Guided(model, y, args.guidance_scale) if y is not None else TextGuided(model, ids.expand(b, -1), args.guidance_scale) if ids is not None else model
         x = sample(net, d, (b, *shape), sampler, gen, progress=not args.no_progress, clamp=ae is None)
         images.append((decode(ae, x) if ae is not None else x).cpu())
     seconds = time.perf_counter() - t0

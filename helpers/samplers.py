@@ -340,31 +340,28 @@ class Guided(_Guidance):
 
 
 class TextGuided(_Guidance):
-    """A text-conditional model (``UNet(context_dim=...)``) as a model ``(x_t, t) -> output``: the
-    captions' ``context`` (token features [B, L, D], padding mask [B, L]) and the guidance scale fixed;
-    "no text" is ``null``, the empty caption's context (one row, or one per image), as Stable
-    Diffusion guides with the empty prompt."""
+    """A text-conditional model (``helpers.text_unet.TextUNet``: ``model(x_t, t, ids)``) as a model
+    ``(x_t, t) -> output``: the captions' token ids [B, L] and the guidance scale fixed; "no text" is
+    the model's ``null_ids``, the empty caption, as Stable Diffusion guides with the empty prompt."""
 
     mismatch = "{n} captions for a batch of {batch} images"
 
-    def __init__(self, model: nn.Module, context: tuple[torch.Tensor, torch.Tensor], null: tuple[torch.Tensor, torch.Tensor], scale: float = 1.0) -> None:
+    def __init__(self, model: nn.Module, ids: torch.Tensor, scale: float = 1.0) -> None:
         super().__init__()
-        if getattr(model, "context_dim", None) is None:
-            raise ValueError("captions were given, but the model has no text conditioning (context_dim=None)")
-        (tokens, pad), (null_tokens, null_pad) = context, null
-        if null_tokens.shape[1:] != tokens.shape[1:] or null_pad.shape[1:] != pad.shape[1:]:
-            raise ValueError(f"the empty caption's context {tuple(null_tokens.shape)} does not match the captions' {tuple(tokens.shape)} beyond the batch")
-        if len(null_tokens) not in (1, len(tokens)):
-            raise ValueError(f"give the empty caption's context once or once per caption ({len(tokens)}), not {len(null_tokens)} times")
-        self.model, self.scale, self.size = model, self._check_scale(scale), len(tokens)
-        self.context = (tokens, pad)
-        self.null = (null_tokens.expand_as(tokens), null_pad.expand_as(pad))
+        null = getattr(model, "null_ids", None)
+        if null is None:
+            raise ValueError("captions were given, but the model has no text conditioning (a TextUNet reads captions)")
+        if ids.ndim != 2 or ids.shape[1] != null.shape[1] or ids.dtype.is_floating_point:
+            raise ValueError(f"need token ids [B, {null.shape[1]}] from the model's tokenizer, got {ids.dtype} of shape {tuple(ids.shape)}")
+        self.model, self.scale, self.size = model, self._check_scale(scale), len(ids)
+        self.register_buffer("ids", ids.long(), persistent=False)
 
     def _inputs(self, device: torch.device) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-        return tuple(v.to(device) for v in self.context), tuple(v.to(device) for v in self.null)
+        ids = self.ids.to(device)
+        return (ids,), (self.model.null_ids.to(device).expand_as(ids),)
 
     def _call(self, x_t: torch.Tensor, t: torch.Tensor, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        return self.model(x_t, t, context=inputs)
+        return self.model(x_t, t, *inputs)
 
 
 def fits(d: Any, sampler: Any) -> bool:

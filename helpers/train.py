@@ -6,6 +6,8 @@
     python -m helpers train --profile laptop --num-classes 10 --p-uncond 0.1
     python -m helpers train --profile laptop --prediction velocity --time-sampling logit_normal   # flow matching
     python -m helpers train --profile laptop --autoencoder artifacts/laptop/checkpoints/10_autoencoder.pt   # latent diffusion
+    python -m helpers train --profile laptop --autoencoder artifacts/laptop/checkpoints/10_autoencoder.pt \
+        --clip artifacts/laptop/checkpoints/13_clip.pt   # text-to-image (notebook 13): captions from the CLIP's caption maker
     torchrun --standalone --nproc_per_node 2 -m helpers train --profile smoke   # 2 processes (helpers.distributed)
 
 The run is the one notebook 03 starts (same ``Trainer``), with checkpoints every ten minutes (or
@@ -49,7 +51,7 @@ def default_checkpoint(prediction: str, num_classes: int | None) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    files = ", ".join(CHECKPOINTS[k].file for k in ("eps", "v", "x0", "velocity", "cfg")) + f" or {CHECKPOINTS['latent'].file}"
+    files = ", ".join(CHECKPOINTS[k].file for k in ("eps", "v", "x0", "velocity", "cfg", "latent")) + f" or {CHECKPOINTS['text'].file}"
     p = cli.parser("train", "Settings left out come from the profile (or, with --resume, from the checkpoint).", writes=f"<{files}, by the kind of model>")
     p.add_argument("--save-every", type=cli.positive, default=None, help=f"write the checkpoint every N steps, and at the end; Ctrl-C or SIGTERM also save after the step in flight (default: every {SAVE_MINUTES} minutes)")
     g = p.group("model and objective")
@@ -60,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-snr-gamma", type=cli.positive_number, default=None, help="gamma of min-SNR weighting (default: 5)")
     g.add_argument("--num-classes", type=cli.positive, default=None, help="train a class-conditional model with this many classes, 10 for the datasets here (default: unconditional)")
     g.add_argument("--autoencoder", type=Path, default=None, help="train on this autoencoder's scaled latents (python -m helpers autoencoder, notebook 10): latent diffusion; the checkpoint records which autoencoder it needs")
+    g.add_argument("--clip", type=Path, default=None, help="with --autoencoder: train a text-to-image model on captions of the training images, read through this CLIP's frozen text encoder (13_clip.pt, notebook 13); the checkpoint holds the CLIP")
     cli.add_config(p, TrainConfig)  # the training settings, straight from their one definition, in their groups
     p.group("logging and evaluation").add_argument("--fid-features", choices=("auto", "inception", "classifier"), default=None, help="features for FID/KID (default: the profile's)")
     p.group("speed").add_argument("--workers", type=cli.count, default=0, help="DataLoader worker processes; 0 loads in the main process, which exact resume needs with CIFAR-10's random flips (default: 0)")
@@ -101,17 +104,23 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, world: World | None = None) -> int:
     """Train as ``args`` say, as process ``world.rank`` of ``world.size`` (default: torchrun's
     environment, else one process); the exit code. Bad input: CliError."""
-    from helpers.checkpoints import load_autoencoder
+    from helpers.checkpoints import build_model, load_autoencoder, load_clip
     from helpers.data import profile_dataset
-    from helpers.latent import autoencoder_record, check_autoencoder, encode_dataset, latent_record, latent_unet_config
+    from helpers.device import fingerprint
+    from helpers.latent import LatentDataset, autoencoder_record, check_autoencoder, encode_dataset, latent_record, latent_unet_config, text_unet_config
+    from helpers.paths import portable_path
+    from helpers.text_unet import TextUNet
     from helpers.training import Trainer
-    from helpers.unet import UNet
 
     with cli.setting_up():
         world = World.from_env() if world is None else world
     say = print if world.main else lambda *a, **k: None
-    latent = args.autoencoder is not None
-    kind = lambda profile: "latent" if latent else default_checkpoint(args.prediction or profile.prediction, args.num_classes)  # noqa: E731
+    latent, text = args.autoencoder is not None, args.clip is not None
+    if text and not latent:
+        raise cli.CliError("--clip trains a text-to-image model in an autoencoder's latent space: give --autoencoder too")
+    if text and args.num_classes is not None:
+        raise cli.CliError("--num-classes and --clip: a text-to-image model is conditioned on captions, not class ids")
+    kind = lambda profile: "text" if text else "latent" if latent else default_checkpoint(args.prediction or profile.prediction, args.num_classes)  # noqa: E731
     device, profile, out, given = cli.start(args, TrainConfig, kind, world)
     if "ema_decay" in given:
         given["ema_decay"] = given["ema_decay"] or None  # 0 switches EMA off
@@ -123,9 +132,15 @@ def run(args: argparse.Namespace, world: World | None = None) -> int:
         given.update(sample_every=0, eval_every=0)
     with cli.setting_up():
         ae = load_autoencoder(args.autoencoder, device) if latent else None
+        clip, tokenizer, captions, _ = load_clip(args.clip) if text else (None, None, None, None)
         if args.resume:
             ckpt = load_checkpoint(out, kind="unet")
             saved_diffusion, model_config = ckpt["diffusion"], ckpt["model_config"]
+            if "text" in model_config and not text:
+                raise cli.CliError(f"{out} is a text-to-image model; resume it with --clip {ckpt['extra']['clip']['path']}")
+            if text and model_config.get("text_fingerprint") != fingerprint(clip.text):
+                raise cli.CliError(f"{out} was not trained around the text encoder of the CLIP {args.clip} (fingerprint {fingerprint(clip.text)}); "
+                                   f"it needs {ckpt['extra'].get('clip', {}).get('path')}'s (fingerprint {model_config.get('text_fingerprint')})")  # fmt: skip
             record = latent_record(ckpt)
             if record is not None or ae is not None:
                 if ae is None:
@@ -146,7 +161,7 @@ def run(args: argparse.Namespace, world: World | None = None) -> int:
         else:
             model_config = {**profile.model, "num_classes": args.num_classes}
             if ae is not None:
-                model_config = latent_unet_config(model_config, ae)
+                model_config = (text_unet_config if text else latent_unet_config)(model_config, ae)
             if args.prediction == "velocity":
                 not_flow = [cli.flag(k) for k in DIFFUSION_FLAGS if getattr(args, k) is not None]
                 if not_flow:
@@ -160,21 +175,23 @@ def run(args: argparse.Namespace, world: World | None = None) -> int:
                 diffusion = profile.diffusion(**given_model)
             config = TrainConfig.from_profile(profile, **given)
         seed_everything(config.seed)  # the same on every process: they draw the same global-batch noise
-        model = UNet(**model_config)
+        model = TextUNet.around(clip.text, tokenizer, **model_config) if text and not args.resume else build_model(model_config)
         world.local_batch(config.batch_size)
         world.init(device)
         if not world.main:
             world.barrier()  # rank 0 prepares the data folder first (extracting, downloading)
         dataset = profile_dataset(profile)
         if ae is not None:
-            dataset = encode_dataset(ae, dataset, progress=not args.no_progress and world.main)
+            latents = encode_dataset(ae, dataset, progress=not args.no_progress and world.main)
+            dataset = latents if not text else LatentDataset(latents.latents, tokenizer.encode(captions.captions(*dataset.tensors())))
         if world.main:
             world.barrier()
         evaluator = lazy_evaluator(profile, diffusion, device, args.fid_features, world) if config.eval_every else None
         trainer = Trainer(
             model, diffusion, dataset, config, device, out_dir=out.parent.parent / "logs" / out.stem,
             evaluator=evaluator, progress=not args.no_progress, num_workers=args.workers, world=world,
-            extra={"autoencoder": autoencoder_record(ae, args.autoencoder)} if ae is not None else None,
+            extra={"autoencoder": autoencoder_record(ae, args.autoencoder)} | ({"clip": {"path": portable_path(args.clip), "fingerprint": fingerprint(clip.text)},
+                   "captions": captions.state()} if text else {}) if ae is not None else None,
         )  # fmt: skip
         if args.resume:
             cli.resume(trainer, out, say)

@@ -65,6 +65,10 @@ class Trainer(GuardedRun):
         if self.flow and config.timesteps == "importance":
             raise ValueError("importance-sampled timesteps are for a diffusion process; a flow model draws t by its own "
                              f"time_sampling ({diffusion.time_sampling}): train it with timesteps='uniform'")
+        self.null_ids: torch.Tensor | None = getattr(model, "null_ids", None)  # a text model's empty caption (helpers.text_unet)
+        if self.null_ids is not None and (config.sample_every or config.eval_every):
+            raise ValueError("sample_every and eval_every draw without a caption, but a text model needs one: set both to 0 and sample "
+                             "it with samplers.TextGuided (python -m helpers sample --prompt)")  # fmt: skip
         if config.eval_every and evaluator is None:
             raise ValueError("eval_every is set, but no evaluator was given to compute FID/KID")
         self.model, self.forward = self.place(model, config.batch_size, config.channels_last, config.compile)
@@ -92,15 +96,19 @@ class Trainer(GuardedRun):
         (ones for uniform t), grad norm) on the device, without waiting for it (no ``.item()``). The step
         descends the mean of weight * loss. Label dropout, t and noise are drawn for the global batch and this
         process keeps its slice, so N processes draw what one would; a reflow run (``FlowMatching(coupling="reflow")``)
-        takes each image's noise from its pair, the batch's ``y``."""
+        takes each image's noise from its pair, the batch's ``y``; a text model (``helpers.text_unet``) takes
+        token ids as ``y`` and drops a caption to the empty one."""
         cfg, d, world = self.config, self.diffusion, self.world
         x0 = x0.to(self.device, non_blocking=True)
         n = len(x0) * world.size  # the global batch
         y_pair, y = (y, None) if self.paired else (None, y)
-        if self.num_classes is not None:  # label dropout: each label becomes "no label" with probability p_uncond
+        if self.num_classes is not None or self.null_ids is not None:  # each label or caption is dropped with probability p_uncond
             y = y.to(self.device, non_blocking=True)
             drop = world.shard(torch.rand(n, device=self.device)) < cfg.p_uncond
-            y = torch.where(drop, torch.full_like(y, self.num_classes), y)
+            if self.null_ids is None:  # "no label" is the id num_classes
+                y = torch.where(drop, torch.full_like(y, self.num_classes), y)
+            else:  # "no text" is the empty caption
+                y = torch.where(drop[:, None], self.null_ids.to(self.device), y)
         else:
             y = None
         if self.importance is None:

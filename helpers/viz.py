@@ -37,6 +37,7 @@ __all__ = [
     "GridSweepView",
     "LiveLossPlot",
     "slider_widget",
+    "prompt_widget",
 ]
 
 
@@ -216,7 +217,8 @@ class TrajectoryView:
 
 
 class GridSweepView:
-    """Notebook 08's slider: a grid of samples for one value of a parameter (the guidance scale).
+    """Notebook 08's slider: a grid of samples for one value of a parameter (the guidance scale; in
+    notebook 13 a (prompt, guidance scale) pair).
 
     ``make(value)`` produces the images; results are cached per value, so scrubbing back is instant.
     """
@@ -272,3 +274,22 @@ def slider_widget(render: Callable[[Any], bytes], slider: Any) -> Any:
     image = Image(value=render(slider.value), format="png")
     slider.observe(lambda change: setattr(image, "value", render(change["new"])), names="value")
     return VBox([slider, image])
+
+
+def prompt_widget(render: Callable[[tuple[str, float]], bytes], text: Any, slider: Any) -> Any:
+    """A VBox of a Text box, a slider and an Image showing ``render((text.value, slider.value))``,
+    redrawn when the text is submitted or the slider moves; a prompt ``render`` refuses (ValueError,
+    e.g. an unknown word) leaves the last picture and shows the message below it."""
+    from ipywidgets import HTML, Image, VBox
+
+    image, message = Image(value=render((text.value, slider.value)), format="png"), HTML()
+
+    def redraw(_: Any = None) -> None:
+        try:
+            image.value, message.value = render((text.value, slider.value)), ""
+        except ValueError as err:
+            message.value = f"<b>{err}</b>"
+
+    text.observe(redraw, names="value")
+    slider.observe(redraw, names="value")
+    return VBox([text, slider, image, message])

@@ -73,22 +73,28 @@ def test_a_text_unet_reads_its_caption_and_a_plain_one_is_unchanged():
 
 
 def test_text_guidance_is_the_guidance_formula_on_the_caption_and_the_empty_caption():
+    from helpers.clip import CLIP
     from helpers.samplers import TextGuided
+    from helpers.text import Tokenizer
+    from helpers.text_unet import TextUNet
 
     config = dict(image_size=8, in_channels=1, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0, norm_groups=4)
     torch.manual_seed(3)
-    model = _perturbed(UNet(**config, context_dim=6)).eval()
+    tok = Tokenizer.from_texts(["a dark bag", "a light sneaker facing left"])
+    model = TextUNet.around(CLIP(len(tok), tok.max_len, dim=8).text, tok, **config)
+    _perturbed(model.unet)
+    model.eval()
     x, t = torch.randn(3, 1, 8, 8), torch.tensor([5, 400, 900])
-    context = (torch.randn(3, 4, 6), torch.tensor([[False, False, True, True]] * 3))
-    null = (torch.randn(1, 4, 6), torch.tensor([[False, True, True, True]]))  # the empty caption: its start token alone
+    ids = tok.encode(["a dark bag", "a light sneaker", "sneaker facing left"])
     with torch.no_grad():
-        cond = model(x, t, context=context)
-        uncond = model(x, t, context=(null[0].expand(3, -1, -1), null[1].expand(3, -1)))
+        cond = model(x, t, ids)
+        uncond = model(x, t, tok.encode([""] * 3))  # the empty caption: its start token alone
+        assert not torch.allclose(cond, uncond, atol=1e-4)
         for s in (0.0, 1.0, 3.5):
-            assert torch.allclose(TextGuided(model, context, null, s)(x, t), uncond + s * (cond - uncond), atol=1e-5), s
+            assert torch.allclose(TextGuided(model, ids, s)(x, t), uncond + s * (cond - uncond), atol=1e-5), s
     with pytest.raises(ValueError, match="no text conditioning"):
-        TextGuided(UNet(**config), context, null)
-    with pytest.raises(ValueError, match="does not match"):
-        TextGuided(model, context, (torch.randn(1, 5, 6), torch.zeros(1, 5, dtype=torch.bool)))
+        TextGuided(UNet(**config), ids)
+    with pytest.raises(ValueError, match=r"token ids \[B, 6\]"):
+        TextGuided(model, ids[:, :4])
     with pytest.raises(ValueError, match="3 captions for a batch of 2"):
-        TextGuided(model, context, null, 2.0)(x[:2], t[:2])
+        TextGuided(model, ids, 2.0)(x[:2], t[:2])

@@ -4,6 +4,7 @@ fails it, an open stub reads "not done yet", and every notebook ends with its ex
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 from pathlib import Path
 from types import ModuleType
@@ -12,6 +13,9 @@ from typing import Any
 import pytest
 import torch
 
+from einops import rearrange
+
+from helpers.clip import contrastive_loss
 from helpers.exercises import EXERCISES, check
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -120,6 +124,13 @@ MISTAKES = {  # a slip a student might make in each exercise
         x := x + (b - a) * (u(x, a) + u(x, b)) / 2 for a, b in zip([1 - k / n for k in range(n)], [1 - (k + 1) / n for k in range(n)])
     ][-1],
     "predict_reflow_steps": lambda: 100,  # "as many steps as any ODE of a curved flow"
+    "cross_attention": lambda b, x, c, p: x + b.proj(  # heads split as (d n): every head-th channel, not consecutive ones
+        (lambda q, k, v: rearrange((q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).masked_fill(p[:, None, None], -math.inf).softmax(-1) @ v,
+                                   "b n (h w) d -> b (d n) h w", h=x.shape[2]))(
+            rearrange(b.q(b.norm(x)), "b (d n) h w -> b n (h w) d", n=b.heads), *rearrange(b.kv(c), "b l (two d n) -> two b n l d", two=2, n=b.heads))
+    ),
+    "contrastive_loss_with_duplicates": lambda i, t, ids, s: contrastive_loss(i, t, s),  # every repeat of a caption counted as a wrong match
+    "sdedit_loop": lambda m, d, x0, ts, e: _solution("sdedit_loop")(m, d, x0 * 0, ts, e),  # the image left out of x_{t_0}: sqrt(1 - ab) eps alone
 }
 
 

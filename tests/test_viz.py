@@ -3,7 +3,7 @@ import torch
 
 from helpers.diffusion import Diffusion
 from helpers.samplers import Trajectory
-from helpers.viz import ForwardProcessView, GridSweepView, TrajectoryView, centred_mean, grid_image, plot_unet_layout, slider_widget
+from helpers.viz import ForwardProcessView, GridSweepView, TrajectoryView, centred_mean, grid_image, plot_unet_layout, prompt_widget, slider_widget
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -79,3 +79,22 @@ def test_unet_layout_has_one_arc_per_skip_joining_equal_sizes_and_marks_attentio
     blocks = [*model.down, model.mid, *model.up]
     with_attention = sum(any(isinstance(m, AttentionBlock) for m in b) for b in blocks)
     assert sum(tuple(c) == to_rgba("tab:orange") for c in colours) == with_attention > 0
+
+
+def test_prompt_widget_redraws_on_either_control_and_shows_a_refused_prompt():
+    from ipywidgets import FloatSlider, Text
+
+    def render(value):
+        prompt, scale = value
+        if "shiny" in prompt:
+            raise ValueError("unknown word 'shiny'")
+        return PNG + prompt.encode() + bytes([int(scale)])
+
+    text, slider = Text(value="a bag", continuous_update=False), FloatSlider(value=1.0, min=0, max=5)
+    _, _, image, message = prompt_widget(render, text, slider).children
+    assert image.value == PNG + b"a bag\x01"
+    slider.value = 3.0
+    text.value = "a dark bag"
+    assert image.value == PNG + b"a dark bag\x03" and message.value == ""
+    text.value = "a shiny bag"
+    assert image.value == PNG + b"a dark bag\x03" and "unknown word 'shiny'" in message.value
