@@ -149,6 +149,18 @@ class CaptionMaker:
             captions.append(" ".join(text.split()))
         return captions
 
+    def vocabulary(self) -> list[str]:
+        """Every word a caption of this maker can hold: the templates', the class names' and the attributes'."""
+        words = {w for t in self.TEMPLATES for w in t.split() if "{" not in w}
+        words |= {w for names in CLASS_WORDS for name in names for w in name.split()}
+        words |= {w for pair in ATTRIBUTES.values() for word in pair for w in word.split()}
+        return sorted(words)
+
+    def longest(self) -> int:
+        """The most words a caption can have: the longest template, noun and facing, two attribute words."""
+        noun, facing = max((n for names in CLASS_WORDS for n in names), key=lambda n: len(n.split())), ATTRIBUTES["facing"][0]
+        return max(len(t.format(adj="x x", noun=noun, facing=facing).split()) + (0 if "{facing}" in t else len(facing.split())) for t in self.TEMPLATES)
+
     def obeyed(self, images: torch.Tensor, prompts: list[str]) -> list[dict[str, bool]]:
         """For each image and the prompt it was drawn for: {attribute: whether the image has the word the
         prompt asks for}, measured as the training captions were, at the thresholds of the prompt's class."""

@@ -21,11 +21,11 @@ from tqdm.auto import tqdm
 
 from helpers.autoencoder import Autoencoder
 from helpers.checkpoints import CheckpointError
-from helpers.paths import portable_path
+from helpers.paths import portable_path, pretrained_dir, repo_root
 from helpers.diffusion import Diffusion
 from helpers.samplers import sample
 
-__all__ = ["LatentDataset", "encode_dataset", "latent_unet_config", "text_unet_config", "autoencoder_record", "latent_record", "check_autoencoder", "decode", "draw_images"]
+__all__ = ["LatentDataset", "encode_dataset", "latent_unet_config", "text_unet_config", "autoencoder_record", "latent_record", "check_autoencoder", "recorded_autoencoder", "decode", "draw_images"]
 
 
 class LatentDataset(Dataset):
@@ -93,6 +93,28 @@ def check_autoencoder(record: dict[str, Any] | None, ae: Autoencoder, what: str)
             f"{what} was trained on the latents of another autoencoder ({record['path']}, fingerprint {record['fingerprint']}); "
             f"this one has fingerprint {ae.fingerprint()}"
         )
+
+
+def recorded_autoencoder(ckpt: dict[str, Any], what: str, device: torch.device | str = "cpu", path: str | Path | None = None) -> Autoencoder | None:
+    """The autoencoder that decodes a latent model's samples (None for a pixel model): ``path`` if
+    given, else the file its checkpoint records (relative to the repository; a laptop file missing
+    there is taken from the shipped ones in ``pretrained/``), checked against the record.
+    FileNotFoundError when the file is missing, CheckpointError for another autoencoder."""
+    from helpers.checkpoints import load_autoencoder
+
+    record = latent_record(ckpt)
+    if record is None:
+        if path is not None:
+            raise CheckpointError(f"an autoencoder was given, but {what} holds a pixel-space model")
+        return None
+    if path is None:
+        recorded = Path(record["path"])
+        path = recorded if recorded.is_absolute() else repo_root() / recorded  # portable_path: relative to the repository
+        shipped = pretrained_dir() / recorded.name  # a shipped model's autoencoder ships beside it; the fingerprint decides
+        path = shipped if not path.is_file() and shipped.is_file() else path
+    ae = load_autoencoder(path, device)
+    check_autoencoder(record, ae, what)
+    return ae
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ from helpers.checkpoints import load_model, save_checkpoint
 from helpers.config import PROFILES
 from helpers.paths import card, pretrained_dir
 
-__all__ = ["REGRESSION_STEPS", "export", "measure", "main"]
+__all__ = ["REGRESSION_STEPS", "TEXT_PROMPTS", "export", "measure", "measure_text", "main"]
 
 REGRESSION_STEPS = 10  # DDIM steps behind a diffusion model's card (and its regression test)
 
@@ -50,7 +50,8 @@ def measure(path: str | Path, guidance_scale: float | None = None, device: str =
     real-data floor; for a conditional model also the classifier's accuracy on the asked-for classes
     at ``guidance_scale``. The sampler spends few network evaluations, which keeps the regression
     tests cheap: DDIM with ``REGRESSION_STEPS`` steps for a diffusion model, one step for a
-    consistency model, flow-Heun with 4 steps (7 evaluations) for a flow model."""
+    consistency model, flow-Heun with 4 steps (7 evaluations) for a flow model. A text-to-image
+    model is measured by ``measure_text`` instead (guidance 3 unless ``guidance_scale``)."""
     from helpers.classifier import classifier_scores, load_or_train_classifier
     from helpers.consistency import MultistepConsistency, consistency_record
     from helpers.evaluation import Evaluator
@@ -59,6 +60,8 @@ def measure(path: str | Path, guidance_scale: float | None = None, device: str =
 
     profile = PROFILES["laptop"]
     model, d, ckpt = load_model(path, device)
+    if getattr(model, "tokenizer", None) is not None:
+        return measure_text(path, 3.0 if guidance_scale is None else guidance_scale, device)
     evaluator = Evaluator.for_profile(profile, d, get_features(profile, device, verbose=False), steps=REGRESSION_STEPS)
     record = consistency_record(ckpt)
     if record is not None:
@@ -77,6 +80,38 @@ def measure(path: str | Path, guidance_scale: float | None = None, device: str =
         out.update(guidance_scale=evaluator.guidance_scale if guidance_scale is None else guidance_scale,
                    class_accuracy=classifier_scores(classifier, images, labels)["accuracy"])  # fmt: skip
     return out
+
+
+TEXT_PROMPTS = ("a dark sneaker facing left", "a light plain dress", "a large bag", "a small bag")  # (dark, sneaker), (small, bag) held out
+TEXT_SAMPLES = 64  # per prompt
+
+
+def measure_text(path: str | Path, guidance_scale: float = 3.0, device: str = "cpu") -> dict[str, Any]:
+    """What a text-to-image model's card records and its regression test checks: for each of
+    ``TEXT_PROMPTS``, ``TEXT_SAMPLES`` samples (DDIM with ``REGRESSION_STEPS`` steps, guidance
+    ``guidance_scale``, a fixed seed per prompt), the share that carries every word the prompt asks
+    for (the caption maker's measurements, notebook 13) and the share the laptop classifier puts in
+    the asked class."""
+    import torch
+
+    from helpers.captions import CaptionMaker, read_prompt
+    from helpers.classifier import classifier_scores, load_or_train_classifier
+    from helpers.device import cpu_generator
+    from helpers.latent import draw_images, recorded_autoencoder
+    from helpers.samplers import DDIM, TextGuided
+
+    model, d, ckpt = load_model(path, device)
+    ae = recorded_autoencoder(ckpt, str(path), device)
+    maker = CaptionMaker.from_state(ckpt["extra"]["captions"])
+    classifier, _ = load_or_train_classifier(PROFILES["laptop"], device, progress=False)
+    sampler, out = DDIM(REGRESSION_STEPS, clip_x0=False), {}
+    for k, prompt in enumerate(TEXT_PROMPTS):
+        net = TextGuided(model, model.tokenizer.encode([prompt] * TEXT_SAMPLES).to(device), guidance_scale)
+        images = draw_images(net, d, ae, TEXT_SAMPLES, sampler, cpu_generator(k))
+        labels = torch.full((TEXT_SAMPLES,), read_prompt(prompt)[0])
+        out[prompt] = {"all_words": sum(all(o.values()) for o in maker.obeyed(images, [prompt] * TEXT_SAMPLES)) / TEXT_SAMPLES,
+                       "class_accuracy": classifier_scores(classifier, images, labels)["accuracy"]}  # fmt: skip
+    return {"prompts": out, "samples_per_prompt": TEXT_SAMPLES, "guidance_scale": guidance_scale, "sampler": f"{sampler}, seeds 0..{len(TEXT_PROMPTS) - 1}"}
 
 
 # ---- python -m helpers pretrained --------------------------------------------------------------------

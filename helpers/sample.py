@@ -29,12 +29,11 @@ from PIL import Image
 
 from helpers import cli
 from helpers.autoencoder import Autoencoder
-from helpers.checkpoints import CheckpointError, load_autoencoder, load_model
-from helpers.paths import repo_root, shipped_for
+from helpers.checkpoints import CheckpointError, load_model
 from helpers.consistency import MultistepConsistency, consistency_record
 from helpers.cli import CliError
 from helpers.device import cpu_generator, describe
-from helpers.latent import check_autoencoder, decode, latent_record, unclipped
+from helpers.latent import decode, recorded_autoencoder, unclipped
 from helpers.flow import FLOW_SAMPLERS, FlowEuler
 from helpers.samplers import DDIM, DDPM, SPACINGS, VARIANCES, Guided, TextGuided, fits, sample
 from helpers.solvers import SOLVERS, Solver
@@ -133,23 +132,12 @@ def build_sampler(args: argparse.Namespace) -> DDPM | DDIM | Solver | MultistepC
 def latent_autoencoder(args: argparse.Namespace, ckpt: dict, device: torch.device) -> Autoencoder | None:
     """The autoencoder that decodes a latent model's samples (``--autoencoder``, else the one its
     checkpoint names), checked against the checkpoint; None for a pixel model."""
-    record = latent_record(ckpt)
-    if record is None:
-        if args.autoencoder is not None:
-            raise CliError(f"--autoencoder given, but {args.checkpoint} holds a pixel-space model")
-        return None
-    recorded = Path(record["path"])
-    path = args.autoencoder or (recorded if recorded.is_absolute() else repo_root() / recorded)  # portable_path: relative to the repository
-    if args.autoencoder is None and not path.is_file():
-        path = shipped_for(path) or path  # a shipped model's autoencoder, shipped beside it (pretrained/)
     try:
-        ae = load_autoencoder(path, device)
-        check_autoencoder(record, ae, str(args.checkpoint))
-    except FileNotFoundError:
-        raise CliError(f"{args.checkpoint} is a latent model and its autoencoder {path} is missing; pass --autoencoder") from None
+        return recorded_autoencoder(ckpt, str(args.checkpoint), device, args.autoencoder)
+    except FileNotFoundError as err:
+        raise CliError(f"{args.checkpoint} is a latent model and its autoencoder is missing ({err}); pass --autoencoder") from None
     except CheckpointError as err:
         raise CliError(str(err)) from None
-    return ae
 
 
 def class_ids(args: argparse.Namespace, start: int, b: int, num_classes: int | None) -> torch.Tensor | None:

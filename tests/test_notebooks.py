@@ -18,7 +18,7 @@ def _cells(nb):
 
 
 def test_the_course_has_its_numbered_notebooks_each_paired():
-    assert [p[:2] for p in PAIRS] == ["01", "02", "03", "04", "05", "06", "07", "08", "09", "10", "11", "12"]
+    assert [p[:2] for p in PAIRS] == ["01", "02", "03", "04", "05", "06", "07", "08", "09", "10", "11", "12", "13"]
     assert sorted(p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.py")) == PAIRS
 
 

@@ -112,3 +112,21 @@ def test_the_shipped_consistency_model_still_scores_its_recorded_one_step_fid(sh
 @pytest.mark.slow
 def test_the_shipped_flow_model_still_scores_its_recorded_fid(shared_artifacts):
     assert_scores_its_card("12_flow.pt", shared_artifacts)
+
+
+@pytest.mark.slow
+def test_the_shipped_text_model_still_obeys_its_recorded_prompts(shared_artifacts):
+    """``measure_text``: 64 samples per prompt from the card's seeds, decoded by the shipped autoencoder the
+    checkpoint records (by fingerprint). The same code gives the same shares up to float noise; allow
+    three binomial spreads, 3 sqrt(p (1 - p) / 64), and 0.05 more. A broken guidance, cross-attention or
+    decoder sends the words' share to what unguided samples give (about half, or less for two words)."""
+    import math
+
+    path = pretrained_dir() / "13_text.pt"
+    recorded = card(path)["quality"]
+    now = measure(path)
+    assert (now["sampler"], now["samples_per_prompt"], now["guidance_scale"]) == (recorded["sampler"], recorded["samples_per_prompt"], recorded["guidance_scale"])
+    for prompt, want in recorded["prompts"].items():
+        for key, p in want.items():
+            bound = p - 3 * math.sqrt(p * (1 - p) / now["samples_per_prompt"]) - 0.05
+            assert now["prompts"][prompt][key] >= bound, f"{prompt!r}: {key} {now['prompts'][prompt][key]:.2f} below {bound:.2f} (card {p:.2f})"
