@@ -338,8 +338,8 @@ PROFILES: dict[str, Profile] = {
         ),
         classifier_epochs=1,
         classifier_width=16,
-        compare_steps=60,  # CI minutes: notebooks 07, 08 and 12 each train several models of this length
-        clip_steps=20,
+        compare_steps=30,  # CI minutes: notebooks 07, 08 and 12 each train several models of this length
+        clip_steps=8,
         distil=DistilConfig(steps=30, batch_size=16, sigma_max=20.0, log_every=10),
         autoencoder=AutoencoderConfig(steps=60, batch_size=32, lr=2e-3, kl_weight=1e-6, log_every=10, ch=16, latent_channels=4),
     ),

@@ -26,7 +26,7 @@ UNET = dict(image_size=8, in_channels=2, ch=8, ch_mult=(1, 2), num_res_blocks=1,
 
 def text_model(seed: int = 0) -> tuple[TextUNet, Tokenizer]:
     torch.manual_seed(seed)
-    tok = Tokenizer.from_texts(CAPTIONS)
+    tok = Tokenizer.from_texts(CAPTIONS, max_len=9)  # room for padding after the longest caption
     return TextUNet.around(CLIP(len(tok), tok.max_len, dim=8).text, tok, **UNET), tok
 
 
@@ -44,6 +44,21 @@ def test_training_moves_the_unet_and_never_the_frozen_text_encoder():
     assert run.step == 2 and not model.text.training, "the text encoder stays in eval mode while the U-Net trains"
     assert all(torch.equal(v, clip_before[k]) for k, v in model.text.state_dict().items())
     assert any(not torch.equal(v, unet_before[k]) for k, v in model.unet.state_dict().items())
+
+
+def test_the_text_model_reads_only_the_real_tokens():
+    """The same captions with fewer padding tokens give the same output: padding is masked in every cross-attention."""
+    model, tok = text_model()
+    with torch.no_grad():
+        for p in model.unet.parameters():  # zero-initialised layers re-drawn, so that the output depends on the caption
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.2)
+    model.eval()
+    x, t, ids = torch.randn(4, 2, 8, 8), torch.tensor([1, 20, 50, 99]), tok.encode(CAPTIONS)
+    longest = int((ids != 0).sum(1).max())
+    with torch.no_grad():
+        full, short = model(x, t, ids), model(x, t, ids[:, :longest])
+        assert not torch.allclose(full, model(x, t, ids.flip(0)), atol=1e-4), "the output depends on the caption"
+    assert ids.shape[1] > longest and torch.allclose(full, short, atol=1e-5)
 
 
 @pytest.mark.parametrize("p_uncond", [0.0, 0.5])
