@@ -70,7 +70,7 @@ def write_images(x: torch.Tensor, labels: torch.Tensor | None, out: Path) -> Pat
 
 def build_parser() -> argparse.ArgumentParser:
     p = cli.parser("sample", profile=False)
-    p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint written by notebook 03/06/07/08/10/11, python -m helpers train or python -m helpers distil")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint written by notebook 03/06/07/08/10/11/12/13, python -m helpers train or python -m helpers distil, or a shipped one (pretrained/)")
     p.add_argument("--n", type=cli.positive, default=64, help="number of images (default: 64)")
     p.add_argument("--out", type=Path, default=Path("grid.png"), help="a .png grid, an .npz (arr_0 uint8 NxHxWxC, arr_1 labels), or a folder (ending in / or without a suffix) for one PNG per image (default: grid.png)")
     p.add_argument("--sampler", choices=("ddpm", "ddim", *SOLVERS, "consistency", *FLOW_SAMPLERS), default="ddpm",
