@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-snr-gamma", type=cli.positive_number, default=None, help="gamma of min-SNR weighting (default: 5)")
     g.add_argument("--num-classes", type=cli.positive, default=None, help="train a class-conditional model with this many classes, 10 for the datasets here (default: unconditional)")
     g.add_argument("--autoencoder", type=Path, default=None, help="train on this autoencoder's scaled latents (python -m helpers autoencoder, notebook 10): latent diffusion; the checkpoint records which autoencoder it needs")
-    g.add_argument("--clip", type=Path, default=None, help="with --autoencoder: train a text-to-image model on captions of the training images, read through this CLIP's frozen text encoder (13_clip.pt, notebook 13); the checkpoint holds the CLIP")
+    g.add_argument("--clip", type=Path, default=None, help="with --autoencoder: train a text-to-image model on captions of the training images, read through this CLIP's frozen text encoder (13_clip.pt, notebook 13); the checkpoint holds that text encoder")
     cli.add_config(p, TrainConfig)  # the training settings, straight from their one definition, in their groups
     p.group("logging and evaluation").add_argument("--fid-features", choices=("auto", "inception", "classifier"), default=None, help="features for FID/KID (default: the profile's)")
     p.group("speed").add_argument("--workers", type=cli.count, default=0, help="DataLoader worker processes; 0 loads in the main process, which exact resume needs with CIFAR-10's random flips (default: 0)")
