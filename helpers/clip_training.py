@@ -19,7 +19,7 @@ __all__ = ["train_clip"]
 
 
 def train_clip(clip: CLIP, images: torch.Tensor, ids: torch.Tensor, steps: int, batch_size: int = 256, lr: float = 2e-3,
-               seed: int = 0, progress: bool = True) -> list[dict[str, float]]:  # fmt: skip
+               seed: int = 0, progress: bool = True) -> list[dict[str, int | float]]:  # fmt: skip
     """Train ``clip`` in place on images [N, C, H, W] and their captions' ids [N, L]; returns the log
     (one row of {step, loss} per step). Batches are drawn from a generator seeded with ``seed``."""
     integer("steps", steps)
@@ -43,4 +43,3 @@ def train_clip(clip: CLIP, images: torch.Tensor, ids: torch.Tensor, steps: int, 
         log.append({"step": step, "loss": loss.item()})
     clip.eval()
     return log
-

@@ -11,7 +11,6 @@ the one random stream that CUDA, MPS and the CPU all share. ``fingerprint`` name
 from __future__ import annotations
 
 import hashlib
-
 import os
 import platform
 import random

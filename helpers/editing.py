@@ -22,14 +22,14 @@ from dataclasses import dataclass
 import torch
 
 from helpers.diffusion import Diffusion
-from helpers.samplers import Report, _Chain, ddim_step, ddim_timesteps
+from helpers.samplers import Chain, Report, ddim_step, ddim_timesteps
 from helpers.validate import integer
 
 __all__ = ["SDEdit", "Inpaint"]
 
 
 @dataclass(frozen=True, eq=False)
-class SDEdit(_Chain):
+class SDEdit(Chain):
     """SDEdit of ``images`` [B, C, H, W] (in the model's space: pixels, or a latent model's latents) at
     ``strength`` in (0, 1], with ``round(strength * steps)`` DDIM steps (at least one) from t_0 down."""
 
@@ -64,11 +64,12 @@ class SDEdit(_Chain):
         return super().run(model, d, d.q_sample(self.images.to(x.device), t0, x), generator, report)
 
     def __str__(self) -> str:
-        return f"SDEdit (strength {self.strength:g}, DDIM-{self.steps}{'' if self.clip_x0 else ', unclipped'})"
+        taken = max(1, round(self.strength * self.steps))
+        return f"SDEdit (strength {self.strength:g}: {taken} steps of DDIM-{self.steps}{'' if self.clip_x0 else ', unclipped'})"
 
 
 @dataclass(frozen=True, eq=False)
-class Inpaint(_Chain):
+class Inpaint(Chain):
     """Regenerate where ``mask`` is 1 (a tensor of 0s and 1s that broadcasts to ``images``), keep
     ``images`` where it is 0, with DDIM over ``steps`` timesteps."""
 
@@ -94,11 +95,16 @@ class Inpaint(_Chain):
 
     def step(self, d: Diffusion, out: torch.Tensor, x_t: torch.Tensor, t: int, t_prev: int, noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         x_prev, x0 = ddim_step(d, out, x_t, t, t_prev, clip_x0=self.clip_x0)
-        known = self.images.to(x_t.device)
+        known = self.images.to(x_t.device, x_t.dtype)
         if t_prev >= 0:
             known = d.q_sample(known, torch.full((len(known),), t_prev, device=x_t.device, dtype=torch.long), noise)
         mask = self.mask.to(x_t.device, x_t.dtype)
         return mask * x_prev + (1 - mask) * known, x0
+
+    def run(self, model: Callable[..., torch.Tensor], d: Diffusion, x: torch.Tensor, generator: torch.Generator | None, report: Report) -> torch.Tensor:
+        if x.shape != self.images.shape:
+            raise ValueError(f"noise of shape {tuple(x.shape)} for images of shape {tuple(self.images.shape)}")
+        return super().run(model, d, x, generator, report)
 
     def __str__(self) -> str:
         return f"inpainting (DDIM-{self.steps}{'' if self.clip_x0 else ', unclipped'})"

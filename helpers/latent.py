@@ -20,12 +20,12 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from helpers.autoencoder import Autoencoder
-from helpers.checkpoints import CheckpointError
+from helpers.checkpoints import CheckpointError, load_autoencoder
 from helpers.paths import portable_path, pretrained_dir, repo_root
 from helpers.diffusion import Diffusion
 from helpers.samplers import sample
 
-__all__ = ["LatentDataset", "encode_dataset", "latent_unet_config", "text_unet_config", "autoencoder_record", "latent_record", "check_autoencoder", "recorded_autoencoder", "decode", "draw_images"]
+__all__ = ["LatentDataset", "encode_dataset", "latent_unet_config", "text_unet_config", "autoencoder_record", "text_records", "latent_record", "check_autoencoder", "recorded_autoencoder", "decode", "draw_images"]
 
 
 class LatentDataset(Dataset):
@@ -79,6 +79,13 @@ def autoencoder_record(ae: Autoencoder, path: str | Path) -> dict[str, Any]:
     return {"path": portable_path(path), "fingerprint": ae.fingerprint(), "scale_factor": float(ae.scale_factor), "latent_shape": list(ae.latent_shape)}
 
 
+def text_records(ae: Autoencoder, ae_path: str | Path, clip_path: str | Path, text_fingerprint: str, captions: dict[str, Any]) -> dict[str, Any]:
+    """What a text-to-image model's checkpoint keeps in ``extra`` (notebook 13, ``train --clip``): its
+    autoencoder (``autoencoder_record``), the CLIP whose text encoder it holds (path and the encoder's
+    fingerprint) and the caption maker's state, which scores its samples."""
+    return {"autoencoder": autoencoder_record(ae, ae_path), "clip": {"path": portable_path(clip_path), "fingerprint": text_fingerprint}, "captions": captions}
+
+
 def latent_record(ckpt: dict[str, Any]) -> dict[str, Any] | None:
     """The autoencoder a checkpoint's model was trained on, or None for a pixel model."""
     return (ckpt.get("extra") or {}).get("autoencoder")
@@ -97,24 +104,29 @@ def check_autoencoder(record: dict[str, Any] | None, ae: Autoencoder, what: str)
 
 def recorded_autoencoder(ckpt: dict[str, Any], what: str, device: torch.device | str = "cpu", path: str | Path | None = None) -> Autoencoder | None:
     """The autoencoder that decodes a latent model's samples (None for a pixel model): ``path`` if
-    given, else the file its checkpoint records (relative to the repository; a laptop file missing
-    there is taken from the shipped ones in ``pretrained/``), checked against the record.
-    FileNotFoundError when the file is missing, CheckpointError for another autoencoder."""
-    from helpers.checkpoints import load_autoencoder
-
+    given, else the first of the file its checkpoint records (relative to the repository) and the
+    shipped one of that name in ``pretrained/`` whose fingerprint is the recorded one.
+    FileNotFoundError when neither file exists, CheckpointError for another autoencoder."""
     record = latent_record(ckpt)
     if record is None:
         if path is not None:
             raise CheckpointError(f"an autoencoder was given, but {what} holds a pixel-space model")
         return None
-    if path is None:
-        recorded = Path(record["path"])
-        path = recorded if recorded.is_absolute() else repo_root() / recorded  # portable_path: relative to the repository
-        shipped = pretrained_dir() / recorded.name  # a shipped model's autoencoder ships beside it; the fingerprint decides
-        path = shipped if not path.is_file() and shipped.is_file() else path
-    ae = load_autoencoder(path, device)
-    check_autoencoder(record, ae, what)
-    return ae
+    if path is not None:
+        ae = load_autoencoder(path, device)
+        check_autoencoder(record, ae, what)
+        return ae
+    recorded = Path(record["path"])
+    candidates = [recorded if recorded.is_absolute() else repo_root() / recorded, pretrained_dir() / recorded.name]  # portable_path: repo-relative
+    found = [p for p in candidates if p.is_file()]
+    if not found:
+        raise FileNotFoundError(f"no autoencoder at {candidates[0]} or {candidates[1]}")
+    for p in found:
+        ae = load_autoencoder(p, device)
+        if ae.fingerprint() == record["fingerprint"]:
+            return ae
+    raise CheckpointError(f"{what} was trained on the latents of the autoencoder with fingerprint {record['fingerprint']}; "
+                          f"{' and '.join(str(p) for p in found)} {'is' if len(found) == 1 else 'are'} another: pass its file with --autoencoder")
 
 
 @torch.no_grad()

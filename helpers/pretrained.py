@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from helpers import cli
-from helpers.checkpoints import load_model, save_checkpoint
+from helpers.checkpoints import load_checkpoint, load_model, save_checkpoint
 from helpers.config import PROFILES
 from helpers.paths import card, pretrained_dir
 
@@ -58,10 +58,10 @@ def measure(path: str | Path, guidance_scale: float | None = None, device: str =
     from helpers.flow import FlowHeun
     from helpers.metrics import get_features
 
+    if "text" in load_checkpoint(path)["model_config"]:
+        return measure_text(path, 3.0 if guidance_scale is None else guidance_scale, device)
     profile = PROFILES["laptop"]
     model, d, ckpt = load_model(path, device)
-    if getattr(model, "tokenizer", None) is not None:
-        return measure_text(path, 3.0 if guidance_scale is None else guidance_scale, device)
     evaluator = Evaluator.for_profile(profile, d, get_features(profile, device, verbose=False), steps=REGRESSION_STEPS)
     record = consistency_record(ckpt)
     if record is not None:
@@ -120,10 +120,10 @@ def measure_text(path: str | Path, guidance_scale: float = 3.0, device: str = "c
 def build_parser() -> argparse.ArgumentParser:
     p = cli.parser("pretrained", common=False)
     actions = p.add_subparsers(dest="action", required=True, metavar="{measure,export}", parser_class=cli.Parser, help="what to do")
-    about = "the laptop Evaluator's FID/KID/IS of a model (and a conditional model's class accuracy), as JSON"
+    about = "the laptop Evaluator's FID/KID/IS of a model (and a conditional model's class accuracy), or a text model's obedience to four prompts, as JSON"
     m = actions.add_parser("measure", help=about, description=about)
     m.add_argument("checkpoint", type=Path, help="a shipped model (pretrained/*.pt) or a laptop checkpoint")
-    m.add_argument("--guidance-scale", type=cli.finite, default=None, help="a conditional model's guidance scale (default: the laptop Evaluator's)")
+    m.add_argument("--guidance-scale", type=cli.finite, default=None, help="a conditional model's guidance scale (default: the laptop Evaluator's; 3 for a text model)")
     m.add_argument("--record", action="store_true", help="also write the numbers into the model's card (<name>.json) as its quality")
     cli.add_common(m, profile=False, progress=False)
     about = "write a checkpoint's model (its EMA weights) as a shipped file with its card"

@@ -37,6 +37,7 @@ from helpers.latent import decode, recorded_autoencoder, unclipped
 from helpers.flow import FLOW_SAMPLERS, FlowEuler
 from helpers.samplers import DDIM, DDPM, SPACINGS, VARIANCES, Guided, TextGuided, fits, sample
 from helpers.solvers import SOLVERS, Solver
+from helpers.text_unet import TextUNet
 from helpers.viz import save_grid
 
 
@@ -176,13 +177,13 @@ def draw(args: argparse.Namespace) -> str:
     ae = latent_autoencoder(args, ckpt, device)
     if ae is not None:
         sampler = unclipped(sampler)
-    text = getattr(model, "tokenizer", None)
-    if text is None and args.prompt is not None:
+    tokenizer = model.tokenizer if isinstance(model, TextUNet) else None
+    if tokenizer is None and args.prompt is not None:
         raise CliError(f"--prompt given, but {args.checkpoint} holds a model without text conditioning")
-    if text is not None and args.prompt is None:
-        raise CliError(f"{args.checkpoint} holds a text-to-image model: give --prompt, e.g. --prompt \"a dark sneaker facing left\" (its words: {', '.join(text.vocab[2:])})")
+    if tokenizer is not None and args.prompt is None:
+        raise CliError(f"{args.checkpoint} holds a text-to-image model: give --prompt, e.g. --prompt \"a dark sneaker facing left\" (its words: {', '.join(tokenizer.vocab[2:])})")
     try:
-        ids = text.encode([args.prompt]) if text is not None else None
+        ids = tokenizer.encode([args.prompt]) if tokenizer is not None else None
     except ValueError as err:
         raise CliError(f"--prompt: {err}") from None
     if args.class_id is not None and model.num_classes is None:

@@ -44,6 +44,7 @@ __all__ = [
     "Step",
     "Report",
     "Sampler",
+    "Chain",
     "DDPM",
     "DDIM",
     "Guided",
@@ -190,7 +191,7 @@ class Sampler(Protocol):
     def run(self, model: Callable[..., torch.Tensor], d: Diffusion, x: torch.Tensor, generator: torch.Generator | None, report: Report) -> torch.Tensor: ...
 
 
-class _Chain:
+class Chain:
     """The loop of a sampler that walks down a grid of integer timesteps (DDPM, DDIM): at each
     (t, t_prev), one network call, fresh noise when ``needs_noise``, then ``step``."""
 
@@ -218,7 +219,7 @@ class _Chain:
 
 
 @dataclass(frozen=True)
-class DDPM(_Chain):
+class DDPM(Chain):
     """Ancestral sampling over all T steps of the chain (``ddpm_step``).
 
     ``variance``: "fixed_small" (beta tilde) or "fixed_large" (beta); ``clip_x0``: clip the
@@ -246,7 +247,7 @@ class DDPM(_Chain):
 
 
 @dataclass(frozen=True)
-class DDIM(_Chain):
+class DDIM(Chain):
     """DDIM over ``steps`` timesteps of the ``spacing`` grid (``ddim_step``, ``ddim_timesteps``).
 
     ``steps``: None for all T; ``eta``: 0 deterministic, 1 DDPM-like; ``clip_x0`` as for DDPM.

@@ -107,8 +107,7 @@ def run(args: argparse.Namespace, world: World | None = None) -> int:
     from helpers.checkpoints import build_model, load_autoencoder, load_clip
     from helpers.data import profile_dataset
     from helpers.device import fingerprint
-    from helpers.latent import LatentDataset, autoencoder_record, check_autoencoder, encode_dataset, latent_record, latent_unet_config, text_unet_config
-    from helpers.paths import portable_path
+    from helpers.latent import LatentDataset, autoencoder_record, check_autoencoder, encode_dataset, latent_record, latent_unet_config, text_records, text_unet_config
     from helpers.text_unet import TextUNet
     from helpers.training import Trainer
 
@@ -132,12 +131,16 @@ def run(args: argparse.Namespace, world: World | None = None) -> int:
         given.update(sample_every=0, eval_every=0)
     with cli.setting_up():
         ae = load_autoencoder(args.autoencoder, device) if latent else None
+        if text and profile.dataset != "fashion_mnist":
+            raise cli.CliError(f"--clip: captions are made for Fashion-MNIST's classes, and the {profile.name} profile trains on {profile.dataset}")
         clip, tokenizer, captions, _ = load_clip(args.clip) if text else (None, None, None, None)
         if args.resume:
             ckpt = load_checkpoint(out, kind="unet")
             saved_diffusion, model_config = ckpt["diffusion"], ckpt["model_config"]
             if "text" in model_config and not text:
-                raise cli.CliError(f"{out} is a text-to-image model; resume it with --clip {ckpt['extra']['clip']['path']}")
+                raise cli.CliError(f"{out} is a text-to-image model; resume it with --clip {(ckpt.get('extra') or {}).get('clip', {}).get('path', '<its CLIP>')}")
+            if text and "text" not in model_config:
+                raise cli.CliError(f"{out} is not a text-to-image model; leave out --clip")
             if text and model_config.get("text_fingerprint") != fingerprint(clip.text):
                 raise cli.CliError(f"{out} was not trained around the text encoder of the CLIP {args.clip} (fingerprint {fingerprint(clip.text)}); "
                                    f"it needs {ckpt['extra'].get('clip', {}).get('path')}'s (fingerprint {model_config.get('text_fingerprint')})")  # fmt: skip
@@ -190,8 +193,8 @@ def run(args: argparse.Namespace, world: World | None = None) -> int:
         trainer = Trainer(
             model, diffusion, dataset, config, device, out_dir=out.parent.parent / "logs" / out.stem,
             evaluator=evaluator, progress=not args.no_progress, num_workers=args.workers, world=world,
-            extra={"autoencoder": autoencoder_record(ae, args.autoencoder)} | ({"clip": {"path": portable_path(args.clip), "fingerprint": fingerprint(clip.text)},
-                   "captions": captions.state()} if text else {}) if ae is not None else None,
+            extra=(text_records(ae, args.autoencoder, args.clip, fingerprint(clip.text), captions.state()) if text
+                   else {"autoencoder": autoencoder_record(ae, args.autoencoder)}) if ae is not None else None,
         )  # fmt: skip
         if args.resume:
             cli.resume(trainer, out, say)

@@ -65,10 +65,16 @@ class Trainer(GuardedRun):
         if self.flow and config.timesteps == "importance":
             raise ValueError("importance-sampled timesteps are for a diffusion process; a flow model draws t by its own "
                              f"time_sampling ({diffusion.time_sampling}): train it with timesteps='uniform'")
-        self.null_ids: torch.Tensor | None = getattr(model, "null_ids", None)  # a text model's empty caption (helpers.text_unet)
-        if self.null_ids is not None and (config.sample_every or config.eval_every):
-            raise ValueError("sample_every and eval_every draw without a caption, but a text model needs one: set both to 0 and sample "
-                             "it with samplers.TextGuided (python -m helpers sample --prompt)")  # fmt: skip
+        null_ids = getattr(model, "null_ids", None)  # a text model's empty caption (helpers.text_unet)
+        if null_ids is not None:
+            if config.sample_every or config.eval_every:
+                raise ValueError("sample_every and eval_every draw without a caption, but a text model needs one: set both to 0 and sample "
+                                 "it with samplers.TextGuided (python -m helpers sample --prompt)")  # fmt: skip
+            label = dataset[0][1]
+            if not isinstance(label, torch.Tensor) or label.shape != null_ids.shape[1:]:
+                raise ValueError(f"a text model trains on (image, token ids [{null_ids.shape[1]}]) pairs; this dataset's labels are "
+                                 f"{tuple(label.shape) if isinstance(label, torch.Tensor) else type(label).__name__}")  # fmt: skip
+        self.null_ids: torch.Tensor | None = null_ids.to(self.device) if null_ids is not None else None
         if config.eval_every and evaluator is None:
             raise ValueError("eval_every is set, but no evaluator was given to compute FID/KID")
         self.model, self.forward = self.place(model, config.batch_size, config.channels_last, config.compile)
@@ -108,7 +114,7 @@ class Trainer(GuardedRun):
             if self.null_ids is None:  # "no label" is the id num_classes
                 y = torch.where(drop, torch.full_like(y, self.num_classes), y)
             else:  # "no text" is the empty caption
-                y = torch.where(drop[:, None], self.null_ids.to(self.device), y)
+                y = torch.where(drop[:, None], self.null_ids, y)
         else:
             y = None
         if self.importance is None:

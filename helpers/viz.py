@@ -278,11 +278,12 @@ def slider_widget(render: Callable[[Any], bytes], slider: Any) -> Any:
 
 def prompt_widget(render: Callable[[tuple[str, float]], bytes], text: Any, slider: Any) -> Any:
     """A VBox of a Text box, a slider and an Image showing ``render((text.value, slider.value))``,
-    redrawn when the text is submitted or the slider moves; a prompt ``render`` refuses (ValueError,
-    e.g. an unknown word) leaves the last picture and shows the message below it."""
+    redrawn whenever the text's value changes (on Enter with ``continuous_update=False``, on every key
+    otherwise) or the slider moves; a prompt ``render`` refuses (ValueError, e.g. an unknown word)
+    leaves the last picture, or none, and shows the message below it."""
     from ipywidgets import HTML, Image, VBox
 
-    image, message = Image(value=render((text.value, slider.value)), format="png"), HTML()
+    image, message = Image(format="png"), HTML()
 
     def redraw(_: Any = None) -> None:
         try:
@@ -290,6 +291,7 @@ def prompt_widget(render: Callable[[tuple[str, float]], bytes], text: Any, slide
         except ValueError as err:
             message.value = f"<b>{err}</b>"
 
+    redraw()
     text.observe(redraw, names="value")
     slider.observe(redraw, names="value")
     return VBox([text, slider, image, message])

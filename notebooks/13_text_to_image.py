@@ -275,8 +275,7 @@ print("cross-attention by hand == helpers.unet.CrossAttentionBlock; whatever the
 
 # %%
 from helpers.checkpoints import load_model
-from helpers.paths import portable_path
-from helpers.latent import LatentDataset, autoencoder_record, encode_dataset, text_unet_config
+from helpers.latent import LatentDataset, encode_dataset, text_records, text_unet_config
 from helpers.text_unet import TextUNet
 from helpers.training import Trainer
 
@@ -299,8 +298,7 @@ print(f"caption dropout p = {config.p_uncond}; {config.steps} steps of batch {co
 start = time.perf_counter()
 trainer = Trainer(model, d, train_set, config, device, progress=False).train()
 text_minutes = (time.perf_counter() - start) / 60
-records = {"autoencoder": autoencoder_record(ae, profile.require("autoencoder")), "captions": maker.state(),
-           "clip": {"path": portable_path(clip_path), "fingerprint": model.config["text_fingerprint"]}}  # what sampling and resuming need
+records = text_records(ae, profile.require("autoencoder"), clip_path, model.config["text_fingerprint"], maker.state())  # what sampling and resuming need
 text_path = trainer.save(profile.checkpoint("text"), profile=profile.name, extra={**records, "minutes": text_minutes, "minutes_clip": clip_minutes})
 ax = plot_loss_curve(trainer.history, title=f"text-conditioned latent U-Net, {trainer.step} steps in {text_minutes:.1f} minutes [{profile.name} profile]")
 ax.set(yscale="log")

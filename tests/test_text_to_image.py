@@ -74,11 +74,21 @@ def test_caption_dropout_replaces_a_caption_by_the_empty_one(p_uncond):
     assert int(empty.sum()) == 0 if p_uncond == 0 else 0 < int(empty.sum()) < len(ids)
 
 
-def test_a_text_model_refuses_grids_and_evaluations_without_a_caption():
+@pytest.mark.parametrize("every", [{"sample_every": 1}, {"eval_every": 1}])
+def test_a_text_model_refuses_grids_and_evaluations_without_a_caption(every):
     model, tok = text_model()
+    data = LatentDataset(torch.randn(8, 2, 8, 8), tok.encode(CAPTIONS * 2))
+    config = TrainConfig(steps=1, batch_size=8, lr=1e-3, **{"sample_every": 0, "eval_every": 0, **every})
     with pytest.raises(ValueError, match="a text model needs one"):
-        trainer(model, tok).__class__(model, Diffusion.from_schedule("linear", 100), LatentDataset(torch.randn(8, 2, 8, 8), tok.encode(CAPTIONS * 2)),
-                                      TrainConfig(steps=1, batch_size=8, lr=1e-3, sample_every=1, eval_every=0), progress=False)  # fmt: skip
+        Trainer(model, Diffusion.from_schedule("linear", 100), data, config, evaluator=lambda m: {}, progress=False)
+
+
+def test_a_text_model_refuses_a_dataset_of_class_labels():
+    """Class ids [B] would broadcast against the empty caption's ids in caption dropout and train on nonsense."""
+    model, tok = text_model()
+    config = TrainConfig(steps=1, batch_size=9, lr=1e-3)
+    with pytest.raises(ValueError, match=r"token ids \[9\]\) pairs; this dataset's labels are int"):
+        Trainer(model, Diffusion.from_schedule("linear", 100), LatentDataset(torch.randn(18, 2, 8, 8), torch.arange(18) % 10), config, progress=False)
 
 
 def test_the_checkpoint_holds_the_clip_and_refuses_another(tmp_path):
@@ -140,6 +150,8 @@ def test_inpainting_keeps_the_image_and_generates_the_masked_pixels_as_plain_sam
         assert abs(float(z.mean())) < 0.05 and abs(float(z.std()) - 1) < 0.05, (t, float(z.mean()), float(z.std()))
     with pytest.raises(ValueError, match="does not fit images"):
         Inpaint(image, torch.ones(1, 1, 3, 3))
+    with pytest.raises(ValueError, match=r"noise of shape \(4, 1, 2, 2\) for images of shape \(1, 1, 2, 2\)"):
+        sample(GaussianDenoiser(d), d, noise[:4], Inpaint(image, mask, steps=2), progress=False)
 
 
 def test_prompts_are_read_for_the_words_they_ask_and_samples_scored_by_them():
@@ -180,6 +192,10 @@ def test_text_to_image_trains_and_samples_from_the_command_line(tmp_path, data_e
     assert "was not trained around the text encoder" in capsys.readouterr().err
     assert train_cli.main(common + ["--steps", "3", "--resume"]) == 2
     assert "is a text-to-image model; resume it with --clip" in capsys.readouterr().err
+    latent_ckpt = tmp_path / "latent.pt"
+    assert train_cli.main(common[:3] + [str(latent_ckpt)] + common[4:] + ["--steps", "1"]) == 0
+    assert train_cli.main(common[:3] + [str(latent_ckpt)] + common[4:] + ["--steps", "2", "--resume", "--clip", str(clip_path)]) == 2
+    assert "is not a text-to-image model; leave out --clip" in capsys.readouterr().err
     assert train_cli.main(common + ["--steps", "3", "--resume", "--clip", str(clip_path)]) == 0
 
     base = ["--checkpoint", str(ckpt), "--n", "4", "--sampler", "ddim", "--steps", "3", "--out", str(out)]
