@@ -281,10 +281,11 @@ class _Guidance(nn.Module):
     """Classifier-free guidance (Ho & Salimans 2022, eq. 6) around a conditional model, as a model
     ``(x_t, t) -> output``: out = out_uncond + s (out_cond - out_uncond). s = 1 is the conditional model
     alone (one forward pass), s = 0 the unconditional one (one pass with the "no condition" input),
-    any other s one forward pass over the batch doubled. A subclass gives the two inputs (``_inputs``:
-    tensors with one row per image) and how the model takes them (``_call``); ``size`` is the batch
-    they fit, and ``mismatch`` the error for another batch."""
+    any other s one forward pass over the batch doubled. The model is called as ``model(x_t, t, c)``;
+    a subclass gives the condition and the "no condition" (``_inputs``: one row per image); ``size``
+    is the batch they fit, and ``mismatch`` the error for another batch."""
 
+    model: nn.Module
     scale: float
     size: int
     mismatch: str  # formatted with n (the size) and batch
@@ -294,11 +295,8 @@ class _Guidance(nn.Module):
             raise ValueError(f"the guidance scale must be a finite number, got {scale}")
         return float(scale)
 
-    def _inputs(self, device: torch.device) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-        """(the condition's tensors, the "no condition" tensors) on ``device``."""
-        raise NotImplementedError
-
-    def _call(self, x_t: torch.Tensor, t: torch.Tensor, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def _inputs(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the condition, the "no condition") on ``device``."""
         raise NotImplementedError
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -306,11 +304,10 @@ class _Guidance(nn.Module):
             raise ValueError(self.mismatch.format(n=self.size, batch=len(x_t)))
         cond, null = self._inputs(x_t.device)
         if self.scale == 1:
-            return self._call(x_t, t, cond)
+            return self.model(x_t, t, cond)
         if self.scale == 0:
-            return self._call(x_t, t, null)
-        both = tuple(torch.cat(pair) for pair in zip(cond, null))
-        out_cond, out_uncond = self._call(torch.cat([x_t, x_t]), torch.cat([t, t]), both).chunk(2)
+            return self.model(x_t, t, null)
+        out_cond, out_uncond = self.model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, null])).chunk(2)
         return out_uncond + self.scale * (out_cond - out_uncond)
 
 
@@ -332,12 +329,9 @@ class Guided(_Guidance):
         self.model, self.scale, self.null_id, self.size = model, self._check_scale(scale), num_classes, len(y)
         self.register_buffer("y", y.long(), persistent=False)
 
-    def _inputs(self, device: torch.device) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    def _inputs(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         y = self.y.to(device)
-        return (y,), (torch.full_like(y, self.null_id),)
-
-    def _call(self, x_t: torch.Tensor, t: torch.Tensor, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        return self.model(x_t, t, *inputs)
+        return y, torch.full_like(y, self.null_id)
 
 
 class TextGuided(_Guidance):
@@ -357,12 +351,9 @@ class TextGuided(_Guidance):
         self.model, self.scale, self.size = model, self._check_scale(scale), len(ids)
         self.register_buffer("ids", ids.long(), persistent=False)
 
-    def _inputs(self, device: torch.device) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    def _inputs(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         ids = self.ids.to(device)
-        return (ids,), (self.model.null_ids.to(device).expand_as(ids),)
-
-    def _call(self, x_t: torch.Tensor, t: torch.Tensor, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        return self.model(x_t, t, *inputs)
+        return ids, self.model.null_ids.to(device).expand_as(ids)
 
 
 def fits(d: Any, sampler: Any) -> bool:
