@@ -163,7 +163,7 @@ ax.axhline(math.log(256), color="gray", ls=":", label="log 256 (chance)")
 ax.legend()
 idx = torch.randint(0, len(captions), (256,), generator=cpu_generator(0))  # a batch like training's
 cap, lab, true_words = [captions[i] for i in idx.tolist()], y_train[idx].tolist(), maker.words(x_train[idx], y_train[idx])
-stated = [{w for pair in ATTRIBUTES.values() for w in pair if f" {w} " in f" {c} "} for c in cap]  # the attribute words each caption states
+stated = [set(read_prompt(c)[1].values()) for c in cap]  # the attribute words each caption states
 repeats = torch.tensor([cap.count(c) for c in cap], dtype=torch.float64).log().mean()
 true_of = torch.tensor([sum(lab[j] == lab[i] and stated[j] <= set(true_words[i].values()) for j in range(len(cap))) for i in range(len(cap))],
                        dtype=torch.float64).log().mean()  # fmt: skip
@@ -450,8 +450,7 @@ for part, mask in ((f"seen combinations of {', '.join(held_words)}", same_words)
           f"rise {rise.estimate:+.1f} points [{rise.low:+.1f}, {rise.high:+.1f}] -> {verdict}")
 for c, word in HELD_OUT:  # what a training caption that names the class and no such word says about the image
     attribute = next(a for a, pair in ATTRIBUTES.items() if word in pair)
-    silent = [w[attribute] == word for w, text, label in zip(words, captions, y_train.tolist())
-              if label == c and not any(f" {v} " in f" {text} " for v in ATTRIBUTES[attribute])]  # fmt: skip
+    silent = [w[attribute] == word for w, text, label in zip(words, captions, y_train.tolist()) if label == c and attribute not in read_prompt(text)[1]]
     assert sum(silent) > len(silent) / 2, "the text below says these captions mostly belong to images with the held-out word"
     print(f"training captions of a {CLASS_WORDS[c][0]} that state no {attribute}: {len(silent)}, of images that are {word} {100 * sum(silent) / len(silent):.0f}%")
 
