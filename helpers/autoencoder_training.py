@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from helpers.autoencoder import Autoencoder
 from helpers.checkpoints import rng_state, set_rng_state
 from helpers.config import RESUMABLE_RUN_SETTINGS, AutoencoderConfig
+from helpers.device import adam_options
 from helpers.runs import GuardedRun, conflicts, refuse_conflicts
 from helpers.validate import batch_fits
 
@@ -50,7 +51,7 @@ class AutoencoderTrainer(GuardedRun):
         batch_fits(config.batch_size, len(dataset))  # before any work
         self.config, self.dataset, self.device, self.progress = config, dataset, torch.device(device), progress
         self.model = ae.to(self.device)
-        self.optimizer = torch.optim.Adam(ae.parameters(), lr=config.lr)
+        self.optimizer = torch.optim.Adam(ae.parameters(), lr=config.lr, **adam_options(self.device))
         self.generator = torch.Generator().manual_seed(config.seed)  # the posterior samples'
         self.step, self.scale_step = 0, None
         self.history: list[dict[str, float]] = []

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from helpers.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from helpers.config import Profile
+from helpers.device import adam_options
 from helpers.paths import pretrained_dir
 
 __all__ = ["Classifier", "train_classifier", "load_or_train_classifier", "accuracy", "classifier_scores"]
@@ -84,7 +85,7 @@ def train_classifier(
         torch.random.default_generator.manual_seed(seed)
         model = Classifier(x.shape[1], x.shape[-1], int(y.max()) + 1, width=width).to(device)
     steps = epochs * (len(x) // batch_size)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, **adam_options(torch.device(device)))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     bar = tqdm(total=steps, desc="training the classifier", disable=not progress, leave=False, mininterval=1.0)
     model.train()

@@ -156,7 +156,7 @@ finite = _Checked(float, _finite)  # any finite float
 
 
 _HELP = {
-    "profile": "the scale of data, model and settings: {profiles} (default: $DIFFUSION_PROFILE, else full on CUDA and laptop elsewhere)",
+    "profile": "the scale of data, model and settings: {profiles} (default: $DIFFUSION_PROFILE, else gpu on CUDA and laptop elsewhere)",
     "device": "cuda, cuda:N, mps or cpu (default: $DIFFUSION_DEVICE, else the first of CUDA, MPS and the CPU that is there); "
     "one that is asked for and absent is an error",
     "out": "the checkpoint to write (default: artifacts/<profile>/checkpoints/{file})",
@@ -222,12 +222,14 @@ def given(args: argparse.Namespace, config: type) -> dict[str, Any]:
 def pick(args: argparse.Namespace) -> torch.device:
     """The device of ``--device`` (else ``$DIFFUSION_DEVICE``, else the best there is); an unknown
     device, or one that is asked for and absent, is a CliError."""
-    from helpers.device import pick_device
+    from helpers.device import configure_cuda, pick_device
 
     try:
-        return pick_device(getattr(args, "device", None))
+        device = pick_device(getattr(args, "device", None))
     except ValueError as err:
         raise CliError(str(err)) from None
+    configure_cuda(device)
+    return device
 
 
 def profile_of(args: argparse.Namespace, device: torch.device) -> Profile:

@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from helpers.clip import CLIP
+from helpers.device import adam_options
 from helpers.validate import batch_fits, integer
 
 __all__ = ["train_clip"]
@@ -28,7 +29,7 @@ def train_clip(clip: CLIP, images: torch.Tensor, ids: torch.Tensor, steps: int, 
         raise ValueError(f"{len(images)} images but {len(ids)} captions")
     device = next(clip.parameters()).device
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(clip.parameters(), lr=lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(clip.parameters(), lr=lr, weight_decay=0.01, **adam_options(device))
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(k, steps) / steps)))
     clip.train()

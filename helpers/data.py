@@ -3,7 +3,8 @@
 CIFAR-10 (3x32x32, random horizontal flips when training), Fashion-MNIST and MNIST (1x28x28,
 zero-padded to 32x32). A profile may ask for a smaller side, which resizes after the padding.
 Images are held in memory as one uint8 tensor (Fashion-MNIST: 61 MB, CIFAR-10: 154 MB), so a
-batch costs an index and a division, with no PIL work per image.
+batch costs an index and a division, with no PIL work per image; on a GPU a training run holds
+them there (``on_device``), so that batches are cut on the device.
 
 Files are looked for under ``$DIFFUSION_DATA`` (default ``data/``) in torchvision's own layout and
 downloaded there when missing; without network or files the error names the files and the
@@ -22,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -42,6 +44,7 @@ __all__ = [
     "prepare_images",
     "profile_dataset",
     "make_loader",
+    "on_device",
     "StepBatchSampler",
 ]
 
@@ -123,6 +126,26 @@ class ImageDataset(Dataset):
         if self.flip and torch.rand(()) < 0.5:
             x = x.flip(-1)
         return x, int(self.labels[i])
+
+    def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The items ``indices`` at once (images [B, C, H, W] in [-1, 1], labels [B]) on the images'
+        device: one index into the uint8 tensor, one conversion and one flip mask (drawn on the CPU,
+        so the same seed gives the same flips wherever the images live). ``make_loader`` reads a
+        batch with one call of this instead of one ``__getitem__`` per image."""
+        idx = torch.as_tensor(indices, device=self.images.device)
+        x = self.images[idx].float() / 127.5 - 1
+        if self.flip:
+            mirror = (torch.rand(len(idx)) < 0.5).to(x.device)
+            x = torch.where(mirror[:, None, None, None], x.flip(-1), x)
+        return x, self.labels[idx]
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def to(self, device: torch.device | str) -> ImageDataset:
+        """The same dataset with its images and labels held on ``device``."""
+        return ImageDataset(self.images.to(device), self.labels.to(device), self.classes, self.flip)
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All images in [-1, 1] (no flips) and all labels, at once."""
@@ -260,6 +283,35 @@ class StepBatchSampler(Sampler[list[int]]):
             k = (epoch + 1) * self.per_epoch
 
 
+class _Batches(Dataset):
+    """An ``ImageDataset`` as the DataLoader reads it in ``make_loader``: a batch of indices in one
+    call (the DataLoader's ``__getitems__`` protocol), the batch already made (``collate``)."""
+
+    def __init__(self, dataset: ImageDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.dataset.batch(indices)
+
+    @staticmethod
+    def collate(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return batch
+
+
+def on_device(dataset: Dataset, device: torch.device, share: float = 0.25) -> Dataset:
+    """``dataset`` held on ``device`` when that is a CUDA GPU, the dataset an ``ImageDataset``, and
+    its uint8 images take under ``share`` of the GPU's free memory (CIFAR-10's training split:
+    154 MB); else ``dataset`` itself. On the GPU a batch is cut where the step runs: no copy from
+    the host, no pinned buffers, no loader work for the GPU to wait on."""
+    if device.type != "cuda" or not isinstance(dataset, ImageDataset) or dataset.device.type == "cuda":
+        return dataset
+    free, _ = torch.cuda.mem_get_info(device)
+    return dataset.to(device) if dataset.images.nbytes < share * free else dataset
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -276,10 +328,17 @@ def make_loader(
     ``start`` (with several processes, ``world``'s slice of each: ``helpers.distributed``);
     ``shuffle=False`` one pass in order (for evaluation). ``num_workers=0`` (the default)
     loads in the main process: no worker processes to hang a Jupyter kernel or to fork under MPS.
+    An ``ImageDataset`` is read a batch at a time (``ImageDataset.batch``); ``pin_memory`` applies
+    only to a dataset on the CPU.
     """
-    common = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)
+    n = len(dataset)
+    common: dict[str, Any] = dict(num_workers=num_workers, persistent_workers=num_workers > 0)
+    if isinstance(dataset, ImageDataset):
+        pin_memory = pin_memory and dataset.device.type == "cpu"
+        dataset, common["collate_fn"] = _Batches(dataset), _Batches.collate
+    common["pin_memory"] = pin_memory
     if shuffle:
-        sampler: Sampler[list[int]] = StepBatchSampler(len(dataset), batch_size, seed, start)
+        sampler: Sampler[list[int]] = StepBatchSampler(n, batch_size, seed, start)
         if world is not None and world.distributed:
             world.local_batch(batch_size)  # refuses a batch that does not divide among the processes
             sampler = ShardedBatches(sampler, world)

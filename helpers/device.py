@@ -6,6 +6,10 @@ Device order: CUDA, then Apple MPS, then the CPU; the environment variable ``DIF
 Noise that must be the same on every device (sampling from a seed, the fixed noise behind the
 sample grids) is drawn on the CPU from a ``torch.Generator`` and then moved: the CPU generator is
 the one random stream that CUDA, MPS and the CPU all share. ``fingerprint`` names a module's weights.
+
+On CUDA, ``configure_cuda`` (called by ``config.setup`` and the command line) lets matmuls use TF32
+and lets cuDNN time its convolution kernels and keep the fastest (``cudnn.benchmark``), and
+``adam_options`` fuses Adam's update into one kernel.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ import platform
 import random
 import resource
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-__all__ = ["pick_device", "seed_everything", "cpu_generator", "randn", "amp_dtype", "needs_grad_scaler", "channels_last_ok", "describe", "sync", "reset_peak_memory", "peak_memory_mb", "fingerprint"]
+__all__ = ["pick_device", "seed_everything", "cpu_generator", "randn", "amp_dtype", "needs_grad_scaler", "configure_cuda", "adam_options", "channels_last_ok", "describe", "sync", "reset_peak_memory", "peak_memory_mb", "fingerprint"]
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -100,6 +105,36 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
 def needs_grad_scaler(dtype: torch.dtype | None) -> bool:
     """float16 training scales the loss so small gradients do not flush to zero (bf16 and fp32 need not)."""
     return dtype == torch.float16
+
+
+def configure_cuda(device: torch.device) -> str:
+    """On a CUDA device: float32 matmuls in TF32 (``torch.set_float32_matmul_precision("high")``;
+    cuDNN's convolutions already use it by default) and ``cudnn.benchmark`` on; returns what it set,
+    "" elsewhere (nothing changes on MPS or the CPU).
+
+    TF32 keeps float32's range with a 10-bit mantissa: on Ampere and newer GPUs it makes the float32
+    parts of a step (everything outside bf16 autocast, the fp32 rows of ``bench train``) several
+    times faster, at an error far below a training step's noise. ``cudnn.benchmark`` times the
+    convolution algorithms for each new input shape once and keeps the fastest; which one wins can
+    differ from run to run, so a resumed CUDA run continues the same data, timesteps and noise but
+    not bit for bit (it is not bit for bit anyway: cuDNN's backward kernels add in a varying order).
+    The bit-exact resume the tests check holds on the CPU; for it on a GPU set
+    ``torch.backends.cudnn.benchmark = False`` and ``torch.use_deterministic_algorithms(True)`` (slower)."""
+    if device.type != "cuda":
+        return ""
+    torch.set_float32_matmul_precision("high")  # the legacy setter, which torch.compile's caches also read
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    return "TF32 matmuls, cuDNN autotuning"
+
+
+def adam_options(device: torch.device) -> dict[str, Any]:
+    """Keyword arguments of ``torch.optim.Adam``/``AdamW`` for parameters on ``device``: on CUDA
+    ``fused=True``, one kernel for the whole update instead of several per group of tensors (the
+    same arithmetic; with bf16 autocast and a compiled model the optimiser is otherwise a visible
+    share of a small U-Net's step); elsewhere torch's default (``foreach``), which the CPU runs
+    and the laptop results were made with."""
+    return {"fused": True} if device.type == "cuda" else {}
 
 
 def channels_last_ok(device: torch.device) -> bool:

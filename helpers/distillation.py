@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from helpers.checkpoints import CheckpointError, rng_state, set_rng_state
 from helpers.config import RESUMABLE_RUN_SETTINGS, DistilConfig
 from helpers.consistency import SIGMA_DATA, ConsistencyFunction, cd_loss, cd_sigmas
-from helpers.device import cpu_generator, randn
+from helpers.device import adam_options, cpu_generator, randn
 from helpers.diffusion import Diffusion
 from helpers.ema import EMA
 from helpers.paths import portable_path
@@ -66,7 +66,7 @@ class Distiller(GuardedRun):
         self.target = copy.deepcopy(self.teacher)  # eval mode, no gradient: only ever loaded from target_ema
         self.target_ema = EMA(self.student, config.target_decay, warmup=False)
         self.ema = EMA(self.student, config.ema_decay)
-        self.optimizer = torch.optim.Adam(self.student.parameters(), lr=config.lr)
+        self.optimizer = torch.optim.Adam(self.student.parameters(), lr=config.lr, **adam_options(self.device))
         self.teacher_fn = Denoiser(self.teacher, d)
         self.student_fn, self.target_fn = ConsistencyFunction(self.student, d), ConsistencyFunction(self.target, d)
         self.sigmas = cd_sigmas(config.n_levels, self.teacher_fn, config.sigma_max, config.rho)  # float64, on the CPU

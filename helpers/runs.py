@@ -268,9 +268,12 @@ class GuardedRun:
         return model, torch.compile(net) if compile else net
 
     def loader(self, dataset: Any, batch_size: int, seed: int, **options: Any) -> Iterator[Any]:
-        """The endless, resumable batches of ``helpers.data.make_loader`` from batch ``step`` on."""
-        from helpers.data import make_loader  # data pulls in torchvision; keep it out of import time
+        """The endless, resumable batches of ``helpers.data.make_loader`` from batch ``step`` on, the
+        images held on the GPU when they fit (``helpers.data.on_device``), else read through pinned memory."""
+        from helpers.data import make_loader, on_device  # data pulls in torchvision; keep it out of import time
 
+        if not options.get("num_workers"):  # worker processes cannot index a CUDA tensor
+            dataset = on_device(dataset, self.device)
         return iter(make_loader(dataset, batch_size, shuffle=True, seed=seed, start=self.step, pin_memory=self.device.type == "cuda", **options))
 
     # ---- the loop ----------------------------------------------------------------------------------

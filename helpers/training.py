@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from helpers.checkpoints import CheckpointError, damaged, load_checkpoint, rng_state, set_rng_state
 from helpers.config import TrainConfig
-from helpers.device import cpu_generator
+from helpers.device import adam_options, cpu_generator
 from helpers.diffusion import Diffusion
 from helpers.distributed import World
 from helpers.flow import FlowEuler, FlowMatching
@@ -80,7 +80,7 @@ class Trainer(GuardedRun):
         self.model, self.forward = self.place(model, config.batch_size, config.channels_last, config.compile)
         self.precision = Precision.choose(self.device, config.amp)
         opt = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = opt(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = opt(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, **adam_options(self.device))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda k: config.lr_factor(k))
         self.ema = self._fresh_ema() if config.ema_decay is not None else None
         self.importance = ImportanceTimesteps(diffusion.T, device=self.device) if config.timesteps == "importance" else None

@@ -145,7 +145,7 @@ def test_label_dropout_respects_p_uncond():
 def test_a_non_finite_loss_stops_training_with_a_clear_message():
     trainer = make_trainer(conditional=False, log_every=2)
     trainer.dataset.images = trainer.dataset.images.clone()
-    trainer.dataset.__class__ = type("NaNData", (ImageDataset,), {"__getitem__": lambda self, i: (torch.full((1, 16, 16), float("nan")), 0)})
+    trainer.dataset.__class__ = type("NaNData", (ImageDataset,), {"batch": lambda self, idx: (torch.full((len(idx), 1, 16, 16), float("nan")), torch.zeros(len(idx), dtype=torch.long))})
     with pytest.raises(FloatingPointError, match="the loss became nan within the 2 steps up to step 2"):
         trainer.train(4)
 
