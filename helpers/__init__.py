@@ -15,7 +15,8 @@ lazily inside a function (``tests/test_layers.py`` holds the package to ``LAYERS
   ``latent``, ``viz``, ``captions`` (13: captions measured from the pixels).
 * runs: ``runs`` (the one guarded loop), ``train_log``, ``training`` (03), ``distillation`` (11),
   ``autoencoder_training`` (10), ``clip_training`` (13).
-* measuring: ``classifier``, ``metrics``, ``evaluation`` (06 onwards).
+* measuring: ``classifier``, ``metrics``, ``evaluation`` (06 onwards), ``budget`` (a profile's
+  minutes per notebook on a GPU, estimated from FLOPs).
 * programs: ``python -m helpers <command>`` (``cli``, ``__main__``, ``train``, ``sample``,
   ``distil``, ``autoencode``, ``bench``, ``pretrained``), ``reference`` and ``exercises``.
 """
@@ -26,6 +27,6 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "networks": ("unet", "autoencoder", "text", "clip", "text_unet"),
     "plumbing": ("config", "checkpoints", "distributed", "data", "latent", "viz", "captions"),
     "runs": ("runs", "train_log", "training", "distillation", "autoencoder_training", "clip_training"),
-    "measuring": ("classifier", "metrics", "evaluation"),
+    "measuring": ("classifier", "metrics", "evaluation", "budget"),
     "programs": ("cli", "__main__", "train", "sample", "distil", "autoencode", "bench", "pretrained", "reference", "exercises"),
 }

@@ -5,6 +5,8 @@
     python -m helpers bench evaluate --nproc 1 2 [--profile full]  # sharded FID sampling
     python -m helpers bench sample [--profile full] [--n 64]
     python -m helpers bench quality --minutes 10 20 [--fid-n 1000] [--dims 64,matched]
+    python -m helpers bench gpu [--reference diffusers]            # the GPU owner's one command (under 8 minutes)
+    python -m helpers bench budget [--profile gpu]                 # estimated minutes per notebook per GPU class
 
 ``train`` times ``Trainer.train_step`` (the step notebook 03 takes) on the profile's U-Net and
 batch size: eager vs ``torch.compile``, float32 vs bf16 (fp16 on compute capability 7.x) autocast where the device has it, and
@@ -18,7 +20,12 @@ the network (the sampler's overhead). ``quality`` trains the profile's recipe (t
 object and ``Trainer`` as notebook 03) and lucidrains' denoising-diffusion-pytorch at its own
 defaults (``helpers.reference``) for the same wall-clock minutes on the same device and data, then
 samples each with its default fast sampler (DDIM) at the same number of network evaluations and
-prints FID/KID/IS beside the real-data floor. ``python -m helpers.bench`` runs the same command.
+prints FID/KID/IS beside the real-data floor. ``gpu`` is the one command a GPU owner runs
+(``bench_gpu``): step timings at batch 128 and 256 (eager fp32 and bf16, compiled bf16; diffusers'
+model beside ours with ``--reference diffusers``), the loader's time per batch beside the step's,
+and a 3,000-step run of the profile's recipe scored by FID on 5,000 samples, each as a markdown
+table for the README. ``budget`` prints ``helpers.budget``'s estimate of every notebook's minutes
+per GPU class, without a GPU. ``python -m helpers.bench`` runs the same command.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ import torch
 from torch import nn
 
 from helpers import cli
-from helpers.config import Profile
+from helpers.config import PROFILES, Profile
 from helpers.device import amp_dtype, cpu_generator, describe, peak_memory_mb, reset_peak_memory, sync
 from helpers.diffusion import Diffusion
 from helpers.distributed import World, free_port
@@ -93,40 +100,97 @@ class _Diffusers(nn.Module):
 
 
 def bench_train(
-    profile: Profile, device: torch.device, steps: int = 20, warmup: int = 5, compile_: bool = True, reference: bool = False
+    profile: Profile, device: torch.device, steps: int = 20, warmup: int = 5, compile_: bool = True, reference: bool = False,
+    batch_sizes: list[int] | None = None, compile_fp32: bool = True, compile_reference: bool = True,
 ) -> list[dict[str, Any]]:
-    """Training img/s and peak memory of the profile's model for each variant that runs here.
+    """Training img/s and peak memory of the profile's model for each variant that runs here, at
+    each of ``batch_sizes`` (default: the profile's batch).
 
     Each variant runs ``Trainer.train_step``, the step notebook 03 and the training CLI take (loss,
     backward, gradient clipping, Adam, warm-up, EMA, label dropout where the model is conditional),
-    on one fixed batch: data loading is not timed.
+    on one fixed batch: data loading is not timed. Each compiled variant costs a compilation (tens
+    of seconds on a GPU): ``compile_fp32=False`` compiles only in mixed precision, where the
+    device has it, and ``compile_reference=False`` leaves diffusers' model eager.
     """
     from helpers.training import TrainConfig, Trainer
 
     d = profile.diffusion()
-    bs = profile.train.batch_size
-    x0, y = _fixed_batch(profile, bs)
-    batch = torch.utils.data.TensorDataset(x0, y)
-    x0, y = x0.to(device), y.to(device)  # already where the step needs them: no copy is timed
     mixed = amp_dtype(device)
     precisions = [("fp32", False)] + ([({torch.bfloat16: "bf16", torch.float16: "fp16"}[mixed], True)] if mixed else [])
     models: list[tuple[str, Callable[[], nn.Module]]] = [("ours", lambda: UNet(**profile.model))]
     if reference:
         models.append(("diffusers UNet2DModel", lambda: _Diffusers(_reference_unet(profile))))
     rows = []
-    for name, build in models:
-        for mode in ["eager"] + (["compile"] if compile_ else []):
-            for precision, amp in precisions:
-                torch.manual_seed(0)
-                config = TrainConfig.from_profile(profile, amp=amp, compile=mode == "compile", sample_every=0, eval_every=0)
-                trainer = Trainer(build(), d, batch, config, device, progress=False)
-                reset_peak_memory(device)
-                seconds = _time(lambda: trainer.train_step(x0, y), device, steps, warmup)
-                mem, what = peak_memory_mb(device)
-                params = sum(p.numel() for p in trainer.model.parameters())
-                rows.append({"model": name, "params": params, "mode": mode, "precision": precision, "batch": bs,
-                             "img_per_s": bs / seconds, "ms_per_step": 1000 * seconds, "memory_mb": mem, "memory": what})  # fmt: skip
+    for bs in batch_sizes or [profile.train.batch_size]:
+        x0, y = _fixed_batch(profile, bs)
+        batch = torch.utils.data.TensorDataset(x0, y)
+        x0, y = x0.to(device), y.to(device)  # already where the step needs them: no copy is timed
+        for name, build in models:
+            compiles = compile_ and (compile_reference or name == "ours")
+            for mode in ["eager"] + (["compile"] if compiles else []):
+                for precision, amp in precisions:
+                    if mode == "compile" and not amp and not compile_fp32 and mixed:
+                        continue
+                    torch.manual_seed(0)
+                    config = TrainConfig.from_profile(profile, batch_size=bs, amp=amp, compile=mode == "compile", sample_every=0, eval_every=0)
+                    trainer = Trainer(build(), d, batch, config, device, progress=False)
+                    reset_peak_memory(device)
+                    seconds = _time(lambda: trainer.train_step(x0, y), device, steps, warmup)
+                    mem, what = peak_memory_mb(device)
+                    params = sum(p.numel() for p in trainer.model.parameters())
+                    rows.append({"model": name, "params": params, "mode": mode, "precision": precision, "batch": bs,
+                                 "img_per_s": bs / seconds, "ms_per_step": 1000 * seconds, "memory_mb": mem, "memory": what})  # fmt: skip
     return rows
+
+
+def bench_loader(profile: Profile, device: torch.device, batches: int = 50) -> dict[str, Any]:
+    """Milliseconds per training batch from the loader a run uses (``GuardedRun.loader``: the images
+    on the GPU when they fit, ``helpers.data.on_device``), the batch waited for on the device."""
+    from helpers.data import profile_dataset
+    from helpers.runs import GuardedRun
+
+    run = GuardedRun()
+    run.device = device
+    dataset = profile_dataset(profile)
+    it = run.loader(dataset, profile.train.batch_size, profile.seed)
+    seconds = _time(lambda: next(it)[0].to(device, non_blocking=True), device, batches, 2)
+    where = "GPU" if next(it)[0].device.type == "cuda" else "host"
+    return {"batch": profile.train.batch_size, "ms_per_batch": 1000 * seconds, "images_held_on": where}
+
+
+def bench_gpu(
+    profile: Profile, device: torch.device, steps: int = 20, warmup: int = 5, train_steps: int = 3_000, fid_n: int = 5_000,
+    batch_sizes: tuple[int, ...] = (128, 256), reference: bool = True, compile_: bool = True,
+) -> dict[str, Any]:
+    """The GPU owner's one command (issue 35): ``bench_train`` at ``batch_sizes`` (eager in fp32 and
+    mixed precision, compiled in mixed precision; diffusers' UNet2DModel of the same widths beside
+    ours, eager), ``bench_loader``, then a ``train_steps``-step run of the profile's recipe (its
+    learning rate decayed over those steps) and the FID of ``fid_n`` DDIM samples of its EMA weights
+    against the real-data floor at the same count. Returns {"steps": rows, "loader": row, "run": row}."""
+    from helpers.evaluation import Evaluator
+    from helpers.data import profile_dataset
+    from helpers.metrics import get_features
+    from helpers.training import TrainConfig, Trainer
+
+    rows = bench_train(profile, device, steps, warmup, compile_, reference, list(batch_sizes), compile_fp32=False, compile_reference=False)
+    loader = bench_loader(profile, device)
+    torch.manual_seed(profile.seed)
+    config = TrainConfig.from_profile(profile, steps=train_steps, warmup_steps=min(profile.train.warmup_steps, train_steps // 10),
+                                      compile=compile_ and profile.train.compile, sample_every=0, eval_every=0)  # fmt: skip
+    d = profile.diffusion()
+    trainer = Trainer(UNet(**profile.model), d, profile_dataset(profile), config, device, progress=True)
+    sync(device)
+    t0 = time.perf_counter()
+    trainer.train()
+    sync(device)
+    minutes = (time.perf_counter() - t0) / 60
+    evaluator = Evaluator.for_profile(profile, d, get_features(profile, device), n=fid_n)
+    with trainer.ema.averaged(trainer.model) if trainer.ema is not None else contextlib.nullcontext():
+        q = evaluator.score(evaluator.images(trainer.model)[0])
+    run = {"steps": train_steps, "batch": config.batch_size, "minutes": minutes, "img_per_s": train_steps * config.batch_size / (60 * minutes),
+           "fid": q.fid, "samples": q.n_fake, "sampler": str(evaluator.sampler), "features": q.features,
+           "floor": q.floor.fid if q.floor else float("nan"), "floor_std": q.floor.fid_std if q.floor else float("nan")}  # fmt: skip
+    return {"steps": rows, "loader": loader, "run": run}
 
 
 def _fixed_batch(profile: Profile, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -342,6 +406,8 @@ def bench_quality(
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """``rows`` as a markdown table, its columns padded to line up in a terminal too (README-ready)."""
+
     def fmt(v: Any) -> str:
         if isinstance(v, float):
             return f"{v:.3g}" if abs(v) < 10 else f"{v:,.1f}"
@@ -349,14 +415,14 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
     cells = [[fmt(r[c]) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = [" | ".join(c.ljust(w) for c, w in zip(columns, widths)), "-+-".join("-" * w for w in widths)]
-    lines += [" | ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
+    line = lambda values: "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths)) + " |"
+    return "\n".join([line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(row) for row in cells])
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = cli.parser("bench", "train times the Trainer's step, sample the samplers, evaluate the sharded FID evaluation, and quality our recipe against lucidrains' library.", progress=False)
-    p.add_argument("what", choices=("train", "evaluate", "sample", "quality"), help="what to measure (evaluate needs --nproc)")
+    p.add_argument("what", choices=("train", "evaluate", "sample", "quality", "gpu", "budget"),
+                   help="what to measure (evaluate needs --nproc; gpu: the GPU owner's one command; budget: estimated minutes per notebook per GPU class, no GPU needed)")
     p.add_argument("--steps", type=cli.positive, default=20, help="timed training steps per variant (evaluate: timed evaluations) (default: 20)")
     p.add_argument("--warmup", type=cli.count, default=5, help="untimed steps first, where compilation happens (default: 5)")
     p.add_argument("--batch-size", type=cli.positive, default=None, help="override the profile's training batch size (default: the profile's)")
@@ -364,9 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     p.add_argument("--reference", choices=("diffusers",), default=None, help="also time diffusers' UNet2DModel of the same widths (needs diffusers)")
     p.add_argument("--nproc", type=cli.positive, nargs="+", default=None, help="train/evaluate: time DDP with each of these process counts (e.g. 1 2); one GPU per process on CUDA")
+    g = p.group("gpu")
+    g.add_argument("--train-steps", type=cli.positive, default=3_000, help="steps of the profile's recipe to train and score (default: 3000)")
+    g.add_argument("--batch-sizes", type=cli.positive, nargs="+", default=[128, 256], help="batch sizes of the step timings (default: 128 256)")
     g = p.group("quality")
     g.add_argument("--minutes", type=cli.positive_number, nargs="+", default=[10.0, 20.0], help="training minutes per system; one run per system, scored at each mark (default: 10 20)")
-    g.add_argument("--fid-n", type=cli.positive, default=1000, help="generated images per score; the floor uses as many held-out real ones (default: 1000)")
+    g.add_argument("--fid-n", type=cli.positive, default=None, help="generated images per score; the floor uses as many held-out real ones (default: 1000; gpu: 5000)")
     g.add_argument("--dims", default="64,matched", help="lucidrains U-Net widths, comma-separated; 'matched' is the one closest to ours in parameters (default: 64,matched)")
     g.add_argument("--nfe", type=cli.positive, default=None, help="network evaluations (DDIM steps) per sample, the same for every system (default: the profile's ddim_steps)")
     return p
@@ -379,14 +448,37 @@ def run(args: argparse.Namespace) -> int:
     if args.nproc is not None or args.what == "evaluate":
         if args.what not in ("train", "evaluate") or args.nproc is None:
             raise cli.CliError("--nproc takes process counts of at least 1, for train or evaluate (evaluate needs it)")
+    if args.fid_n is not None and args.fid_n < 10:
+        raise cli.CliError(f"--fid-n must be at least 10 (the Inception Score splits the samples in 10), got {args.fid_n}")
     if args.batch_size:
         profile = replace(profile, train=replace(profile.train, batch_size=args.batch_size))
+    if args.what == "budget":  # the GPU profile unless another is named: an estimate for GPUs, made on any machine
+        from helpers.budget import GPU_CLASSES, budget_table
+
+        profile = PROFILES[args.profile or "gpu"]
+        print(f"estimated minutes per notebook under the {profile.name} profile (helpers.budget: FLOPs per image x images, at the "
+              f"training throughput of DDPM's 35.7M U-Net on each GPU)\n{budget_table(profile)}")  # fmt: skip
+        print("\n".join(f"- {g.name}: {g.basis}" for g in GPU_CLASSES.values()))
+        return 0
     print(f"{profile.name} profile on {describe(device)}, torch {torch.__version__}, {platform.platform()}")
+    if args.what == "gpu":
+        reference = args.reference == "diffusers"
+        if reference:
+            _require_diffusers()
+        out = bench_gpu(profile, device, args.steps, args.warmup, args.train_steps, args.fid_n or 5_000, tuple(args.batch_sizes), reference, not args.no_compile)
+        print(_table(out["steps"], ["model", "params", "mode", "precision", "batch", "img_per_s", "ms_per_step", "memory_mb"]))
+        loader = out["loader"]  # beside the fastest step of ours, per image times the loader's batch
+        loader["step_ms_at_this_batch"] = min(r["ms_per_step"] / r["batch"] for r in out["steps"] if r["model"] == "ours") * loader["batch"]
+        print(f"\n{_table([loader], list(loader))}")
+        print(f"\n{_table([out['run']], list(out['run']))}")
+        return 0
     if args.nproc is not None:
         with cli.setting_up():
             rows = bench_processes(profile, device, args.what, args.nproc, args.steps, args.warmup)
         print(_table(rows, list(rows[0])))
     elif args.what == "train":
+        if args.reference == "diffusers":
+            _require_diffusers()
         rows = bench_train(profile, device, args.steps, args.warmup, not args.no_compile, args.reference == "diffusers")
         print(_table(rows, ["model", "params", "mode", "precision", "batch", "img_per_s", "ms_per_step", "memory_mb", "memory"]))
     elif args.what == "quality":
@@ -401,7 +493,7 @@ def run(args: argparse.Namespace) -> int:
             dims = list(dict.fromkeys(matched_dim(ours, profile.channels) if v == "matched" else int(v) for v in args.dims.split(",")))
         except ValueError:
             raise cli.CliError(f"--dims takes widths and 'matched', comma-separated, got {args.dims!r}") from None
-        rows = bench_quality(profile, device, args.minutes, args.fid_n, dims, args.nfe or profile.sample.ddim_steps)
+        rows = bench_quality(profile, device, args.minutes, args.fid_n or 1000, dims, args.nfe or profile.sample.ddim_steps)
         print(f"\n{_table(rows, list(rows[0]))}")
     else:
         rows = bench_sample(profile, device, args.n)
@@ -409,6 +501,13 @@ def run(args: argparse.Namespace) -> int:
             r["overhead"] = f"{r['overhead']:+.1%}"
         print(_table(rows, ["sampler", "batch", "img_per_s", "ms_per_image", "overhead", "memory_mb", "memory"]))
     return 0
+
+
+def _require_diffusers() -> None:
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        raise cli.CliError("--reference diffusers needs diffusers: pip install diffusers") from None
 
 
 def main(argv: list[str] | None = None) -> int:

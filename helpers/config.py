@@ -1,8 +1,8 @@
 """Profiles: one name picks the scale of everything (data, model, training, sampling, metrics).
 
-``DIFFUSION_PROFILE`` selects the profile; without it the device decides (CUDA -> full, otherwise
-laptop). Every profile writes under its own ``artifacts/<profile>/`` so a smoke run never
-overwrites a real one.
+``DIFFUSION_PROFILE`` selects the profile; without it the device decides (CUDA -> gpu, otherwise
+laptop; full, the DDPM paper's run, only by name). Every profile writes under its own
+``artifacts/<profile>/`` so a smoke run never overwrites a real one.
 
     >>> from helpers.config import PROFILES
     >>> UNet(**PROFILES["full"].model)   # the DDPM paper's 35.7M-parameter CIFAR-10 model
@@ -264,6 +264,11 @@ class Profile:
     loss_weighting: str = "none"
     distil: DistilConfig = field(default_factory=DistilConfig)  # consistency distillation (helpers.distillation)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)  # latent diffusion's autoencoder (helpers.autoencoder_training)
+    captions_profile: str | None = None  # notebook 13's profile where this one's data has no captions (they name Fashion-MNIST's classes)
+
+    def for_captions(self) -> Profile:
+        """The profile notebook 13 runs under: this one on Fashion-MNIST, else its ``captions_profile``."""
+        return self if self.dataset == "fashion_mnist" else PROFILES[self.captions_profile or "laptop"]
 
     @property
     def model(self) -> dict[str, Any]:
@@ -392,9 +397,60 @@ PROFILES: dict[str, Profile] = {
         distil=DistilConfig(steps=1600, batch_size=64, sigma_max=10.0, log_every=50),
         autoencoder=AutoencoderConfig(steps=1200, batch_size=64, lr=1e-3, kl_weight=1e-6, log_every=50, ch=32, latent_channels=4),
     ),
+    "gpu": Profile(
+        name="gpu",
+        description="one CUDA GPU, the default there: a 20.1M-parameter U-Net on CIFAR-10 at 32x32 with flips, 25,000 steps of batch 128 in bf16, compiled; the course in about 2 hours on an A100-class GPU (estimated: helpers.budget)",
+        dataset="cifar10",
+        image_size=32,
+        channels=3,
+        subset=None,
+        schedule="linear",
+        T=1000,
+        unet=dict(
+            ch=96,  # DDPM's layout at three quarters of its width: 21.2 GFLOPs per image forward and backward against 37.3
+            ch_mult=(1, 2, 2, 2),
+            num_res_blocks=2,
+            attn_resolutions=(16,),
+            dropout=0.1,
+            norm_groups=32,
+        ),
+        train=TrainConfig(
+            steps=25_000,  # 3.2M images seen: notebook 03's training in about 24 minutes at 1,250 img/s of the 35.7M model's FLOPs (helpers.budget)
+            batch_size=128,
+            lr=5e-4,  # EDM's 1e-3 at batch 512 (Karras et al. 2022, table 7), scaled by sqrt(128 / 512)
+            warmup_steps=1_000,
+            lr_decay="cosine",  # as the laptop recipe (docs/laptop-recipe.md): the run ends at a learning rate of 0
+            timesteps="importance",
+            grad_clip=1.0,
+            ema_decay=0.9995,  # half-life 1,386 steps, 5.5% of the images seen (EDM's code caps it at 5%: ema_rampup_ratio 0.05)
+            log_every=100,
+            sample_every=2_500,
+            eval_every=0,
+            grid_size=64,
+            grid_ddim_steps=50,
+            compile=True,
+            channels_last=True,
+        ),
+        sample=SampleSettings(
+            batch_size=500,
+            ddim_steps=50,
+            fid_samples=5_000,  # the notebooks' comparisons; a headline number wants 10,000 (the test split) or more
+            fid_real=50_000,
+            kid_subset_size=1_000,
+            fid_features="auto",
+        ),
+        classifier_epochs=15,
+        classifier_width=64,
+        compare_steps=2_500,
+        clip_steps=1_500,  # unused: notebook 13 runs on Fashion-MNIST, under captions_profile
+        loss_weighting="min_snr",
+        distil=DistilConfig(steps=8_000, batch_size=128, sigma_max=80.0, log_every=100),
+        autoencoder=AutoencoderConfig(steps=5_000, batch_size=128, lr=1e-3, kl_weight=1e-6, log_every=100, ch=64, latent_channels=4),
+        captions_profile="laptop",  # notebook 13 at laptop scale on the same GPU: under a minute of GPU work (helpers.budget)
+    ),
     "full": Profile(
         name="full",
-        description="a CUDA GPU: the DDPM paper's CIFAR-10 setup (35.7M parameters, batch 128)",
+        description="the DDPM paper's CIFAR-10 setup (35.7M parameters, 800,000 steps of batch 128: about a day on an RTX 4090), by name only",
         dataset="cifar10",
         image_size=32,
         channels=3,
@@ -433,9 +489,10 @@ PROFILES: dict[str, Profile] = {
         classifier_epochs=15,
         classifier_width=64,
         compare_steps=100_000,
-        clip_steps=20_000,
+        clip_steps=20_000,  # unused: notebook 13 runs under captions_profile
         distil=DistilConfig(steps=100_000, batch_size=128, sigma_max=80.0, log_every=100),
         autoencoder=AutoencoderConfig(steps=50_000, batch_size=128, lr=2e-4, kl_weight=1e-6, log_every=100, ch=64, latent_channels=4),
+        captions_profile="laptop",
     ),
 }
 
@@ -443,7 +500,8 @@ PROFILES: dict[str, Profile] = {
 def get_profile(name: str | None = None, device: torch.device | None = None) -> Profile:
     """The profile ``name``, else ``$DIFFUSION_PROFILE``, else the device's default.
 
-    The default is "full" on CUDA and "laptop" on MPS or the CPU.
+    The default is "gpu" on CUDA and "laptop" on MPS or the CPU; "full" (the paper's 800,000
+    steps) and "smoke" are chosen by name only.
     """
     name = name or os.environ.get("DIFFUSION_PROFILE") or None
     if name is None:
@@ -451,24 +509,26 @@ def get_profile(name: str | None = None, device: torch.device | None = None) -> 
             from helpers.device import pick_device
 
             device = pick_device()
-        name = "full" if device.type == "cuda" else "laptop"
+        name = "gpu" if device.type == "cuda" else "laptop"
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose {', '.join(PROFILES)}")
     return PROFILES[name]
 
 
 def setup(seed: int = 0) -> tuple[torch.device, Profile]:
-    """A notebook's first cell: pick the device and profile, seed everything, print all three.
+    """A notebook's first cell: pick the device and profile, seed everything, print all three
+    (on CUDA with ``helpers.device.configure_cuda``'s TF32 and cuDNN autotuning).
 
     Also makes figures compact (80 dpi), so that notebooks with stored outputs stay small.
     """
     import matplotlib.pyplot as plt
 
-    from helpers.device import describe, pick_device, seed_everything
+    from helpers.device import configure_cuda, describe, pick_device, seed_everything
 
     device = pick_device()
     profile = get_profile(device=device)
     seed_everything(seed)
+    speed = configure_cuda(device)
     plt.rcParams["figure.dpi"] = 80
-    print(f"device: {describe(device)}\nprofile: {profile.name} ({profile.description})\nseed: {seed}")
+    print(f"device: {describe(device)}{f' ({speed})' if speed else ''}\nprofile: {profile.name} ({profile.description})\nseed: {seed}")
     return device, profile

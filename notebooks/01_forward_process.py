@@ -24,7 +24,8 @@
 # code numbers those $T$ steps $0, \dots, T-1$ (code `t = 0` is $x_1$, already one step of noise).
 #
 # Every notebook starts the same way: the device (CUDA, then Apple MPS, then the CPU), the
-# profile that sets the scale (`DIFFUSION_PROFILE`: smoke, laptop or full) and the seed.
+# profile that sets the scale (`DIFFUSION_PROFILE`: smoke, laptop, gpu or full; without it `gpu` on
+# CUDA and `laptop` elsewhere) and the seed.
 
 # %%
 import time
@@ -242,7 +243,7 @@ fig.suptitle("a diffusion model on the 2-D toy: loss, samples, and its score aga
 # The profile names the dataset and the image size. Images are scaled to $[-1, 1]$ (the range the
 # Gaussian noise lives in). The laptop profile keeps Fashion-MNIST at its own 28×28, which the
 # U-Net halves twice (28 → 14 → 7, notebook 02); the smoke profile zero-pads it to 32×32 and
-# shrinks it to 16×16 to stay fast on a CPU; the full profile's CIFAR-10 is 32×32. The printed
+# shrinks it to 16×16 to stay fast on a CPU; the gpu and full profiles' CIFAR-10 is 32×32. The printed
 # shape is this profile's:
 
 # %%

@@ -250,18 +250,25 @@ names = ["conv_in"] + [f"down.{i}" for i in range(len(full.down))]  # the stack,
 print("skip pairs: " + ", ".join(f"up.{j} <- {names[-1 - j]}" for j in range(len(full.up))))
 
 # %% [markdown]
-# The three profiles build the same architecture at different sizes. The full one is the DDPM
-# paper's 35.7 million parameters:
+# The four profiles build the same architecture at different sizes. The full one is the DDPM
+# paper's 35.7 million parameters; the gpu one, a CUDA GPU's default, is the same layout at three
+# quarters of the width, which a training step pays for quadratically:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-rows = [f"{'profile':<8} {'parameters':>12}  image    ch  ch_mult       blocks  attention"]
+from helpers.budget import flops  # torch's FLOP counter on the meta device: two per multiply-add
+
+rows = [f"{'profile':<8} {'parameters':>12}  image    ch  ch_mult       blocks  attention  GFLOPs/image (forward + backward)"]
 for name, p in PROFILES.items():
     m = p.model
     n = sum(q.numel() for q in UNet(**m).parameters())
     rows.append(f"{name:<8} {n:>12,}  {m['in_channels']}x{m['image_size']}x{m['image_size']:<3} {m['ch']:>3}  "
-                f"{str(m['ch_mult']):<13} {m['num_res_blocks']:>6}  {m['attn_resolutions']}")
+                f"{str(m['ch_mult']):<13} {m['num_res_blocks']:>6}  {str(m['attn_resolutions']):<9}  {flops(p, 'pixel', True) / 1e9:.2f}")
 print("\n".join(rows))
+ratio = flops(PROFILES["gpu"], "pixel", True) / flops(PROFILES["full"], "pixel", True)
+width = PROFILES["gpu"].unet["ch"] / PROFILES["full"].unet["ch"]
+print(f"gpu / full: {ratio:.3f} of the FLOPs at {width:.2f} of the width ({width:.2f}^2 = {width**2:.4f})")
+assert abs(ratio - width**2) < 0.01, "the cost no longer scales with the square of the width: reread the text above"
 
 # %% [markdown]
 # ## A forward pass on real images

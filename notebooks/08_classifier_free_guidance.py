@@ -113,7 +113,7 @@ class LabelRecorder(nn.Module):
 recorder = LabelRecorder()
 epoch = len(data) // profile.train.batch_size
 torch.manual_seed(0)
-Trainer(recorder, profile.diffusion(), data, TrainConfig.from_profile(profile, steps=epoch, ema_decay=None, sample_every=0, eval_every=0),
+Trainer(recorder, profile.diffusion(), data, TrainConfig.from_profile(profile, steps=epoch, ema_decay=None, sample_every=0, eval_every=0, compile=False),
         "cpu", progress=False).train()
 seen = torch.cat(recorder.seen)
 n = len(seen)

@@ -113,3 +113,26 @@ def test_bench_processes_runs_ddp_at_each_count_and_refuses_what_cannot_run(caps
         bench_mod.bench_processes(profile, torch.device("cpu"), "train", [3], steps=1, warmup=0)
     assert bench_mod.main(["sample", "--nproc", "2", "--profile", "smoke"]) == 2
     assert "--nproc takes process counts" in capsys.readouterr().err
+
+
+def test_bench_gpu_prints_the_step_timings_the_loader_and_a_scored_short_run(monkeypatch, capsys):
+    """The GPU owner's one command, end to end on the CPU at smoke scale: features of an untrained
+    classifier and no floor, since what is checked is the wiring, not a score."""
+    import helpers.evaluation as evaluation_mod
+    import helpers.metrics as metrics_mod
+    from helpers.classifier import Classifier
+    from helpers.metrics import ClassifierFeatures
+
+    monkeypatch.setattr(metrics_mod, "get_features", lambda profile, device, **k: ClassifierFeatures(Classifier(1, 16), "fashion_mnist"))
+    monkeypatch.setattr(evaluation_mod, "real_features", lambda features, profile: torch.randn(64, 128, dtype=torch.float64))
+    monkeypatch.setattr(evaluation_mod, "real_floor", lambda *a, **k: None)
+    argv = ["gpu", "--profile", "smoke", "--device", "cpu", "--steps", "1", "--warmup", "0", "--train-steps", "2", "--fid-n", "16", "--batch-sizes", "4", "8", "--no-compile"]
+    assert bench_mod.main(argv) == 0
+    out = capsys.readouterr().out
+    tables = [[line.split("|")[1:-1] for line in block.splitlines() if line.startswith("|")] for block in out.split("\n\n")]
+    steps, loader, run = [t for t in tables if t]
+    assert [c.strip() for c in steps[0][:5]] == ["model", "params", "mode", "precision", "batch"]
+    assert [r[4].strip() for r in steps[2:]] == ["4", "8"], "one eager fp32 row per batch size on the CPU"
+    assert loader[2][2].strip() == "host", "on the CPU the images stay where they are"
+    row = dict(zip((c.strip() for c in run[0]), (c.strip() for c in run[2])))
+    assert (row["steps"], row["samples"]) == ("2", "16") and float(row["fid"]) > 0
