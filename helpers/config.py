@@ -336,9 +336,9 @@ PROFILES: dict[str, Profile] = {
         sample=SampleSettings(
             batch_size=128,
             ddim_steps=20,
-            fid_samples=128,  # CI minutes: every FID of the notebooks under smoke samples this many
+            fid_samples=64,  # CI minutes: every FID of the notebooks under smoke samples this many
             fid_real=1024,
-            kid_subset_size=100,
+            kid_subset_size=50,
             fid_features="classifier",
         ),
         classifier_epochs=1,
