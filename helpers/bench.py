@@ -46,7 +46,7 @@ from torch import nn
 
 from helpers import cli
 from helpers.config import PROFILES, Profile
-from helpers.device import amp_dtype, cpu_generator, describe, peak_memory_mb, reset_peak_memory, sync
+from helpers.device import amp_dtype, configure_cuda, cpu_generator, describe, peak_memory_mb, reset_peak_memory, sync
 from helpers.diffusion import Diffusion
 from helpers.distributed import World, free_port
 from helpers.samplers import DDIM, DDPM, Sampler, sample
@@ -132,6 +132,8 @@ def bench_train(
                     if mode == "compile" and not amp and not compile_fp32 and mixed:
                         continue
                     torch.manual_seed(0)
+                    if mode == "compile":
+                        torch._dynamo.reset()  # a graph of its own for this shape, not one made dynamic by an earlier batch size
                     config = TrainConfig.from_profile(profile, batch_size=bs, amp=amp, compile=mode == "compile", sample_every=0, eval_every=0)
                     trainer = Trainer(build(), d, batch, config, device, progress=False)
                     reset_peak_memory(device)
@@ -166,7 +168,8 @@ def bench_gpu(
     mixed precision, compiled in mixed precision; diffusers' UNet2DModel of the same widths beside
     ours, eager), ``bench_loader``, then a ``train_steps``-step run of the profile's recipe (its
     learning rate decayed over those steps) and the FID of ``fid_n`` DDIM samples of its EMA weights
-    against the real-data floor at the same count. Returns {"steps": rows, "loader": row, "run": row}."""
+    against the real-data floor at the same count (the run's minutes and img/s include its
+    compilation). Returns {"steps": rows, "loader": row, "run": row}."""
     from helpers.evaluation import Evaluator
     from helpers.data import profile_dataset
     from helpers.metrics import get_features
@@ -178,6 +181,7 @@ def bench_gpu(
     config = TrainConfig.from_profile(profile, steps=train_steps, warmup_steps=min(profile.train.warmup_steps, train_steps // 10),
                                       compile=compile_ and profile.train.compile, sample_every=0, eval_every=0)  # fmt: skip
     d = profile.diffusion()
+    torch._dynamo.reset()  # the run compiles for its own batch, as notebook 03's does
     trainer = Trainer(UNet(**profile.model), d, profile_dataset(profile), config, device, progress=True)
     sync(device)
     t0 = time.perf_counter()
@@ -208,6 +212,7 @@ def _process_worker(rank: int, size: int, port: int, what: str, profile: Profile
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     world = World(rank, size, rank)
     device = world.device(torch.device(device_name))
+    configure_cuda(device)  # a spawned process starts with torch's defaults
     if device.type == "cpu":  # the cores shared out, as torchrun's one thread per process does on 2 cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // size))
     world.init(device)
@@ -443,6 +448,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Measure as ``args`` say and print the table; the exit code. Bad input: CliError."""
+    if args.what == "budget":  # an estimate for GPUs, made on any machine: the gpu profile unless another is named
+        from helpers.budget import GPU_CLASSES, budget_table
+
+        profile = PROFILES[args.profile or "gpu"]
+        print(f"estimated minutes per notebook under the {profile.name} profile (helpers.budget: FLOPs per image x images, at the "
+              f"training throughput of DDPM's 35.7M U-Net on each GPU)\n{budget_table(profile)}")  # fmt: skip
+        print("\n".join(f"- {g.name}: {g.basis}" for g in GPU_CLASSES.values()))
+        return 0
     device = cli.pick(args)
     profile = cli.profile_of(args, device)
     if args.nproc is not None or args.what == "evaluate":
@@ -452,14 +465,6 @@ def run(args: argparse.Namespace) -> int:
         raise cli.CliError(f"--fid-n must be at least 10 (the Inception Score splits the samples in 10), got {args.fid_n}")
     if args.batch_size:
         profile = replace(profile, train=replace(profile.train, batch_size=args.batch_size))
-    if args.what == "budget":  # the GPU profile unless another is named: an estimate for GPUs, made on any machine
-        from helpers.budget import GPU_CLASSES, budget_table
-
-        profile = PROFILES[args.profile or "gpu"]
-        print(f"estimated minutes per notebook under the {profile.name} profile (helpers.budget: FLOPs per image x images, at the "
-              f"training throughput of DDPM's 35.7M U-Net on each GPU)\n{budget_table(profile)}")  # fmt: skip
-        print("\n".join(f"- {g.name}: {g.basis}" for g in GPU_CLASSES.values()))
-        return 0
     print(f"{profile.name} profile on {describe(device)}, torch {torch.__version__}, {platform.platform()}")
     if args.what == "gpu":
         reference = args.reference == "diffusers"

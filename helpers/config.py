@@ -268,7 +268,11 @@ class Profile:
 
     def for_captions(self) -> Profile:
         """The profile notebook 13 runs under: this one on Fashion-MNIST, else its ``captions_profile``."""
-        return self if self.dataset == "fashion_mnist" else PROFILES[self.captions_profile or "laptop"]
+        if self.dataset == "fashion_mnist":
+            return self
+        if self.captions_profile is None:
+            raise ValueError(f"the {self.name} profile trains on {self.dataset}, which has no captions, and names no captions_profile for notebook 13")
+        return PROFILES[self.captions_profile]
 
     @property
     def model(self) -> dict[str, Any]:
@@ -446,11 +450,11 @@ PROFILES: dict[str, Profile] = {
         loss_weighting="min_snr",
         distil=DistilConfig(steps=8_000, batch_size=128, sigma_max=80.0, log_every=100),
         autoencoder=AutoencoderConfig(steps=5_000, batch_size=128, lr=1e-3, kl_weight=1e-6, log_every=100, ch=64, latent_channels=4),
-        captions_profile="laptop",  # notebook 13 at laptop scale on the same GPU: under a minute of GPU work (helpers.budget)
+        captions_profile="laptop",  # notebook 13 at laptop scale on the same GPU
     ),
     "full": Profile(
         name="full",
-        description="the DDPM paper's CIFAR-10 setup (35.7M parameters, 800,000 steps of batch 128: about a day on an RTX 4090), by name only",
+        description="the DDPM paper's CIFAR-10 setup (35.7M parameters, 800,000 steps of batch 128: about a day and a half on an RTX 4090), by name only",
         dataset="cifar10",
         image_size=32,
         channels=3,

@@ -108,7 +108,8 @@ class ImageDataset(Dataset):
 
     ``image = uint8 / 127.5 - 1``, the same values as torchvision's ToTensor + Normalize(0.5, 0.5).
     With ``flip``, each item is mirrored left-right with probability 1/2 (torch's global generator,
-    so a resumed run repeats the same flips).
+    so a resumed run repeats the same flips). ``make_loader`` reads batches through ``batch``: a
+    subclass that changes the items overrides it too.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...], flip: bool = False) -> None:
@@ -304,8 +305,8 @@ class _Batches(Dataset):
 def on_device(dataset: Dataset, device: torch.device, share: float = 0.25) -> Dataset:
     """``dataset`` held on ``device`` when that is a CUDA GPU, the dataset an ``ImageDataset``, and
     its uint8 images take under ``share`` of the GPU's free memory (CIFAR-10's training split:
-    154 MB); else ``dataset`` itself. On the GPU a batch is cut where the step runs: no copy from
-    the host, no pinned buffers, no loader work for the GPU to wait on."""
+    154 MB); else ``dataset`` itself. On the GPU a batch is cut where the step runs: no image
+    copied from the host (only the batch's indices and flip mask), no pinned buffers."""
     if device.type != "cuda" or not isinstance(dataset, ImageDataset) or dataset.device.type == "cuda":
         return dataset
     free, _ = torch.cuda.mem_get_info(device)

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["pick_device", "seed_everything", "cpu_generator", "randn", "amp_dtype", "needs_grad_scaler", "configure_cuda", "adam_options", "channels_last_ok", "describe", "sync", "reset_peak_memory", "peak_memory_mb", "fingerprint"]
+__all__ = ["pick_device", "seed_everything", "cpu_generator", "randn", "amp_dtype", "needs_grad_scaler", "configure_cuda", "adam_options", "adam_to", "channels_last_ok", "describe", "sync", "reset_peak_memory", "peak_memory_mb", "fingerprint"]
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -112,17 +112,19 @@ def configure_cuda(device: torch.device) -> str:
     cuDNN's convolutions already use it by default) and ``cudnn.benchmark`` on; returns what it set,
     "" elsewhere (nothing changes on MPS or the CPU).
 
-    TF32 keeps float32's range with a 10-bit mantissa: on Ampere and newer GPUs it makes the float32
-    parts of a step (everything outside bf16 autocast, the fp32 rows of ``bench train``) several
-    times faster, at an error far below a training step's noise. ``cudnn.benchmark`` times the
+    TF32 keeps float32's range with a 10-bit mantissa: on Ampere and newer GPUs float32 matmuls
+    (attention, linear layers, outside bf16 autocast and in the fp32 rows of ``bench train``) run
+    on tensor cores, as cuDNN's convolutions already do. ``cudnn.benchmark`` times the
     convolution algorithms for each new input shape once and keeps the fastest; which one wins can
     differ from run to run, so a resumed CUDA run continues the same data, timesteps and noise but
     not bit for bit (it is not bit for bit anyway: cuDNN's backward kernels add in a varying order).
     The bit-exact resume the tests check holds on the CPU; for it on a GPU set
-    ``torch.backends.cudnn.benchmark = False`` and ``torch.use_deterministic_algorithms(True)`` (slower)."""
+    ``torch.backends.cudnn.benchmark = False`` and ``torch.use_deterministic_algorithms(True)``, with
+    ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` in the environment before CUDA starts (slower)."""
     if device.type != "cuda":
         return ""
-    torch.set_float32_matmul_precision("high")  # the legacy setter, which torch.compile's caches also read
+    # the legacy setter: after the newer fp32_precision API, torch's legacy getter raises, and inductor calls it
+    torch.set_float32_matmul_precision("high")
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
     return "TF32 matmuls, cuDNN autotuning"
@@ -132,9 +134,19 @@ def adam_options(device: torch.device) -> dict[str, Any]:
     """Keyword arguments of ``torch.optim.Adam``/``AdamW`` for parameters on ``device``: on CUDA
     ``fused=True``, one kernel for the whole update instead of several per group of tensors (the
     same arithmetic; with bf16 autocast and a compiled model the optimiser is otherwise a visible
-    share of a small U-Net's step); elsewhere torch's default (``foreach``), which the CPU runs
-    and the laptop results were made with."""
-    return {"fused": True} if device.type == "cuda" else {}
+    share of a small U-Net's step); elsewhere torch's default, which the laptop results were made
+    with. ``DIFFUSION_FUSED_ADAM=0`` keeps the default on CUDA too: fused Adam has refused
+    gradients whose strides differ from their weights' (pytorch issues 106951, 126585)."""
+    fused = device.type == "cuda" and os.environ.get("DIFFUSION_FUSED_ADAM", "1") != "0"
+    return {"fused": True} if fused else {}
+
+
+def adam_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Give a loaded optimiser ``device``'s ``adam_options``: ``load_state_dict`` brings back the
+    saved run's implementation with its state, so a CUDA checkpoint resumed on a CPU would
+    otherwise ask the CPU for the fused kernel, and a CPU checkpoint would not fuse on a GPU."""
+    for group in optimizer.param_groups:
+        group.update(fused=adam_options(device).get("fused"), foreach=None)
 
 
 def channels_last_ok(device: torch.device) -> bool:

@@ -57,7 +57,7 @@ import torch
 from tqdm.auto import tqdm
 
 from helpers.checkpoints import CheckpointError, damaged, load_checkpoint, non_finite, save_checkpoint
-from helpers.device import amp_dtype, channels_last_ok, needs_grad_scaler
+from helpers.device import adam_to, amp_dtype, channels_last_ok, needs_grad_scaler
 from helpers.distributed import World
 from helpers.validate import integer
 
@@ -329,6 +329,8 @@ class GuardedRun:
             self.restore(ckpt, path)
         except (KeyError, TypeError, ValueError, RuntimeError) as err:  # missing keys, wrong shapes: a damaged or foreign file
             raise damaged(path, err) from err
+        if isinstance(getattr(self, "optimizer", None), torch.optim.Optimizer):  # saved on another device, perhaps
+            adam_to(self.optimizer, self.device)
         return ckpt
 
     def save(self, path: str | Path, **options: Any) -> Path:

@@ -96,9 +96,27 @@ def test_tf32_and_cudnn_autotuning_are_set_on_cuda_only():
         torch.backends.cudnn.benchmark = saved[1]
 
 
-def test_adam_is_fused_on_cuda_and_torchs_default_elsewhere():
+def test_adam_is_fused_on_cuda_and_torchs_default_elsewhere(monkeypatch):
     assert adam_options(torch.device("cuda")) == {"fused": True}
     assert adam_options(torch.device("cpu")) == adam_options(torch.device("mps")) == {}
+    monkeypatch.setenv("DIFFUSION_FUSED_ADAM", "0")
+    assert adam_options(torch.device("cuda")) == {}, "the way out where fused Adam refuses a model's gradients"
+
+
+def test_a_run_saved_with_fused_adam_resumes_with_the_adam_of_its_device(tmp_path):
+    """``load_state_dict`` restores the saved param groups whole, ``fused`` included: a CUDA
+    checkpoint resumed on the CPU would otherwise step with the fused kernel there."""
+    from helpers.training import Trainer
+
+    make = lambda: Trainer(UNet(image_size=8, in_channels=3, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0, norm_groups=4),
+                           Diffusion.from_schedule("linear", 10), images(8, flip=False), TrainConfig(steps=1, batch_size=4, lr=1e-3), progress=False)  # fmt: skip
+    trainer = make()
+    trainer.train_step(*images(4).batch([0, 1, 2, 3]))
+    trainer.optimizer.param_groups[0]["fused"] = True  # as a CUDA run saves it
+    trainer.save(tmp_path / "run.pt")
+    resumed = make()
+    resumed.load(tmp_path / "run.pt")
+    assert not resumed.optimizer.param_groups[0]["fused"]
 
 
 @pytest.mark.parametrize("capability,dtype,scaler", [((8, 0), torch.bfloat16, False), ((7, 5), torch.float16, True)])
@@ -163,3 +181,5 @@ def test_notebook_13_runs_a_profile_with_captions():
     for profile in PROFILES.values():
         assert profile.for_captions().dataset == "fashion_mnist"
     assert PROFILES["laptop"].for_captions() is PROFILES["laptop"] and GPU.for_captions() is PROFILES["laptop"]
+    with pytest.raises(ValueError, match="names no captions_profile"):
+        dataclasses.replace(GPU, captions_profile=None).for_captions()
