@@ -28,7 +28,8 @@
 # model obeys "dark" is decided by the definition that wrote "dark" into its captions.
 #
 # The captions name Fashion-MNIST's classes, so under a CIFAR-10 profile (`gpu`, `full`) the notebook
-# runs its `captions_profile`, `laptop`, on the same device. It needs `10_autoencoder.pt` (notebook 10;
+# runs its `captions_profile`, `laptop`, on the same device, and still saves under its own profile's
+# `artifacts/` folder. It needs `10_autoencoder.pt` (notebook 10;
 # under `laptop` the shipped one in `pretrained/` is used when it is missing) and writes `13_clip.pt` and `13_text.pt`. The text model trains with the profile's
 # U-Net recipe; the same run on the command line is
 # `python -m helpers train --autoencoder <10_autoencoder.pt> --clip <13_clip.pt>`. Symbols are those of the
@@ -53,6 +54,7 @@ from helpers.viz import plot_loss_curve, show_grid
 
 notebook_start = time.perf_counter()
 device, profile = setup(seed=0)
+writes = profile  # what this notebook saves goes to this profile's folder, whatever scale it runs at
 if profile.for_captions() is not profile:  # the captions name Fashion-MNIST's classes
     print(f"the {profile.name} profile trains on {profile.dataset}, which has no captions: this notebook runs the "
           f"{profile.for_captions().name} profile's Fashion-MNIST on {device} instead")  # fmt: skip
@@ -159,7 +161,7 @@ from helpers.clip_training import train_clip
 start = time.perf_counter()
 clip_log = train_clip(clip, x_train, ids, profile.clip_steps, progress=False)
 clip_minutes = (time.perf_counter() - start) / 60
-clip_path = save_clip(profile.checkpoint("clip"), clip, tok, maker, history=clip_log, extra={"minutes": clip_minutes})
+clip_path = save_clip(writes.checkpoint("clip"), clip, tok, maker, history=clip_log, extra={"minutes": clip_minutes})
 ax = plot_loss_curve(clip_log, title=f"CLIP training, {profile.clip_steps} steps of 256 pairs in {clip_minutes:.1f} minutes [{profile.name} profile]")
 ax.axhline(math.log(256), color="gray", ls=":", label="log 256 (chance)")
 ax.legend()
@@ -301,7 +303,7 @@ start = time.perf_counter()
 trainer = Trainer(model, d, train_set, config, device, progress=False).train()
 text_minutes = (time.perf_counter() - start) / 60
 records = text_records(ae, profile.require("autoencoder"), clip_path, model.config["text_fingerprint"], maker.state())  # what sampling and resuming need
-text_path = trainer.save(profile.checkpoint("text"), profile=profile.name, extra={**records, "minutes": text_minutes, "minutes_clip": clip_minutes})
+text_path = trainer.save(writes.checkpoint("text"), profile=profile.name, extra={**records, "minutes": text_minutes, "minutes_clip": clip_minutes})
 ax = plot_loss_curve(trainer.history, title=f"text-conditioned latent U-Net, {trainer.step} steps in {text_minutes:.1f} minutes [{profile.name} profile]")
 ax.set(yscale="log")
 print(f"trained {trainer.step} steps in {text_minutes:.1f} minutes (+ {clip_minutes:.1f} for CLIP, {encode_minutes:.1f} to encode); saved {text_path}")
