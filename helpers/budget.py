@@ -40,7 +40,7 @@ from helpers.unet import UNet
 __all__ = ["GpuClass", "GPU_CLASSES", "COURSE_MINUTES", "Work", "flops", "course_work", "notebook_minutes", "budget_table"]
 
 COURSE_MINUTES = 120  # what a reader with one A100-class GPU should need for notebooks 01-13 (issue 35)
-CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000  # Krizhevsky 2009
+CIFAR_TRAIN, TEST_SPLIT = 50_000, 10_000  # CIFAR-10's training split (Krizhevsky 2009); every dataset's test split
 INCEPTION_SIDE = 299  # FID's Inception-v3 sees images resized to 299x299
 COMPILE_MINUTES = 1.0  # an allowance per torch.compile of a U-Net's training step, not a measurement
 
@@ -103,18 +103,17 @@ def flops(profile: Profile, network: str, train: bool) -> float:
 
 
 def _network_flops(profile: Profile, network: str, train: bool) -> float:
+    image = lambda: (torch.empty(1, profile.channels, profile.image_size, profile.image_size),)
     with torch.device("meta"):
-        ae = Autoencoder(**profile.autoencoder.model_config(profile.image_size, profile.channels))
         if network == "features":
             if profile.sample.fid_features == "classifier":
                 return flops(profile, "classifier", train)
             net: nn.Module = inception_v3(weights=None, aux_logits=False, init_weights=False).eval()
             return _count(net, lambda: (torch.empty(1, 3, INCEPTION_SIDE, INCEPTION_SIDE),), train)
         if network == "classifier":
-            net = Classifier(profile.channels, profile.image_size, width=profile.classifier_width)
-            return _count(net, lambda: (torch.empty(1, profile.channels, profile.image_size, profile.image_size),), train)
+            return _count(Classifier(profile.channels, profile.image_size, width=profile.classifier_width), image, train)
+        ae = Autoencoder(**profile.autoencoder.model_config(profile.image_size, profile.channels))  # the latent's shape, or the network itself
         if network in ("autoencoder", "encoder", "decoder"):
-            image = lambda: (torch.empty(1, profile.channels, profile.image_size, profile.image_size),)
             latent = lambda: (torch.empty(1, *ae.latent_shape),)
             fn = {"autoencoder": (ae, image), "encoder": (lambda x: ae.encode(x).mean, image), "decoder": (ae.decode, latent)}[network]
             return _count(fn[0], fn[1], train)  # type: ignore[arg-type]
@@ -128,7 +127,6 @@ def course_work(profile: Profile) -> dict[str, list[Work]]:
     """The GPU work of each notebook under ``profile`` (its dominant terms, as the module docstring says)."""
     s, t = profile.sample, profile.train
     n, steps, b, c = s.fid_samples, s.ddim_steps, t.batch_size, profile.compare_steps
-    test_split = CIFAR_TEST if profile.dataset == "cifar10" else 10_000
     train_split = profile.subset or (CIFAR_TRAIN if profile.dataset == "cifar10" else 60_000)
     grid, few = min(36, t.grid_size), min(16, min(36, t.grid_size))
     eval_sets = lambda k: Work(f"features of {k} sample sets", "features", k * n, 2)  # score + extract_both: two passes each
@@ -140,7 +138,7 @@ def course_work(profile: Profile) -> dict[str, list[Work]]:
                Work("sample grids", "pixel", (t.steps // t.sample_every if t.sample_every else 0) * t.grid_size, t.grid_ddim_steps)],
         "04": [Work("DDPM chains", "pixel", 4 * few + grid, profile.T)],
         "05": [Work("DDIM FID runs (10+20+50, 20+50, leading 10)", "pixel", n, 160), eval_sets(6),
-               Work("real features: training and test images", "features", s.fid_real + test_split)],
+               Work("real features: training and test images", "features", s.fid_real + TEST_SPLIT)],
         "06": [Work("raw and EMA FID runs", "pixel", 2 * n, steps), eval_sets(2), Work("fine-tuning and a fresh run", "pixel", 150 * b, train=True),
                Work("classifier (trained even beside Inception)", "classifier", profile.classifier_epochs * train_split, train=True)],
         "07": [Work("four objectives", "pixel", 4 * c * b, train=True), Work("FID runs", "pixel", 4 * n, min(20, steps)), eval_sets(4)],

@@ -269,11 +269,15 @@ class GuardedRun:
 
     def loader(self, dataset: Any, batch_size: int, seed: int, **options: Any) -> Iterator[Any]:
         """The endless, resumable batches of ``helpers.data.make_loader`` from batch ``step`` on, the
-        images held on the GPU when they fit (``helpers.data.on_device``), else read through pinned memory."""
+        images held on the GPU when they fit (``helpers.data.on_device``, copied there once per run and
+        dataset, not at every ``train`` call), else read through pinned memory."""
         from helpers.data import make_loader, on_device  # data pulls in torchvision; keep it out of import time
 
         if not options.get("num_workers"):  # worker processes cannot index a CUDA tensor
-            dataset = on_device(dataset, self.device)
+            held = getattr(self, "_held", None)
+            if held is None or held[0] is not dataset:
+                self._held = held = (dataset, on_device(dataset, self.device))
+            dataset = held[1]
         return iter(make_loader(dataset, batch_size, shuffle=True, seed=seed, start=self.step, pin_memory=self.device.type == "cuda", **options))
 
     # ---- the loop ----------------------------------------------------------------------------------

@@ -183,3 +183,17 @@ def test_notebook_13_runs_a_profile_with_captions():
     assert PROFILES["laptop"].for_captions() is PROFILES["laptop"] and GPU.for_captions() is PROFILES["laptop"]
     with pytest.raises(ValueError, match="names no captions_profile"):
         dataclasses.replace(GPU, captions_profile=None).for_captions()
+
+
+def test_a_run_copies_its_images_to_the_device_once_not_at_every_train_call(monkeypatch):
+    """``bench quality`` and the notebooks call ``train`` many times on one run: each call starts a
+    loader, and each would otherwise copy the dataset to the GPU again (154 MB for CIFAR-10)."""
+    import helpers.data as data_mod
+    from helpers.runs import GuardedRun
+
+    placed = []
+    monkeypatch.setattr(data_mod, "on_device", lambda dataset, device: placed.append(dataset) or dataset)
+    run, first, second = GuardedRun(), images(), images()
+    for dataset in (first, first, second, second):
+        next(run.loader(dataset, 16, seed=0))
+    assert placed == [first, second]
