@@ -128,7 +128,8 @@ def course_work(profile: Profile) -> dict[str, list[Work]]:
     s, t = profile.sample, profile.train
     n, steps, b, c = s.fid_samples, s.ddim_steps, t.batch_size, profile.compare_steps
     train_split = profile.subset or (CIFAR_TRAIN if profile.dataset == "cifar10" else 60_000)
-    grid, few = min(36, t.grid_size), min(16, min(36, t.grid_size))
+    grid = min(36, t.grid_size)
+    few = min(16, grid)
     eval_sets = lambda k: Work(f"features of {k} sample sets", "features", k * n, 2)  # score + extract_both: two passes each
     d = profile.distil
     work = {

@@ -145,8 +145,9 @@ def adam_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
     """Give a loaded optimiser ``device``'s ``adam_options``: ``load_state_dict`` brings back the
     saved run's implementation with its state, so a CUDA checkpoint resumed on a CPU would
     otherwise ask the CPU for the fused kernel, and a CPU checkpoint would not fuse on a GPU."""
+    fused = adam_options(device).get("fused")
     for group in optimizer.param_groups:
-        group.update(fused=adam_options(device).get("fused"), foreach=None)
+        group.update(fused=fused, foreach=None)
 
 
 def channels_last_ok(device: torch.device) -> bool:
