@@ -237,7 +237,7 @@ def _process_worker(rank: int, size: int, port: int, what: str, profile: Profile
 
 
 def _random_evaluator(profile: Profile, model: nn.Module, world: World) -> Evaluator:
-    """The profile's Evaluator (sample count, batch, DDIM steps) with the features of an untrained
+    """The profile's Evaluator (sample count, batch, DDIM steps and eta) with the features of an untrained
     classifier: what it costs, not what it scores."""
     from helpers.classifier import Classifier
     from helpers.evaluation import Evaluator
@@ -247,7 +247,7 @@ def _random_evaluator(profile: Profile, model: nn.Module, world: World) -> Evalu
     features = ClassifierFeatures(Classifier(profile.channels, profile.image_size), profile.dataset).to(device)
     real = extract(features, _fixed_batch(profile, 64)[0])
     s = profile.sample
-    return Evaluator(profile.diffusion(), features, real, s.fid_samples, s.ddim_steps, s.batch_size, min(s.kid_subset_size, 64), world=world)
+    return Evaluator(profile.diffusion(), features, real, s.fid_samples, s.ddim_steps, s.batch_size, min(s.kid_subset_size, 64), eta=s.ddim_eta, world=world)
 
 
 def bench_processes(profile: Profile, device: torch.device, what: str, counts: list[int], steps: int, warmup: int) -> list[dict[str, Any]]:

@@ -152,7 +152,7 @@ class DistilConfig:
     distil`` makes a flag of every field. Song et al. 2023 use N = 18 and mu = 0.95 for CD
     on CIFAR-10."""
 
-    steps: int = _option(1600, "distil until this many optimiser steps in total")
+    steps: int = _option(800, "distil until this many optimiser steps in total")
     batch_size: int = _option(64, "images per step")
     lr: float = _option(2e-4, "Adam's learning rate")
     n_levels: int = _option(18, "N, the noise levels of the CD grid (a Karras grid)")
@@ -238,6 +238,7 @@ class SampleSettings:
     fid_real: int  # real images behind the reference statistics
     kid_subset_size: int
     fid_features: str  # "auto" (Inception if its weights can be had), "inception" or "classifier"
+    ddim_eta: float  # the Evaluator's DDIM noise level: 0 deterministic, 1 DDPM's posterior variance (DDIM eq. 16)
 
 
 @dataclass(frozen=True)
@@ -344,12 +345,13 @@ PROFILES: dict[str, Profile] = {
             fid_real=1024,
             kid_subset_size=50,
             fid_features="classifier",
+            ddim_eta=1.0,  # as laptop
         ),
         classifier_epochs=1,
         classifier_width=16,
         compare_steps=30,  # CI minutes: notebooks 07, 08 and 12 each train several models of this length
         clip_steps=8,
-        distil=DistilConfig(steps=30, batch_size=16, sigma_max=20.0, log_every=10),
+        distil=DistilConfig(steps=15, batch_size=16, sigma_max=20.0, log_every=10),
         autoencoder=AutoencoderConfig(steps=60, batch_size=32, lr=2e-3, kl_weight=1e-6, log_every=10, ch=16, latent_channels=4),
     ),
     "laptop": Profile(
@@ -392,13 +394,14 @@ PROFILES: dict[str, Profile] = {
             fid_real=10_000,
             kid_subset_size=250,
             fid_features="classifier",
+            ddim_eta=1.0,  # eta = 1 beat eta = 0 on all five laptop models scored both ways at 2,000 samples (docs/laptop-recipe.md, section 9)
         ),
         classifier_epochs=3,
         classifier_width=32,
         compare_steps=300,
         clip_steps=1500,
         loss_weighting="min_snr",
-        distil=DistilConfig(steps=1600, batch_size=64, sigma_max=10.0, log_every=50),
+        distil=DistilConfig(steps=800, batch_size=64, sigma_max=10.0, log_every=50),
         autoencoder=AutoencoderConfig(steps=1200, batch_size=64, lr=1e-3, kl_weight=1e-6, log_every=50, ch=32, latent_channels=4),
     ),
     "gpu": Profile(
@@ -442,13 +445,14 @@ PROFILES: dict[str, Profile] = {
             fid_real=50_000,
             kid_subset_size=1_000,
             fid_features="auto",
+            ddim_eta=0.0,  # unmeasured here; on CIFAR-10, eta = 0 is the better at 50 steps (Song, Meng & Ermon 2021, Table 1)
         ),
         classifier_epochs=15,
         classifier_width=64,
         compare_steps=2_500,
         clip_steps=1_500,  # unused: notebook 13 runs on Fashion-MNIST, under captions_profile
         loss_weighting="min_snr",
-        distil=DistilConfig(steps=8_000, batch_size=128, sigma_max=80.0, log_every=100),
+        distil=DistilConfig(steps=4_000, batch_size=128, sigma_max=80.0, log_every=100),
         autoencoder=AutoencoderConfig(steps=5_000, batch_size=128, lr=1e-3, kl_weight=1e-6, log_every=100, ch=64, latent_channels=4),
         captions_profile="laptop",  # notebook 13 at laptop scale on the same GPU
     ),
@@ -489,12 +493,13 @@ PROFILES: dict[str, Profile] = {
             fid_real=50_000,
             kid_subset_size=1_000,
             fid_features="auto",
+            ddim_eta=0.0,  # as gpu
         ),
         classifier_epochs=15,
         classifier_width=64,
         compare_steps=100_000,
         clip_steps=20_000,  # unused: notebook 13 runs under captions_profile
-        distil=DistilConfig(steps=100_000, batch_size=128, sigma_max=80.0, log_every=100),
+        distil=DistilConfig(steps=50_000, batch_size=128, sigma_max=80.0, log_every=100),
         autoencoder=AutoencoderConfig(steps=50_000, batch_size=128, lr=2e-4, kl_weight=1e-6, log_every=100, ch=64, latent_channels=4),
         captions_profile="laptop",
     ),

@@ -65,11 +65,11 @@ class Evaluator:
 
     @classmethod
     def for_profile(cls, profile: Profile, diffusion: Diffusion, features: Features, **overrides: Any) -> Evaluator:
-        """The profile's evaluation settings (sample count, DDIM steps, KID subset size), with the
+        """The profile's evaluation settings (sample count, DDIM steps and eta, KID subset size), with the
         real-data floor at the same counts. A smaller ``n`` without a ``kid_subset_size`` of its own
         takes KID subsets of at most ``n``, so that it can be carried out under every profile."""
         s = profile.sample
-        kw = dict(n=s.fid_samples, steps=s.ddim_steps, batch_size=s.batch_size)
+        kw = dict(n=s.fid_samples, steps=s.ddim_steps, batch_size=s.batch_size, eta=s.ddim_eta)
         kw.update(overrides)
         kw.setdefault("kid_subset_size", min(s.kid_subset_size, kw["n"]))
         real = real_features(features, profile)

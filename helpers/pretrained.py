@@ -49,7 +49,8 @@ def measure(path: str | Path, guidance_scale: float | None = None, device: str =
     model at ``path`` (its ``fid_samples`` samples from a fixed seed, classifier features) with the
     real-data floor; for a conditional model also the classifier's accuracy on the asked-for classes
     at ``guidance_scale``. The sampler spends few network evaluations, which keeps the regression
-    tests cheap: DDIM with ``REGRESSION_STEPS`` steps for a diffusion model, one step for a
+    tests cheap: DDIM with ``REGRESSION_STEPS`` steps at eta = 0 (deterministic given x_T, whatever
+    the notebooks' eta) for a diffusion model, one step for a
     consistency model, flow-Heun with 4 steps (7 evaluations) for a flow model. A text-to-image
     model is measured by ``measure_text`` instead (guidance 3 unless ``guidance_scale``)."""
     from helpers.classifier import classifier_scores, load_or_train_classifier
@@ -62,7 +63,7 @@ def measure(path: str | Path, guidance_scale: float | None = None, device: str =
         return measure_text(path, 3.0 if guidance_scale is None else guidance_scale, device)
     profile = PROFILES["laptop"]
     model, d, ckpt = load_model(path, device)
-    evaluator = Evaluator.for_profile(profile, d, get_features(profile, device, verbose=False), steps=REGRESSION_STEPS)
+    evaluator = Evaluator.for_profile(profile, d, get_features(profile, device, verbose=False), steps=REGRESSION_STEPS, eta=0.0)
     record = consistency_record(ckpt)
     if record is not None:
         sampler = MultistepConsistency(1, record["config"]["sigma_max"])
