@@ -19,16 +19,30 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from helpers import cli
 from helpers.checkpoints import load_checkpoint, load_model, save_checkpoint
 from helpers.config import PROFILES
 from helpers.paths import card, pretrained_dir
 
-__all__ = ["REGRESSION_STEPS", "TEXT_PROMPTS", "export", "measure", "measure_text", "main"]
+if TYPE_CHECKING:  # the evaluation stack loads only when a model is measured
+    from helpers.diffusion import Diffusion
+    from helpers.evaluation import Evaluator
+    from helpers.flow import FlowMatching
+    from helpers.metrics import Features
+
+__all__ = ["REGRESSION_STEPS", "TEXT_PROMPTS", "export", "measure", "measure_text", "regression_evaluator", "main"]
 
 REGRESSION_STEPS = 10  # DDIM steps behind a diffusion model's card (and its regression test)
+
+
+def regression_evaluator(d: Diffusion | FlowMatching, features: Features, **overrides: Any) -> Evaluator:
+    """The laptop Evaluator behind the cards: DDIM with ``REGRESSION_STEPS`` steps at eta = 0
+    (deterministic given x_T, whatever eta the notebooks' evaluator uses), ``overrides`` on top."""
+    from helpers.evaluation import Evaluator
+
+    return Evaluator.for_profile(PROFILES["laptop"], d, features, **{"steps": REGRESSION_STEPS, "eta": 0.0, **overrides})
 
 
 def export(checkpoint: str | Path, out: str | Path, info: dict[str, Any]) -> Path:
@@ -49,13 +63,12 @@ def measure(path: str | Path, guidance_scale: float | None = None, device: str =
     model at ``path`` (its ``fid_samples`` samples from a fixed seed, classifier features) with the
     real-data floor; for a conditional model also the classifier's accuracy on the asked-for classes
     at ``guidance_scale``. The sampler spends few network evaluations, which keeps the regression
-    tests cheap: DDIM with ``REGRESSION_STEPS`` steps at eta = 0 (deterministic given x_T, whatever
-    the notebooks' eta) for a diffusion model, one step for a
+    tests cheap: DDIM with ``REGRESSION_STEPS`` steps at eta = 0 (``regression_evaluator``) for a
+    diffusion model, one step for a
     consistency model, flow-Heun with 4 steps (7 evaluations) for a flow model. A text-to-image
     model is measured by ``measure_text`` instead (guidance 3 unless ``guidance_scale``)."""
     from helpers.classifier import classifier_scores, load_or_train_classifier
     from helpers.consistency import MultistepConsistency, consistency_record
-    from helpers.evaluation import Evaluator
     from helpers.flow import FlowHeun
     from helpers.metrics import get_features
 
@@ -63,7 +76,7 @@ def measure(path: str | Path, guidance_scale: float | None = None, device: str =
         return measure_text(path, 3.0 if guidance_scale is None else guidance_scale, device)
     profile = PROFILES["laptop"]
     model, d, ckpt = load_model(path, device)
-    evaluator = Evaluator.for_profile(profile, d, get_features(profile, device, verbose=False), steps=REGRESSION_STEPS, eta=0.0)
+    evaluator = regression_evaluator(d, get_features(profile, device, verbose=False))
     record = consistency_record(ckpt)
     if record is not None:
         sampler = MultistepConsistency(1, record["config"]["sigma_max"])

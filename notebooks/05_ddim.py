@@ -225,7 +225,7 @@ from helpers.evaluation import Evaluator
 from helpers.metrics import get_features
 
 features = get_features(profile, device)
-evaluator = Evaluator.for_profile(profile, d, features)
+evaluator = Evaluator.for_profile(profile, d, features, eta=0.0)  # this notebook's sweeps: deterministic DDIM
 
 from helpers.metrics import extract_both, fid_interval
 
@@ -250,7 +250,7 @@ for steps in (10, 20, 50):
     if steps == 10:
         first_eight = images[:8]  # for the comparison of grids below
     rows.append({"steps": steps, "seconds": seconds, "ms_per_image": 1000 * seconds / len(images), "fid": q.fid, "kid": q.kid})
-print(f"DDIM (eta = 0, {evaluator.spacing} grid), {q.n_fake} images each, {q.features} features, {q.n_real} real images, KID subsets of {q.kid_subset_size}")
+print(f"DDIM (eta = {evaluator.eta:g}, {evaluator.spacing} grid), {q.n_fake} images each, {q.features} features, {q.n_real} real images, KID subsets of {q.kid_subset_size}")
 print(f"real-data floor at these counts: {q.floor}")
 print(f"{'steps':>6} {'ms/image':>9} {'FID':>8} {'KID':>8}")
 for r in rows:
@@ -341,7 +341,15 @@ fig.tight_layout()
 # from the paired intervals, and stated against Song, Meng & Ermon whichever way they go. Whatever it says, a
 # deterministic sampler keeps what makes DDIM useful in the rest of this notebook (the same noise
 # decodes to the same image, and paths between noises decode to paths between images), so the
-# sections below stay at $\eta = 0$.
+# sections below stay at $\eta = 0$, and so does notebook 06, which compares two sets of weights.
+# The FIDs of the evaluator's own sampler in notebooks 07 and 08 (and those `python -m helpers
+# train` logs) are another matter: they use the profile's `ddim_eta`
+# (printed below): $\eta = 1$ under smoke and laptop, chosen on this kind of comparison at 2,000
+# samples over several training runs (`docs/laptop-recipe.md`, section 9); $\eta = 0$ under gpu
+# and full, after Song, Meng & Ermon's Table 1:
+
+# %%
+print(f"the {profile.name} profile's evaluator samples DDIM-{profile.sample.ddim_steps} at eta = {profile.sample.ddim_eta:g}")
 
 # %% [markdown]
 # ## The same noise, the same image

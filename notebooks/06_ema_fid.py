@@ -266,8 +266,8 @@ print(f"floor: FID {fids.mean():.3f} {spread}, KID {sum(fq.kid for fq in floor_s
 # ## Raw against averaged weights
 #
 # Notebook 03's checkpoint holds both: the raw weights of its last optimiser step and their EMA
-# (the profile's decay, with warm-up). Both sample the profile's `fid_samples` images with DDIM
-# from the same noise, and are scored against the same reference.
+# (the profile's decay, with warm-up). Both sample the profile's `fid_samples` images with
+# deterministic DDIM ($\eta = 0$) from the same noise, and are scored against the same reference.
 
 # %% tags=["nbval-ignore-output"]
 from helpers.checkpoints import load_model
@@ -279,7 +279,7 @@ raw_model, d, base = load_model(source, device, ema=False)
 if base.get("ema") is None:
     raise FileNotFoundError(f"{source} holds no EMA weights (the shipped stand-in keeps only its average): run notebook 03_training first")
 ema_model, _, _ = load_model(source, device)  # the same checkpoint, EMA weights
-evaluator = Evaluator.for_profile(profile, d, features)
+evaluator = Evaluator.for_profile(profile, d, features, eta=0.0)  # two sets of weights, one deterministic sampler
 assert abs(evaluator.floor.fid - fids.mean().item()) < 1e-6  # the same floor as computed above
 replicates = 200 if profile.name == "smoke" else 1000  # smoke: CI's minutes
 images = {"raw": evaluator.images(raw_model)[0], "EMA": evaluator.images(ema_model)[0]}  # the same noise for both

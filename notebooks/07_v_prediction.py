@@ -227,7 +227,7 @@ assert abs(importance.mean() / loss_table.mean() - 1) < 0.01 and importance.std(
 # decay throughout (printed below), so the average spans the last few dozen steps, not the
 # whole run and its random start. Two
 # comparisons: the error of $\hat x_0$ by timestep on held-out images (the one quantity all
-# three predict), and FID/KID of DDIM samples, all from the same noise, so that the FIDs are
+# three predict), and FID/KID of DDIM samples at the profile's $\eta$ (printed), all from the same noise, so that the FIDs are
 # compared paired (`fid_interval`, as in notebooks 05 and 06).
 
 # %% tags=["nbval-ignore-output"]
@@ -287,7 +287,7 @@ fig.suptitle(f"four models, {trainer.step} training steps each, cosine schedule 
 
 q = scores["eps"]
 print(f"EMA weights (warm-up decay after {trainer.ema.num_updates} updates: {trainer.ema.current_decay():.4f}); "
-      f"{q.n_fake} DDIM-{evaluator.steps} samples each from the same noise vs {q.n_real} real images, {q.features} features, KID subsets of {q.kid_subset_size}")
+      f"{q.n_fake} DDIM-{evaluator.steps} samples (eta = {evaluator.eta:g}) each from the same noise vs {q.n_real} real images, {q.features} features, KID subsets of {q.kid_subset_size}")
 print(f"real-data floor at these counts: {q.floor}")
 print(f"{'model':<14} {'FID':>8} {'KID':>8}   x0 error at t = {probe_t[0]}, {probe_t[4]}, {probe_t[-1]}")
 for name in trainers:

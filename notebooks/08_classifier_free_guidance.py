@@ -245,7 +245,9 @@ with torch.no_grad():
 
 # %% [markdown]
 # Each row asks for one class, from the same noises across rows (every sample in this notebook
-# uses DDIM with the number of steps in the title, half the profile's, to fit its time budget):
+# uses DDIM with the number of steps in the title, half the profile's, to fit its time budget: the
+# grids and the slider at $\eta = 0$, so that the same noise gives the same image at every scale;
+# the sweep below (accuracy, FID, diversity) at the profile's $\eta$, printed with it):
 
 # %%
 per_row = 8
@@ -352,7 +354,7 @@ guided = {s: measure(model, s) for s in sweep}
 real_diversity = within_class_diversity(held_out)
 
 names = {"notebook 03's model": start, f"control (+{steps_each} unconditional steps)": ctrl} | {f"conditional, s = {s:g}": r for s, r in guided.items()}
-lines = [f"{evaluator.n} samples per row (DDIM-{evaluator.steps}), {features.name} features against {len(evaluator.real)} real images; "
+lines = [f"{evaluator.n} samples per row (DDIM-{evaluator.steps}, eta = {evaluator.eta:g}), {features.name} features against {len(evaluator.real)} real images; "
          f"classifier test accuracy on real images {info['test_accuracy']:.1%}",
          f"{'':<36} {'accuracy':>9} {'confidence':>11} {'FID':>8} {'diversity':>10}"]
 for name, r in names.items():
@@ -375,7 +377,7 @@ for ax, (key, title, ylabel, reference, reference_name) in zip(axes, panels):
     ax.legend(fontsize=8)
     ax.set(title=title, xlabel="guidance scale s", ylabel=ylabel)
 axes[0].set_ylim(0, 1.02)
-fig.suptitle(f"classifier-free guidance: quality against diversity, DDIM-{evaluator.steps} [{profile.name} profile]");
+fig.suptitle(f"classifier-free guidance: quality against diversity, DDIM-{evaluator.steps} at eta = {evaluator.eta:g} [{profile.name} profile]");
 
 # %% [markdown]
 # What guidance is for shows in the first and last panels: as $s$ grows past 1, samples should

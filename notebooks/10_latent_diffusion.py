@@ -352,6 +352,7 @@ print(f"DDIM-{steps} in latent space by hand, decoded == helpers.latent.draw_ima
 from helpers.latent import unclipped
 from helpers.metrics import extract_both, fid_interval
 from helpers.solvers import Solver
+from helpers.stats import bootstrap
 
 contenders = [("pixel", pixel_model, {}, (DDIM(steps), Solver("dpmpp-2m", 10))), ("latent", ema_model, {"autoencoder": ae}, (DDIM(steps), Solver("dpmpp-2m", 10)))]
 results, drawn = [], {}
@@ -407,17 +408,24 @@ print(f"the decoder's ceiling: best latent FID {best['latent']:.1f} is {'above' 
 
 
 def sharpness(x):
+    """Each image's mean |Laplacian| per pixel: [N]."""
     kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3).repeat(x.shape[1], 1, 1, 1)
-    return float(torch.nn.functional.conv2d(x.float().cpu(), kernel, groups=x.shape[1]).abs().mean())
+    return torch.nn.functional.conv2d(x.float().cpu(), kernel, groups=x.shape[1]).abs().flatten(1).mean(1)
 
 
 box = torch.tensor([1.0, 2.0, 1.0])
 blur_kernel = (box[:, None] * box[None, :] / 16).view(1, 1, 3, 3).repeat(profile.channels, 1, 1, 1)
-blurred = torch.nn.functional.conv2d(held_out.cpu(), blur_kernel, padding=1, groups=profile.channels)  # real images, one 3x3 binomial blur
+edges_repeated = torch.nn.functional.pad(held_out.cpu(), (1, 1, 1, 1), mode="replicate")  # no frame of another colour
+blurred = torch.nn.functional.conv2d(edges_repeated, blur_kernel, groups=profile.channels)  # real images, one 3x3 binomial blur
 q_blurred = evaluator.score(blurred)
 sharp = {"held-out images": sharpness(held_out), "their reconstructions": sharpness(recon), "held-out images, blurred": sharpness(blurred)}
 sharp |= {f"{m} samples, DDIM-{steps}": sharpness(drawn[(m, "DDIM")]) for m in ("pixel", "latent")}
-print("sharpness (mean |Laplacian| per pixel): " + ", ".join(f"{k} {v:.3f}" for k, v in sharp.items()))
+print("sharpness (mean |Laplacian| per pixel): " + ", ".join(f"{k} {v.mean():.3f}" for k, v in sharp.items()))
+for first, second in (("their reconstructions", "held-out images"), (f"latent samples, DDIM-{steps}", f"pixel samples, DDIM-{steps}")):
+    # reconstructions pair with their originals; the two models' samples share no noise, so resampling the same indices of both is resampling two independent sets
+    iv = bootstrap(lambda idx: float(sharp[first][idx].mean() - sharp[second][idx].mean()), len(sharp[first]), replicates=replicates)
+    verdict = "no difference detected" if not iv.excludes_zero else f"{first} {'blurrier' if iv.estimate < 0 else 'sharper'}"
+    print(f"sharpness, {first} minus {second}: {iv.estimate:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}] (95% bootstrap, {iv.replicates} resamples) -> {verdict}")
 print(f"FID of the held-out images {floor.fid:.1f} (floor); blurred once {q_blurred.fid:.1f}; reconstructed {q_recon.fid:.1f}")
 path = profile.artifacts / "figures" / "10_latent_vs_pixel.json"
 path.parent.mkdir(parents=True, exist_ok=True)
@@ -467,12 +475,12 @@ slider_widget(view.render, SelectionSlider(options=t_values, value=t_values[5], 
 # bootstrap interval's verdict; given the pixel model's minutes it could have taken more steps (how
 # many is printed above), which this notebook does not run. Its quality is
 # capped by the decoder (the reconstruction FID above): a small autoencoder trained for a few
-# minutes with an L1 loss blurs, and the sharpness line says by how much, for reconstructions and
-# samples against the real images. Blur and FID are different measurements here. The printed FID
-# of the blurred real images says how far these features move under a small change of that kind;
-# it overstates what blur alone costs, because the blur pads with zeros, which on these
-# black-background images (black is −1) also draws a grey frame. Whether the blurrier latent
-# samples also score worse is the FID lines' verdict, not something the sharpness line decides;
+# minutes with an L1 loss blurs, and the sharpness lines say by how much, for reconstructions against
+# their originals and for latent against pixel samples, each with its interval and verdict. Blur
+# and FID are different measurements here. The printed FID of the blurred real images says how far
+# these features move under a small change of that kind (the blur pads each image by repeating its
+# edge pixels, so it adds no frame). Whether the latent samples also score worse is the FID lines'
+# verdict, not something the sharpness lines decide;
 # the figure of samples is the place to look at how well their items are formed. Stable Diffusion adds
 # perceptual and adversarial losses for the blur and trains its autoencoder far longer. The savings
 # grow with the image: at 256×256 and beyond a pixel-space U-Net is what is expensive, and an 8×

@@ -249,7 +249,7 @@ print("f(x, sigma_min) == x exactly; f = D up to O(sigma_min / sigma) elsewhere"
 # %%
 from helpers.config import DistilConfig
 
-config = DistilConfig.from_profile(profile, steps=profile.distil.steps // 2)  # half the profile's steps: this notebook's minutes
+config = DistilConfig.from_profile(profile)  # the steps python -m helpers distil runs too
 z = torch.randn(256, profile.channels, profile.image_size, profile.image_size, generator=cpu_generator(4)).to(device)
 with torch.no_grad():
     for s in sorted({denoiser.sigma_max, 80.0, config.sigma_max or denoiser.sigma_max, 5.0}, reverse=True):
@@ -316,8 +316,8 @@ print(f"CD loss by hand == helpers.consistency.cd_loss: {by_hand.mean():.4f} on 
 # `Distiller` runs these steps with Adam and gradient clipping, keeps the target EMA and a second,
 # slower EMA for sampling, and saves a checkpoint that names its teacher
 # (`python -m helpers distil --teacher pretrained/03_ddpm_eps.pt` is the same run, for the profile's
-# full number of steps; this notebook runs half of them, printed with the images the student and
-# the teacher have seen). Under `laptop` this is the notebook's long cell.
+# number of steps, printed with the images the student and the teacher have seen). Under `laptop`
+# this is the notebook's long cell.
 
 # %%
 distiller = Distiller(teacher, d, dataset, config, device, teacher_path=teacher_path, progress=False)
@@ -459,6 +459,9 @@ comparisons = {
     "teacher from the lower sigma_max minus teacher's DDIM, 1 step (the lower sigma_max alone)": (("teacher, student's sampler", 1), ("teacher DDIM", 1)),
     "student minus teacher, both 1 step from the lower sigma_max (distillation alone)": (("consistency", 1), ("teacher, student's sampler", 1)),
     "student, 2 steps, minus 1 step": (("consistency", 2), ("consistency", 1)),
+    "student, 1 step, minus the teacher's DDIM at 10 NFE": (("consistency", 1), ("teacher DDIM", 10)),
+    "student, 2 steps, minus the teacher's DDIM at 10 NFE": (("consistency", 2), ("teacher DDIM", 10)),
+    "student, 2 steps, minus the teacher's DPM-Solver++(2M) at 10 NFE": (("consistency", 2), ("teacher DPM-Solver++(2M)", 10)),
 }
 verdicts = {}
 for text, (a, b) in comparisons.items():
@@ -485,9 +488,10 @@ print(f"saved {path}")
 # solver spreads the work over many evaluations of the teacher. The two one-step comparisons above
 # split the difference from the teacher's one DDIM step into its two causes: starting at the lower
 # $\sigma_{\max}$, which needs no training at all, and distillation, measured against the teacher
-# started there too; each carries its own verdict. Against the teacher at 10 NFE the table gives
-# point estimates only (no paired interval was computed for those rows), and "needs 10 NFE" means
-# of the budgets tried (1, 2, 10): the crossing lies somewhere above 2. Song et al. distil for 800k steps of batch 512
+# started there too; each carries its own verdict. The last three comparisons set the student at 1
+# and 2 steps against the teacher at 10 NFE, with their verdicts; the "DDIM needs" line compares
+# point estimates, and its "needs 10 NFE" means of the budgets tried (1, 2, 10): the crossing lies
+# somewhere above 2. Song et al. distil for 800k steps of batch 512
 # (CIFAR-10), against the steps printed above; the short run here shows the shape of the trade,
 # not its limit. The second step helps (the cell above checks it outside `smoke`) because
 # re-noising to $\tau$ discards the fine detail the first step got wrong and keeps the layout it

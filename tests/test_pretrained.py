@@ -15,7 +15,7 @@ import torch
 
 from helpers.config import PROFILES
 from helpers.paths import card, pretrained_dir
-from helpers.pretrained import REGRESSION_STEPS, measure
+from helpers.pretrained import measure, regression_evaluator
 
 
 @pytest.fixture(autouse=True)
@@ -77,7 +77,6 @@ def test_the_shipped_conditional_model_draws_the_asked_for_class(shared_artifact
     the 0.1 allowed is 3.7 of those; a broken sampler or guidance falls far below."""
     from helpers.checkpoints import load_model
     from helpers.classifier import classifier_scores, load_or_train_classifier
-    from helpers.evaluation import Evaluator
     from helpers.metrics import get_features
 
     path = pretrained_dir() / "08_cfg.pt"
@@ -86,7 +85,7 @@ def test_the_shipped_conditional_model_draws_the_asked_for_class(shared_artifact
     first = 100
     assert recorded["samples"] == 2 * laptop.sample.batch_size, "the card's samples are two of the evaluator's batches"
     model, d, _ = load_model(path)
-    evaluator = Evaluator.for_profile(laptop, d, get_features(laptop, verbose=False), n=first, floor=None, steps=REGRESSION_STEPS)
+    evaluator = regression_evaluator(d, get_features(laptop, verbose=False), n=first, floor=None)
     assert f"{evaluator.sampler}, seed {evaluator.seed}" == recorded["sampler"]
     images, labels = evaluator.images(model, recorded["guidance_scale"])
     classifier, _ = load_or_train_classifier(laptop, progress=False)
@@ -130,3 +129,14 @@ def test_the_shipped_text_model_still_obeys_its_recorded_prompts(shared_artifact
         for key, p in want.items():
             bound = p - 3 * math.sqrt(p * (1 - p) / now["samples_per_prompt"]) - 0.05
             assert now["prompts"][prompt][key] >= bound, f"{prompt!r}: {key} {now['prompts'][prompt][key]:.2f} below {bound:.2f} (card {p:.2f})"
+
+
+def test_the_cards_are_measured_at_eta_0_whatever_the_notebooks_use(monkeypatch):
+    """The laptop evaluator samples at eta = 1; a card's regression number stays deterministic given x_T."""
+    import helpers.evaluation as evaluation_mod
+    from helpers.diffusion import Diffusion
+
+    monkeypatch.setattr(evaluation_mod, "real_features", lambda features, profile: torch.zeros(4, 2))
+    assert PROFILES["laptop"].sample.ddim_eta != 0
+    evaluator = regression_evaluator(Diffusion.from_schedule("linear", 20), None, floor=None)
+    assert evaluator.sampler.eta == 0.0 and evaluator.steps == 10 and evaluator.n == PROFILES["laptop"].sample.fid_samples
